@@ -1,0 +1,222 @@
+//! Wires a configuration into a running proxy: binds listeners, starts the accept loops, the
+//! admin listener and the pools; reloads on SIGHUP; drains and reports totals on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::metrics::METRICS;
+use crate::proxy::{Proxy, Routing};
+use crate::server::{self, ClientSettings};
+
+/// Why the proxy could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A started proxy: where it listens, and the handle to stop it.
+pub struct App {
+    pub listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    config: Config,
+    config_path: Option<PathBuf>,
+    routing: Arc<ArcSwap<Routing>>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    limit: Arc<Semaphore>,
+}
+
+impl App {
+    /// Binds every listener and starts serving. `config_path` enables reloading.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<App, AppError> {
+        let routing = Arc::new(ArcSwap::from_pointee(Routing::new(&config, None)));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let settings = Arc::new(ClientSettings::from_config(&config.server));
+        let limit = Arc::new(Semaphore::new(config.server.max_connections));
+        let proxy = Proxy::new(routing.clone(), settings.body_limits);
+        let stack = server::stack(proxy, &config.server, config.log.access_log);
+        let mut listen = Vec::new();
+        for addr in config.listen_addrs() {
+            let listener = server::bind(addr).map_err(|source| AppError::Bind { addr, source })?;
+            listen.push(listener.local_addr().expect("bound"));
+            tasks.spawn(server::accept_loop(
+                listener,
+                stack.clone(),
+                settings.clone(),
+                limit.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+        let admin_addr: SocketAddr = config.admin.listen.parse().expect("validated");
+        let admin_listener = server::bind(admin_addr).map_err(|source| AppError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
+        let admin = admin_listener.local_addr().expect("bound");
+        tasks.spawn(crate::admin::serve(
+            admin_listener,
+            routing.clone(),
+            shutdown_rx,
+        ));
+        let app = App {
+            listen,
+            admin,
+            config,
+            config_path,
+            routing,
+            shutdown,
+            tasks,
+            limit,
+        };
+        app.log_started();
+        Ok(app)
+    }
+
+    fn log_started(&self) {
+        let join = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let upstreams = self
+            .config
+            .upstream
+            .iter()
+            .map(|u| {
+                format!(
+                    "{} [{}] {} max_size={} min_idle={}",
+                    u.name,
+                    u.servers.join(" "),
+                    u.protocol.as_str(),
+                    u.pool.max_size,
+                    u.pool.min_idle
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::info!(
+            listen = %join(&self.listen),
+            admin = %self.admin,
+            mode = ?self.config.server.mode,
+            upstreams = %upstreams,
+            version = env!("CARGO_PKG_VERSION"),
+            "longhaul started"
+        );
+    }
+
+    /// Re-reads the config file; an invalid file changes nothing. Only routes and upstreams
+    /// apply live; `[server]` and `[admin]` changes need a restart and are reported.
+    pub fn reload(&mut self) {
+        let Some(path) = &self.config_path else {
+            return;
+        };
+        let next = match Config::load(path) {
+            Ok(next) => next,
+            Err(e) => {
+                METRICS
+                    .config_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                return;
+            }
+        };
+        if next.server != self.config.server || next.admin != self.config.admin {
+            tracing::warn!("[server] and [admin] changes take effect on restart only");
+        }
+        let old = self.routing.load_full();
+        let routing = Routing::new(&next, Some(&old));
+        old.retire_unused(&routing);
+        self.routing.store(Arc::new(routing));
+        self.config.upstream = next.upstream;
+        self.config.route = next.route;
+        METRICS
+            .config_reloads_total
+            .with_label_values(&["ok"])
+            .inc();
+        tracing::info!(path = %path.display(), "configuration reloaded");
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `drain_timeout`, closes the pools.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let max = self.config.server.max_connections as u32;
+        let drained = tokio::time::timeout(
+            self.config.server.drain_timeout,
+            self.limit.acquire_many(max),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached; closing the remaining client connections");
+        }
+        self.tasks.abort_all();
+        let routing = self.routing.load_full();
+        for upstream in &routing.upstreams {
+            for sp in &upstream.servers {
+                sp.close();
+            }
+        }
+        self.log_stopped(&routing);
+    }
+
+    fn log_stopped(&self, routing: &Routing) {
+        let (mut opened, mut requests, mut reused) = (0, 0, 0);
+        for upstream in &routing.upstreams {
+            for sp in &upstream.servers {
+                let m = &sp.server.metrics;
+                opened += m.opened.get();
+                reused += m.requests_reused.get();
+                requests += m.requests_reused.get() + m.requests_new.get();
+            }
+        }
+        let reuse_rate = if requests == 0 {
+            0.0
+        } else {
+            reused as f64 / requests as f64
+        };
+        tracing::info!(
+            client_connections = METRICS.downstream_connections_total.get(),
+            upstream_requests = requests,
+            upstream_connections_opened = opened,
+            reuse_rate = format!("{reuse_rate:.4}"),
+            "longhaul stopped"
+        );
+    }
+
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
+pub async fn run_until_signalled(mut app: App) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => app.reload(),
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    app.shutdown().await;
+    Ok(())
+}

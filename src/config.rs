@@ -1,0 +1,437 @@
+//! The `proxy.toml` schema: serde structs with their defaults, loading and validation.
+//! Every error names the file, the line and the key; nothing starts half-configured.
+
+mod locate;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use validate::parse_ports;
+
+/// A whole configuration file, after parsing and validation.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub upstream: Vec<UpstreamConfig>,
+    pub route: Vec<RouteConfig>,
+    pub transparent: Option<TransparentConfig>,
+}
+
+/// Where the proxy listens and how it treats client connections.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// One address or a list of addresses to accept clients on.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<String>,
+    pub mode: Mode,
+    /// Concurrent client connections; past this, accepting pauses.
+    pub max_connections: usize,
+    /// Concurrent requests in flight; past this, requests are shed with 503.
+    pub max_concurrent_requests: usize,
+    /// The whole first request head must arrive within this.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Honour keep-alive for clients that ask for it.
+    pub client_keepalive: bool,
+    /// A kept-alive client connection may wait this long for its next request.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// Largest request head (request line plus headers) in bytes; 431 beyond.
+    pub max_request_head_bytes: usize,
+    /// Most headers a request may carry; 431 beyond.
+    pub max_request_headers: usize,
+    /// A request body must keep arriving: no gap between body bytes longer than this.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Whole-request guard from receipt to response head (covers pool wait, retries, upstream).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Whether `CONNECT host:port` is tunnelled (only to hosts a route names).
+    pub allow_connect: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["127.0.0.1:8080".into()],
+            mode: Mode::Reverse,
+            max_connections: 10_000,
+            max_concurrent_requests: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            client_keepalive: true,
+            client_idle_timeout: Duration::from_secs(60),
+            max_request_head_bytes: 65_536,
+            max_request_headers: 100,
+            body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+            allow_connect: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Reverse,
+    Transparent,
+}
+
+/// The admin listener: /metrics, /healthz, /readyz, /pools and the status page.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What longhaul speaks to a backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum Protocol {
+    #[serde(rename = "http/1.0")]
+    Http10,
+    #[serde(rename = "http/1.1")]
+    Http11,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http10 => "http/1.0",
+            Protocol::Http11 => "http/1.1",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+}
+
+/// A named group of backend servers with one pool per server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<String>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    #[serde(default = "default_balance")]
+    pub balance: Balance,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: usize,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepaliveConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http10
+}
+fn default_balance() -> Balance {
+    Balance::RoundRobin
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_buffered_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+/// Per-server pool settings (also the template for transparent-mode destinations).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    pub max_size: usize,
+    /// Connections opened at start and kept warm.
+    pub min_idle: usize,
+    /// Kept below the backend's announced or observed keep-alive timeout too.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Requests per connection before it is retired.
+    pub max_requests: u32,
+    /// Waiting for a free connection, then 503.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 32,
+            min_idle: 2,
+            idle_timeout: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(600),
+            max_requests: 1000,
+            wait_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// SO_KEEPALIVE settings for upstream sockets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpKeepaliveConfig {
+    #[serde(with = "humantime_serde")]
+    pub time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub retries: u32,
+}
+
+impl Default for TcpKeepaliveConfig {
+    fn default() -> Self {
+        TcpKeepaliveConfig {
+            time: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 5,
+        }
+    }
+}
+
+/// Passive ejection and optional active health checks of a server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Consecutive connect failures or resets that eject a server.
+    pub max_failures: u32,
+    /// First ejection time; doubles on each ejection in a row, up to `max_ejection`.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Active check: GET this path on every server; none when unset.
+    pub path: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub expected_status: u16,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            max_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+            path: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            expected_status: 200,
+        }
+    }
+}
+
+/// Sends requests whose Host and path match to a named upstream.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default = "default_route_host")]
+    pub host: String,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    pub upstream: String,
+}
+
+fn default_route_host() -> String {
+    "*".into()
+}
+fn default_path_prefix() -> String {
+    "/".into()
+}
+
+/// Transparent mode: redirected connections pooled per original destination.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparentConfig {
+    pub protocol: Protocol,
+    pub mark: u32,
+    pub max_destinations: usize,
+    #[serde(with = "humantime_serde")]
+    pub detect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    pub pool: PoolConfig,
+    pub allow: Vec<AllowRule>,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        TransparentConfig {
+            protocol: Protocol::Http10,
+            mark: 0x4c48,
+            max_destinations: 1024,
+            detect_timeout: Duration::from_millis(300),
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+            pool: PoolConfig {
+                max_size: 8,
+                ..PoolConfig::default()
+            },
+            allow: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    pub name: String,
+    pub cidr: String,
+    pub ports: String,
+}
+
+fn one_or_many<'de, D>(de: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(de)? {
+        OneOrMany::One(s) => Ok(vec![s]),
+        OneOrMany::Many(v) => Ok(v),
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("error: {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("error: {file}:{line}: {key}: {reason}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&source, path)
+    }
+
+    /// Parses and validates config text; `path` only names the file in errors.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let config: Config = toml::from_str(source).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            ConfigError::Invalid {
+                file: file.clone(),
+                line: locate::line_of(source, span.start),
+                key: locate::key_at(source, span.start).unwrap_or_else(|| "(document)".into()),
+                reason: e.message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|e| ConfigError::Invalid {
+            file,
+            line: locate::line_of_key(source, &e.key),
+            key: e.key,
+            reason: e.reason,
+        })?;
+        Ok(config)
+    }
+
+    /// The built-in configuration used by `longhaul demo` when no file is given.
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_CONFIG, &PathBuf::from("proxy.toml (embedded)"))
+            .expect("the shipped proxy.toml is valid")
+    }
+
+    /// Socket addresses of `[server] listen`, validated at load.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.server
+            .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// The upstreams every route may name, with implicit catch-all when there is one upstream.
+    pub fn effective_routes(&self) -> Vec<RouteConfig> {
+        if self.route.is_empty() && self.upstream.len() == 1 {
+            return vec![RouteConfig {
+                host: default_route_host(),
+                path_prefix: default_path_prefix(),
+                upstream: self.upstream[0].name.clone(),
+            }];
+        }
+        self.route.clone()
+    }
+}
+
+/// The shipped `proxy.toml`, compiled in so `longhaul demo` runs anywhere.
+pub const DEFAULT_CONFIG: &str = include_str!("../proxy.toml");

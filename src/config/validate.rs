@@ -1,0 +1,289 @@
+//! Cross-field checks serde cannot express: addresses parse, routes name existing upstreams,
+//! sizes are non-zero, timeouts are positive. Each failure carries the key path it is about.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::{Config, Mode, PoolConfig, TransparentConfig, UpstreamConfig};
+
+/// A validation failure: which key, and why.
+pub struct Invalid {
+    pub key: String,
+    pub reason: String,
+}
+
+type Check = Result<(), Invalid>;
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// hyper refuses a read buffer below this, so the request-head limit starts here.
+const MIN_HEAD_BYTES: usize = 8192;
+
+impl Config {
+    pub(super) fn validate(&self) -> Check {
+        self.validate_server()?;
+        parse_addr("admin.listen", &self.admin.listen)?;
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log level or filter", self.log.level),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, upstream) in self.upstream.iter().enumerate() {
+            let key = format!("upstream[{i}]");
+            if !names.insert(upstream.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("upstream `{}` is defined twice", upstream.name),
+                ));
+            }
+            validate_upstream(&key, upstream)?;
+        }
+        self.validate_routes()?;
+        match (&self.server.mode, &self.transparent) {
+            (Mode::Transparent, None) => Err(invalid(
+                "server.mode",
+                "transparent mode needs a [transparent] table with at least one [[transparent.allow]] rule",
+            )),
+            (_, Some(t)) => validate_transparent(t),
+            (Mode::Reverse, None) if self.upstream.is_empty() => Err(invalid(
+                "upstream",
+                "reverse mode needs at least one [[upstream]]",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_server(&self) -> Check {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err(invalid("server.listen", "needs at least one address"));
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            parse_addr(&format!("server.listen[{i}]"), addr)?;
+        }
+        positive("server.max_connections", s.max_connections)?;
+        positive("server.max_concurrent_requests", s.max_concurrent_requests)?;
+        positive("server.max_request_headers", s.max_request_headers)?;
+        if s.max_request_head_bytes < MIN_HEAD_BYTES {
+            return Err(invalid(
+                "server.max_request_head_bytes",
+                format!("must be at least {MIN_HEAD_BYTES}"),
+            ));
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.client_idle_timeout", s.client_idle_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
+            ("server.request_timeout", s.request_timeout),
+            ("server.drain_timeout", s.drain_timeout),
+        ] {
+            nonzero(key, d)?;
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Check {
+        if self.route.is_empty() && self.upstream.len() > 1 {
+            return Err(invalid(
+                "route",
+                "with more than one upstream, [[route]] entries must say which requests go where",
+            ));
+        }
+        for (i, route) in self.route.iter().enumerate() {
+            let key = format!("route[{i}]");
+            if !self.upstream.iter().any(|u| u.name == route.upstream) {
+                return Err(invalid(
+                    format!("{key}.upstream"),
+                    format!("no [[upstream]] is named `{}`", route.upstream),
+                ));
+            }
+            if !route.path_prefix.starts_with('/') {
+                return Err(invalid(format!("{key}.path_prefix"), "must start with `/`"));
+            }
+            if route.host.is_empty() || route.host[1..].contains('*') {
+                return Err(invalid(
+                    format!("{key}.host"),
+                    "must be an exact host, `*.suffix` or `*`",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_upstream(key: &str, u: &UpstreamConfig) -> Check {
+    if u.name.is_empty()
+        || !u
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(
+            format!("{key}.name"),
+            "must be non-empty letters, digits, `-`, `_` or `.`",
+        ));
+    }
+    if u.servers.is_empty() {
+        return Err(invalid(
+            format!("{key}.servers"),
+            "needs at least one host:port",
+        ));
+    }
+    for (i, server) in u.servers.iter().enumerate() {
+        parse_server(&format!("{key}.servers[{i}]"), server)?;
+    }
+    nonzero(&format!("{key}.connect_timeout"), u.connect_timeout)?;
+    nonzero(&format!("{key}.response_timeout"), u.response_timeout)?;
+    positive(
+        &format!("{key}.max_buffered_body_bytes"),
+        u.max_buffered_body_bytes,
+    )?;
+    validate_pool(&format!("{key}.pool"), &u.pool)?;
+    let ka = &u.tcp_keepalive;
+    nonzero(&format!("{key}.tcp_keepalive.time"), ka.time)?;
+    nonzero(&format!("{key}.tcp_keepalive.interval"), ka.interval)?;
+    positive(&format!("{key}.tcp_keepalive.retries"), ka.retries as usize)?;
+    let h = &u.health;
+    positive(
+        &format!("{key}.health.max_failures"),
+        h.max_failures as usize,
+    )?;
+    nonzero(&format!("{key}.health.base_ejection"), h.base_ejection)?;
+    if h.max_ejection < h.base_ejection {
+        return Err(invalid(
+            format!("{key}.health.max_ejection"),
+            "must be at least base_ejection",
+        ));
+    }
+    nonzero(&format!("{key}.health.interval"), h.interval)?;
+    nonzero(&format!("{key}.health.timeout"), h.timeout)?;
+    if let Some(path) = &h.path
+        && !path.starts_with('/')
+    {
+        return Err(invalid(format!("{key}.health.path"), "must start with `/`"));
+    }
+    if !(100..=599).contains(&h.expected_status) {
+        return Err(invalid(
+            format!("{key}.health.expected_status"),
+            "must be an HTTP status code",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_pool(key: &str, p: &PoolConfig) -> Check {
+    positive(&format!("{key}.max_size"), p.max_size)?;
+    if p.min_idle > p.max_size {
+        return Err(invalid(
+            format!("{key}.min_idle"),
+            format!("must not exceed max_size ({})", p.max_size),
+        ));
+    }
+    positive(&format!("{key}.max_requests"), p.max_requests as usize)?;
+    nonzero(&format!("{key}.idle_timeout"), p.idle_timeout)?;
+    nonzero(&format!("{key}.max_lifetime"), p.max_lifetime)?;
+    nonzero(&format!("{key}.wait_timeout"), p.wait_timeout)
+}
+
+fn validate_transparent(t: &TransparentConfig) -> Check {
+    positive("transparent.max_destinations", t.max_destinations)?;
+    nonzero("transparent.detect_timeout", t.detect_timeout)?;
+    nonzero("transparent.connect_timeout", t.connect_timeout)?;
+    nonzero("transparent.response_timeout", t.response_timeout)?;
+    validate_pool("transparent.pool", &t.pool)?;
+    if t.allow.is_empty() {
+        return Err(invalid(
+            "transparent.allow",
+            "needs at least one rule: every destination is denied by default",
+        ));
+    }
+    for (i, rule) in t.allow.iter().enumerate() {
+        let key = format!("transparent.allow[{i}]");
+        parse_cidr(&rule.cidr).map_err(|reason| invalid(format!("{key}.cidr"), reason))?;
+        parse_ports(&rule.ports).map_err(|reason| invalid(format!("{key}.ports"), reason))?;
+    }
+    Ok(())
+}
+
+fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, Invalid> {
+    addr.parse()
+        .map_err(|_| invalid(key, format!("`{addr}` is not an ip:port address")))
+}
+
+/// A backend may be named by IP or host name; either way it needs a port.
+fn parse_server(key: &str, server: &str) -> Check {
+    if server.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match server.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(invalid(
+            key,
+            format!("`{server}` is not a host:port address"),
+        )),
+    }
+}
+
+/// Parses `10.0.0.0/8` into a network address and prefix length.
+pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("`{cidr}` is not a CIDR network"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>()
+            .map_err(|_| format!("`{cidr}` has a bad prefix length"))?
+    };
+    if len > max {
+        return Err(format!("`{cidr}` has a prefix longer than {max}"));
+    }
+    Ok((ip, len))
+}
+
+/// Parses `80,8000-8099` into inclusive port ranges.
+pub fn parse_ports(ports: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut ranges = Vec::new();
+    for part in ports.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) else {
+            return Err(format!("`{part}` is not a port or port range"));
+        };
+        if lo == 0 || lo > hi {
+            return Err(format!("`{part}` is not a valid port range"));
+        }
+        ranges.push((lo, hi));
+    }
+    Ok(ranges)
+}
+
+fn positive(key: &str, value: usize) -> Check {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn nonzero(key: &str, d: Duration) -> Check {
+    if d.is_zero() {
+        return Err(invalid(key, "must be a positive duration"));
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! longhaul: a proxy that turns short client connections into long-lived pooled upstream ones.
+//! The binary is a thin shell over this library, so tests and benches drive the same code.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod middleware;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod sim;
+pub mod upstream;

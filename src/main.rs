@@ -1,0 +1,156 @@
+//! The `longhaul` command line: run the proxy, check a config, run the demo or the simulated
+//! backend. Exit codes: 0 ok, 1 runtime failure, 2 bad config or arguments.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use longhaul::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "longhaul",
+    version,
+    about = "Turns short client connections into long-lived pooled upstream connections"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration, print the effective settings, exit 0 or 2.
+    Check,
+    /// Run a simulated legacy backend (for demos, benchmarks and tests).
+    BackendSim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: std::net::SocketAddr,
+    /// Where `GET /stats` answers with accepted connections and requests (JSON).
+    #[arg(long)]
+    stats_listen: Option<std::net::SocketAddr>,
+    /// Cost of each new connection, paid before its first response.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    conn_cost: std::time::Duration,
+    /// Idle keep-alive connections are closed after this.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: std::time::Duration,
+    /// Requests per connection before the backend closes it; 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    max_requests: u32,
+    /// Response body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_size: usize,
+    /// HTTP version of the responses: http/1.0 or http/1.1.
+    #[arg(long, default_value = "http/1.0", value_parser = parse_protocol)]
+    protocol: longhaul::config::Protocol,
+}
+
+fn parse_protocol(s: &str) -> Result<longhaul::config::Protocol, String> {
+    match s {
+        "http/1.0" => Ok(longhaul::config::Protocol::Http10),
+        "http/1.1" => Ok(longhaul::config::Protocol::Http11),
+        other => Err(format!("`{other}`: expected http/1.0 or http/1.1")),
+    }
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::BackendSim(args)) => backend_sim(args),
+        None => run(cli.config),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            println!("{}: ok\n{config:#?}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    longhaul::logging::init(&config.log);
+    runtime().block_on(async {
+        let app = match longhaul::app::App::start(config, Some(path)).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "longhaul failed to start");
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        match longhaul::app::run_until_signalled(app).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn backend_sim(args: SimArgs) -> ExitCode {
+    let config = longhaul::sim::SimConfig {
+        listen: args.listen,
+        stats_listen: args.stats_listen,
+        conn_cost: args.conn_cost,
+        keepalive_timeout: args.keepalive_timeout,
+        max_requests: args.max_requests,
+        body_size: args.body_size,
+        protocol: args.protocol,
+    };
+    runtime().block_on(async {
+        let sim = match longhaul::sim::Sim::start(config).await {
+            Ok(sim) => sim,
+            Err(e) => {
+                eprintln!("error: backend-sim cannot listen: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let stats = sim.stats_addr.map_or("-".to_string(), |a| a.to_string());
+        println!("backend-sim listening on {} stats on {stats}", sim.addr);
+        let _ = tokio::signal::ctrl_c().await;
+        ExitCode::SUCCESS
+    })
+}

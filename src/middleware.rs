@@ -1,0 +1,7 @@
+//! The tower layers every proxied request passes through, one small module per concern.
+//! Order and the reason for it live in `server::stack`.
+
+pub mod access_log;
+pub mod forwarded;
+pub mod hop_by_hop;
+pub mod request_id;

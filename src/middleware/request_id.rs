@@ -1,0 +1,110 @@
+//! `X-Request-Id`: kept when the client sent a sane one, generated otherwise, passed upstream and
+//! echoed on the response, so one id follows a request through every log line.
+
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Client-sent ids longer than this are replaced (they end up in logs and upstream headers).
+const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// Random per process, so ids from two instances do not collide.
+static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id()) & 0xffff_ffff
+});
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A new id, unique within the process: `<8 hex random>-<hex counter>`.
+pub fn generate() -> HeaderValue {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{:08x}-{n:x}", *PREFIX)).expect("hex is a valid header value")
+}
+
+/// The id of a request that went through `RequestIdLayer`.
+pub fn of<B>(req: &Request<B>) -> HeaderValue {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("-"))
+}
+
+fn acceptable(id: &HeaderValue) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CLIENT_ID_LEN
+        && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
+#[derive(Clone, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for RequestId<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) if acceptable(id) => id.clone(),
+            _ => {
+                let id = generate();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        if let (Ok(resp), Some(id)) = (&mut result, this.id.take()) {
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        Poll::Ready(result)
+    }
+}

@@ -1,0 +1,211 @@
+//! The innermost service: routes a request, prepares its body for the upstream's protocol, sends
+//! it through the upstream's pool, and turns a `ProxyError` into the response a client sees.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tower::Service;
+
+use crate::body::{ProxyBody, RequestBody, StallGuard};
+use crate::config::{Config, Protocol};
+use crate::error::{BoxError, ProxyError, error_response};
+use crate::metrics::UpstreamMetrics;
+use crate::middleware::access_log::UpstreamName;
+use crate::middleware::request_id;
+use crate::route::{Router, normalize_host};
+use crate::upstream::Upstream;
+
+/// Everything a reload replaces at once: the routing table and the upstreams it points into.
+pub struct Routing {
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+    names: Vec<Arc<str>>,
+}
+
+impl Routing {
+    /// Builds routing for `config`, keeping the warm pools of unchanged servers from `previous`.
+    pub fn new(config: &Config, previous: Option<&Routing>) -> Routing {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstream
+            .iter()
+            .map(|u| {
+                let old = previous.and_then(|p| p.upstreams.iter().find(|o| o.name == u.name));
+                Arc::new(Upstream::new(u, old, None))
+            })
+            .collect();
+        let names = upstreams
+            .iter()
+            .map(|u| Arc::from(u.name.as_str()))
+            .collect();
+        let router = Router::new(&config.effective_routes(), |name| {
+            upstreams.iter().position(|u| u.name == name)
+        });
+        Routing {
+            router,
+            upstreams,
+            names,
+        }
+    }
+
+    /// Closes pools that `next` no longer uses.
+    pub fn retire_unused(&self, next: &Routing) {
+        for old in &self.upstreams {
+            let successor = next.upstreams.iter().find(|n| n.name == old.name);
+            old.close_removed(successor.map(|s| &**s));
+        }
+    }
+}
+
+/// Limits on client bodies, from `[server]`.
+#[derive(Clone, Copy)]
+pub struct BodyLimits {
+    pub stall_timeout: std::time::Duration,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    routing: Arc<ArcSwap<Routing>>,
+    limits: BodyLimits,
+}
+
+impl Proxy {
+    pub fn new(routing: Arc<ArcSwap<Routing>>, limits: BodyLimits) -> Proxy {
+        Proxy { routing, limits }
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let routing = self.routing.load_full();
+        let limits = self.limits;
+        Box::pin(async move {
+            let id = request_id::of(&req);
+            let (upstream, name) = match select_upstream(&routing, &req) {
+                Ok(found) => found,
+                Err(e) => return Ok(error_response(e.status(), &e.to_string(), &id)),
+            };
+            let mut resp = match proxy_request(&upstream, req, limits).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if let Some(kind) = e.upstream_kind() {
+                        UpstreamMetrics::error(&upstream.name, kind);
+                    }
+                    tracing::warn!(upstream = %upstream.name, error = %e,
+                        request_id = id.to_str().unwrap_or("-"), "request failed");
+                    error_response(e.status(), &e.to_string(), &id)
+                }
+            };
+            resp.extensions_mut().insert(UpstreamName(name));
+            Ok(resp)
+        })
+    }
+}
+
+/// The upstream for this request, refusing hosts an absolute-form request names but no route does.
+fn select_upstream(
+    routing: &Routing,
+    req: &Request<Incoming>,
+) -> Result<(Arc<Upstream>, Arc<str>), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT tunnels are disabled"));
+    }
+    let absolute_host = req.uri().authority().map(|a| a.host());
+    let host = absolute_host.or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
+    let found = routing
+        .router
+        .lookup(host, req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    if let Some(h) = absolute_host
+        && !found.host_named
+    {
+        return Err(ProxyError::ForeignHost(normalize_host(h)));
+    }
+    Ok((
+        routing.upstreams[found.upstream].clone(),
+        routing.names[found.upstream].clone(),
+    ))
+}
+
+async fn proxy_request(
+    upstream: &Upstream,
+    req: Request<Incoming>,
+    limits: BodyLimits,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, incoming) = req.into_parts();
+    if let Some(authority) = parts.uri.authority().cloned()
+        && !parts.headers.contains_key(header::HOST)
+    {
+        if let Ok(host) = HeaderValue::try_from(authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    parts.uri = origin_form(&parts.uri);
+    let body = request_body(upstream, &mut parts.headers, incoming, limits).await?;
+    let req = Request::from_parts(parts, body);
+    let resp = upstream.forward(req).await?;
+    let (mut parts, body) = resp.into_parts();
+    // hyper decides the client's keep-alive from the client's request only when the response
+    // head says HTTP/1.1 (an HTTP/1.0 head would close keep-alive 1.0 clients).
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// The request body as the upstream's protocol needs it.
+async fn request_body(
+    upstream: &Upstream,
+    headers: &mut http::HeaderMap,
+    incoming: Incoming,
+    limits: BodyLimits,
+) -> Result<RequestBody, ProxyError> {
+    if incoming.is_end_stream() {
+        return Ok(RequestBody::Empty);
+    }
+    let guarded = StallGuard::new(incoming, limits.stall_timeout);
+    if guarded.size_hint().exact().is_some() || upstream.protocol == Protocol::Http11 {
+        return Ok(RequestBody::Stream(guarded));
+    }
+    // A body of unknown length (chunked) cannot go to an HTTP/1.0 backend: hyper would send
+    // none of it. De-chunk it into a Content-Length body, within the configured bound.
+    let limit = upstream.max_buffered_body_bytes;
+    let collected = Limited::new(guarded, limit).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ProxyError::BodyTooLarge { limit }
+        } else if let Ok(p) = e.downcast::<ProxyError>() {
+            *p
+        } else {
+            ProxyError::ClientBody("client body failed".into())
+        }
+    })?;
+    let bytes: Bytes = collected.to_bytes();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Ok(RequestBody::Full(Some(bytes)))
+}
+
+/// `http://host/p?q` -> `/p?q`; origin-form stays as it is.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}

@@ -1,0 +1,208 @@
+//! Client side: listeners, the accept loop under the connection limit, the hyper HTTP/1 server
+//! connection with its timeouts, the tower stack every request goes through, and graceful drain.
+
+mod timer;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::util::{MapRequestLayer, MapResponseLayer};
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::config::ServerConfig;
+use crate::metrics::METRICS;
+use crate::middleware::access_log::AccessLogLayer;
+use crate::middleware::forwarded::{self, ClientAddr};
+use crate::middleware::hop_by_hop;
+use crate::middleware::request_id::RequestIdLayer;
+use crate::proxy::{BodyLimits, Proxy};
+use timer::ClientTimer;
+
+/// Accept queue length: bursts of short connections must not be refused by the kernel.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with SO_REUSEADDR and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The tower stack, built once so that the concurrency limit is shared by every connection.
+/// Outermost first; each layer says why it sits where it does.
+pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
+    ServiceBuilder::new()
+        // First, so every log line, error body and upstream request carries the id.
+        .layer(RequestIdLayer)
+        // Sees every outcome, shed and timed-out requests included, and turns errors into responses.
+        .layer(AccessLogLayer {
+            enabled: access_log,
+        })
+        // Past the concurrency limit, answer 503 at once instead of queueing without bound.
+        .load_shed()
+        .concurrency_limit(server.max_concurrent_requests)
+        // A guard on the whole request: pool wait, retries and the backend's response head.
+        .timeout(server.request_timeout)
+        // Connection-scoped headers never cross the proxy, in either direction.
+        .layer(MapRequestLayer::new(
+            hop_by_hop::strip_request as RequestMap,
+        ))
+        .layer(MapResponseLayer::new(
+            hop_by_hop::strip_response as ResponseMap,
+        ))
+        // Added after stripping, so a client-sent `Connection: via` cannot remove them.
+        .layer(MapRequestLayer::new(
+            forwarded::add_request_headers as RequestMap,
+        ))
+        .layer(MapResponseLayer::new(
+            forwarded::add_response_headers as ResponseMap,
+        ))
+        .service(proxy)
+}
+
+pub type Stack = crate::middleware::request_id::RequestId<
+    crate::middleware::access_log::AccessLog<
+        tower::load_shed::LoadShed<
+            tower::limit::ConcurrencyLimit<
+                tower::timeout::Timeout<
+                    tower::util::MapRequest<
+                        tower::util::MapResponse<
+                            tower::util::MapRequest<
+                                tower::util::MapResponse<Proxy, ResponseMap>,
+                                RequestMap,
+                            >,
+                            ResponseMap,
+                        >,
+                        RequestMap,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
+type ResponseMap =
+    fn(http::Response<crate::body::ProxyBody>) -> http::Response<crate::body::ProxyBody>;
+
+/// Client connection settings, from `[server]`.
+#[derive(Clone)]
+pub struct ClientSettings {
+    pub header_read_timeout: Duration,
+    pub client_idle_timeout: Duration,
+    pub keepalive: bool,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub body_limits: BodyLimits,
+}
+
+impl ClientSettings {
+    pub fn from_config(s: &ServerConfig) -> ClientSettings {
+        ClientSettings {
+            header_read_timeout: s.header_read_timeout,
+            client_idle_timeout: s.client_idle_timeout,
+            keepalive: s.client_keepalive,
+            max_head_bytes: s.max_request_head_bytes,
+            max_headers: s.max_request_headers,
+            body_limits: BodyLimits {
+                stall_timeout: s.body_read_timeout,
+            },
+        }
+    }
+}
+
+/// Accepts clients until shutdown, at most `limit` at a time.
+pub async fn accept_loop(
+    listener: TcpListener,
+    stack: Stack,
+    settings: Arc<ClientSettings>,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let stack = stack.clone();
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_client(stream, peer, stack, &settings, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one client connection until it closes, or drains it on shutdown.
+pub async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    stack: Stack,
+    settings: &ClientSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    METRICS.downstream_connections_total.inc();
+    METRICS.downstream_connections_active.inc();
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
+        let svc = stack.clone();
+        async move { svc.oneshot(req).await.map_err(|e: Infallible| match e {}) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(ClientTimer::new(
+            settings.header_read_timeout,
+            settings.client_idle_timeout,
+        ))
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_head_bytes)
+        .max_headers(settings.max_headers)
+        .keep_alive(settings.keepalive)
+        .half_close(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopping(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+    METRICS.downstream_connections_active.dec();
+}
+
+/// Resolves once shutdown has been signalled.
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

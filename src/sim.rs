@@ -1,0 +1,230 @@
+//! The simulated legacy backend: an HTTP/1.0 (or 1.1) server that charges a fixed cost for every
+//! new connection and serves keep-alive requests quickly. Used by the demo, benches and tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Protocol;
+
+/// How the simulated backend behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen: SocketAddr,
+    pub stats_listen: Option<SocketAddr>,
+    /// Paid once per accepted connection before its first response (fork, TLS, a far backend).
+    pub conn_cost: Duration,
+    /// Idle keep-alive connections are closed after this; announced in `Keep-Alive: timeout=`.
+    pub keepalive_timeout: Duration,
+    /// Requests per connection, then `Connection: close`; 0 = unlimited.
+    pub max_requests: u32,
+    pub body_size: usize,
+    /// The version the backend answers with.
+    pub protocol: Protocol,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: "127.0.0.1:8000".parse().expect("literal"),
+            stats_listen: None,
+            conn_cost: Duration::from_millis(5),
+            keepalive_timeout: Duration::from_secs(5),
+            max_requests: 0,
+            body_size: 1024,
+            protocol: Protocol::Http10,
+        }
+    }
+}
+
+/// What the backend has seen.
+#[derive(Debug, Default, Serialize)]
+pub struct SimStats {
+    pub connections_accepted: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+impl SimStats {
+    pub fn connections(&self) -> u64 {
+        self.connections_accepted.load(Ordering::Relaxed)
+    }
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// A running simulated backend; stops when dropped.
+pub struct Sim {
+    pub addr: SocketAddr,
+    pub stats_addr: Option<SocketAddr>,
+    pub stats: Arc<SimStats>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Sim {
+    pub async fn start(config: SimConfig) -> std::io::Result<Sim> {
+        let listener = crate::server::bind(config.listen)?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(SimStats::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let stats_addr = match config.stats_listen {
+            Some(a) => {
+                let l = crate::server::bind(a)?;
+                let bound = l.local_addr()?;
+                tokio::spawn(serve_stats(l, stats.clone(), stop_rx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let body = Bytes::from(vec![b'x'; config.body_size]);
+        tokio::spawn(accept(
+            listener,
+            Arc::new(config),
+            body,
+            stats.clone(),
+            stop_rx,
+        ));
+        Ok(Sim {
+            addr,
+            stats_addr,
+            stats,
+            stop,
+        })
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    config: Arc<SimConfig>,
+    body: Bytes,
+    stats: Arc<SimStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(10)).await; continue; }
+            },
+            () = crate::server::stopping(&mut stop) => return,
+        };
+        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let (config, body, stats) = (config.clone(), body.clone(), stats.clone());
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            tokio::time::sleep(config.conn_cost).await;
+            let keepalive_timeout = config.keepalive_timeout;
+            let served = Arc::new(AtomicU32::new(0));
+            let service = service_fn(move |req| {
+                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                let resp = respond(&config, &req, n, body.clone());
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(keepalive_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = crate::server::stopping(&mut stop) => {}
+            }
+        });
+    }
+}
+
+/// The response for the `n`th request on a connection.
+fn respond(
+    config: &SimConfig,
+    req: &Request<Incoming>,
+    n: u32,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let wants_keepalive = match req.version() {
+        Version::HTTP_10 => has_token(req, "keep-alive"),
+        _ => !has_token(req, "close"),
+    };
+    let last = config.max_requests != 0 && n >= config.max_requests;
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = StatusCode::OK;
+    if config.protocol == Protocol::Http10 {
+        *resp.version_mut() = Version::HTTP_10;
+    }
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if wants_keepalive && !last {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let mut announce = format!("timeout={}", config.keepalive_timeout.as_secs().max(1));
+        if config.max_requests != 0 {
+            announce.push_str(&format!(", max={}", config.max_requests - n));
+        }
+        if let Ok(v) = HeaderValue::try_from(announce) {
+            headers.insert("keep-alive", v);
+        }
+    } else {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+fn has_token(req: &Request<Incoming>, token: &str) -> bool {
+    req.headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+async fn serve_stats(listener: TcpListener, stats: Arc<SimStats>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            () = crate::server::stopping(&mut stop) => return,
+        };
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = if req.uri().path() == "/stats" {
+                    let json = serde_json::to_string(&*stats).expect("serializable");
+                    let mut r = Response::new(Full::new(Bytes::from(json)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                } else {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                };
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

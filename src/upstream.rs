@@ -1,0 +1,391 @@
+//! A named upstream: its servers, one deadpool pool of keep-alive connections per server, the
+//! balancer, and `forward`, which sends one request with the retry rules that keep it safe.
+
+mod balance;
+mod body;
+mod conn;
+mod maintain;
+mod reuse;
+mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{Object, Pool, PoolError, QueueMode};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+pub use body::{InFlight, PooledBody};
+pub use conn::{ConnManager, ConnectError, UpstreamConn};
+pub use server::{Server, ServerSettings};
+
+use crate::body::RequestBody;
+use crate::config::{Balance, Protocol, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::metrics::{CloseReason, UpstreamMetrics};
+use balance::Balancer;
+
+/// A server and its pool.
+pub struct ServerPool {
+    pub server: Arc<Server>,
+    pub pool: Pool<ConnManager>,
+    maintainer: tokio::task::JoinHandle<()>,
+}
+
+impl ServerPool {
+    pub fn new(server: Server) -> ServerPool {
+        let server = Arc::new(server);
+        let pool = Pool::<ConnManager>::builder(ConnManager {
+            server: server.clone(),
+        })
+        .max_size(server.settings.pool.max_size)
+        .queue_mode(QueueMode::Lifo)
+        .wait_timeout(Some(server.settings.pool.wait_timeout))
+        .recycle_timeout(Some(server.settings.connect_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .expect("a runtime is configured");
+        let maintainer = tokio::spawn(maintain::run(pool.clone(), server.clone()));
+        ServerPool {
+            server,
+            pool,
+            maintainer,
+        }
+    }
+
+    /// Stops maintenance and closes idle connections; busy ones close when their response ends.
+    pub fn close(&self) {
+        self.maintainer.abort();
+        let removed = self.pool.retain(|_, _| false).removed;
+        for conn in removed {
+            conn.retire(CloseReason::IdleTimeout);
+        }
+        self.pool.close();
+    }
+
+    /// Idle, busy and waiting counts from the pool.
+    pub fn usage(&self) -> PoolUsage {
+        let status = self.pool.status();
+        let busy = status.size - status.available;
+        PoolUsage {
+            idle: status.available,
+            busy,
+            waiters: status.waiting,
+        }
+    }
+}
+
+impl Drop for ServerPool {
+    fn drop(&mut self) {
+        self.maintainer.abort();
+    }
+}
+
+pub struct PoolUsage {
+    pub idle: usize,
+    pub busy: usize,
+    pub waiters: usize,
+}
+
+/// Retries on a connection that failed without sending anything are bounded by this.
+const MAX_ATTEMPTS: usize = 4;
+
+pub struct Upstream {
+    pub name: String,
+    pub protocol: Protocol,
+    pub response_timeout: Duration,
+    pub max_buffered_body_bytes: usize,
+    pub servers: Vec<Arc<ServerPool>>,
+    balancer: Balancer,
+    metrics: UpstreamMetrics,
+}
+
+impl Upstream {
+    /// Builds the upstream, reusing pools from `previous` whose server and settings are unchanged.
+    pub fn new(
+        config: &UpstreamConfig,
+        previous: Option<&Arc<Upstream>>,
+        mark: Option<u32>,
+    ) -> Upstream {
+        let settings = ServerSettings {
+            protocol: config.protocol,
+            connect_timeout: config.connect_timeout,
+            pool: config.pool.clone(),
+            tcp_keepalive: config.tcp_keepalive.clone(),
+            health: config.health.clone(),
+            mark,
+        };
+        let kept = |address: &str| {
+            previous?
+                .servers
+                .iter()
+                .find(|sp| sp.server.address == address && sp.server.settings == settings)
+                .cloned()
+        };
+        let servers = config
+            .servers
+            .iter()
+            .map(|address| {
+                kept(address).unwrap_or_else(|| {
+                    Arc::new(ServerPool::new(Server::new(
+                        &config.name,
+                        address,
+                        settings.clone(),
+                    )))
+                })
+            })
+            .collect::<Vec<_>>();
+        Upstream {
+            name: config.name.clone(),
+            protocol: config.protocol,
+            response_timeout: config.response_timeout,
+            max_buffered_body_bytes: config.max_buffered_body_bytes,
+            balancer: Balancer::new(match config.balance {
+                Balance::RoundRobin => balance::Strategy::RoundRobin,
+                Balance::LeastConn => balance::Strategy::LeastConn,
+            }),
+            metrics: UpstreamMetrics::new(&config.name),
+            servers,
+        }
+    }
+
+    /// Closes the pools of servers that `next` does not carry over (after a reload).
+    pub fn close_removed(&self, next: Option<&Upstream>) {
+        for sp in &self.servers {
+            let carried = next.is_some_and(|n| n.servers.iter().any(|s| Arc::ptr_eq(s, sp)));
+            if !carried {
+                sp.close();
+                sp.server.metrics.remove();
+            }
+        }
+    }
+
+    /// Sends `req` to a server and returns its response, retrying only where that is safe:
+    /// always when hyper hands the request back unsent, and once for an idempotent request
+    /// with a replayable body when a reused connection closed before any response byte.
+    pub async fn forward(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let mut req = self.prepare(req);
+        let mut replay = Replay::capture(&req);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sp =
+                self.balancer
+                    .pick(&self.servers)
+                    .ok_or_else(|| ProxyError::NoHealthyServer {
+                        upstream: self.name.clone(),
+                    })?;
+            let mut conn = match self.checkout(sp).await {
+                Ok(conn) => conn,
+                Err(e @ (ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }))
+                    if attempt < MAX_ATTEMPTS.min(self.servers.len()) =>
+                {
+                    tracing::debug!(error = %e, "connect failed, trying the next server");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let reused = conn.served > 0;
+            conn.start_request();
+            let server = &sp.server;
+            if reused {
+                server.metrics.requests_reused.inc();
+            } else {
+                server.metrics.requests_new.inc();
+            }
+            let in_flight = InFlight::new(server);
+            let method = req.method().clone();
+            let sent =
+                tokio::time::timeout(self.response_timeout, conn.sender.try_send_request(req))
+                    .await;
+            let mut failure = match sent {
+                Ok(Ok(resp)) => return Ok(self.accept(resp, &method, conn, server, in_flight)),
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    conn.retire(CloseReason::Error);
+                    drop(Object::take(conn));
+                    return Err(ProxyError::ResponseTimeout {
+                        upstream: self.name.clone(),
+                        server: server.address.clone(),
+                        after: self.response_timeout,
+                    });
+                }
+            };
+            conn.retire(CloseReason::PeerClosed);
+            drop(Object::take(conn));
+            if let Some(unsent) = failure.take_message()
+                && attempt < MAX_ATTEMPTS
+            {
+                self.metrics.retry_not_sent.inc();
+                req = unsent;
+                continue;
+            }
+            let error = failure.into_error();
+            if let Some(client_err) = client_body_failure(&error) {
+                return Err(client_err);
+            }
+            if reused && let Some(again) = replay.take().and_then(|r| r.rebuild()) {
+                tracing::debug!(upstream = %self.name, server = %server.address, error = %error,
+                    "reused connection closed before a response; retrying on a fresh connection");
+                self.metrics.retry_stale.inc();
+                req = again;
+                continue;
+            }
+            if !reused {
+                server.record_failure();
+            }
+            return Err(self.classify(server, &error));
+        }
+    }
+
+    /// Version and `Connection` header for what this upstream speaks.
+    fn prepare(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
+        match self.protocol {
+            Protocol::Http10 => {
+                *req.version_mut() = Version::HTTP_10;
+                req.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+            Protocol::Http11 => *req.version_mut() = Version::HTTP_11,
+        }
+        req
+    }
+
+    async fn checkout(&self, sp: &ServerPool) -> Result<Object<ConnManager>, ProxyError> {
+        let started = Instant::now();
+        let waited = || started.elapsed();
+        let result = sp.pool.get().await;
+        self.metrics.pool_wait.observe(waited().as_secs_f64());
+        result.map_err(|e| match e {
+            PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => ProxyError::PoolTimeout {
+                upstream: self.name.clone(),
+                waited: waited(),
+            },
+            PoolError::Backend(ConnectError::Timeout(after)) => ProxyError::ConnectTimeout {
+                upstream: self.name.clone(),
+                server: sp.server.address.clone(),
+                after,
+            },
+            other => ProxyError::Connect {
+                upstream: self.name.clone(),
+                server: sp.server.address.clone(),
+                cause: other.to_string(),
+            },
+        })
+    }
+
+    /// Checks a response head, learns what the backend announced, and wraps the body so the
+    /// connection returns to the pool when it ends.
+    fn accept(
+        &self,
+        resp: Response<Incoming>,
+        method: &Method,
+        mut conn: Object<ConnManager>,
+        server: &Arc<Server>,
+        in_flight: InFlight,
+    ) -> Response<PooledBody> {
+        let (parts, body) = resp.into_parts();
+        let (timeout, max) = reuse::keep_alive_params(&parts.headers);
+        server.learn_announced(timeout, max);
+        if let Some(why) =
+            reuse::not_reusable_reason(method, parts.status, parts.version, &parts.headers)
+        {
+            conn.reusable = false;
+            if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+                server.warn_not_reusable(why);
+            }
+        }
+        server.record_success();
+        Response::from_parts(parts, PooledBody::new(body, conn, in_flight))
+    }
+
+    fn classify(&self, server: &Server, error: &hyper::Error) -> ProxyError {
+        let upstream = self.name.clone();
+        let address = server.address.clone();
+        let cause = error_chain(error);
+        if error.is_parse() || error.is_parse_status() {
+            return ProxyError::Protocol {
+                upstream,
+                server: address,
+                cause,
+            };
+        }
+        ProxyError::Reset {
+            upstream,
+            server: address,
+            cause,
+        }
+    }
+}
+
+/// A copy of an idempotent request with a replayable body, kept for one stale-connection retry.
+struct Replay {
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: RequestBody,
+}
+
+impl Replay {
+    fn capture(req: &Request<RequestBody>) -> Option<Replay> {
+        if !is_idempotent(req.method()) {
+            return None;
+        }
+        Some(Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body: req.body().try_clone()?,
+        })
+    }
+
+    fn rebuild(self) -> Option<Request<RequestBody>> {
+        let mut req = Request::new(self.body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        Some(req)
+    }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// If the request failed because the client's body failed (stalled, aborted), that error.
+fn client_body_failure(error: &hyper::Error) -> Option<ProxyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(p) = e.downcast_ref::<ProxyError>() {
+            return Some(match p {
+                ProxyError::BodyTimeout(d) => ProxyError::BodyTimeout(*d),
+                other => ProxyError::ClientBody(other.to_string()),
+            });
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// "a: b: c" from an error and its sources.
+fn error_chain(error: &hyper::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

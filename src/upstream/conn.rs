@@ -1,0 +1,244 @@
+//! One pooled upstream connection (a hyper HTTP/1 client handle) and the deadpool `Manager` that
+//! opens it with the configured socket options and decides at checkout whether it may be reused.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use socket2::{SockRef, Socket, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::server::Server;
+use crate::body::RequestBody;
+use crate::clock;
+use crate::metrics::CloseReason;
+
+/// A live keep-alive connection to one backend server.
+pub struct UpstreamConn {
+    pub sender: SendRequest<RequestBody>,
+    /// A dup of the socket, only to peek for a FIN or RST the connection task has not seen yet.
+    probe: Option<Socket>,
+    /// Requests sent on this connection so far.
+    pub served: u32,
+    /// False once a response said the connection cannot carry another request.
+    pub reusable: bool,
+    state: Arc<ConnState>,
+}
+
+/// What the connection task needs to know when the connection ends.
+struct ConnState {
+    /// `clock::now_ms()` when the connection went idle; 0 while it carries a request.
+    idle_since_ms: AtomicU64,
+    /// Why longhaul closed it, if longhaul did (a `CloseReason` + 1; 0 = the peer closed it).
+    close_reason: AtomicU8,
+}
+
+const REASONS: [CloseReason; 6] = [
+    CloseReason::IdleTimeout,
+    CloseReason::MaxLifetime,
+    CloseReason::MaxRequests,
+    CloseReason::PeerClosed,
+    CloseReason::NotReusable,
+    CloseReason::Error,
+];
+
+impl UpstreamConn {
+    /// Marks the connection busy before a request is written on it.
+    pub fn start_request(&mut self) {
+        self.served += 1;
+        self.state.idle_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Marks the connection idle once its response has been read to the end.
+    pub fn finish_request(&self) {
+        self.state
+            .idle_since_ms
+            .store(clock::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Records why longhaul is about to drop this connection (counted once, when it closes).
+    pub fn retire(&self, reason: CloseReason) {
+        let code = REASONS.iter().position(|r| *r == reason).unwrap_or(5) as u8 + 1;
+        let _ =
+            self.state
+                .close_reason
+                .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        match self.state.idle_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => clock::since(since),
+        }
+    }
+
+    /// The reason this idle connection must not be handed out again, if any.
+    pub fn expiry(&self, server: &Server, metrics: &Metrics) -> Option<CloseReason> {
+        if self.sender.is_closed() || self.peer_has_closed() {
+            Some(CloseReason::PeerClosed)
+        } else if !self.reusable {
+            Some(CloseReason::NotReusable)
+        } else if metrics.age() >= server.settings.pool.max_lifetime {
+            Some(CloseReason::MaxLifetime)
+        } else if self.served >= server.request_budget() {
+            Some(CloseReason::MaxRequests)
+        } else if self.idle_for() >= server.idle_limit() {
+            Some(CloseReason::IdleTimeout)
+        } else {
+            None
+        }
+    }
+
+    /// Peeks one byte without blocking: EOF or an error means the backend closed the socket;
+    /// bytes on an idle connection mean it cannot be trusted either.
+    fn peer_has_closed(&self) -> bool {
+        let Some(probe) = &self.probe else {
+            return false;
+        };
+        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+        !matches!(probe.peek(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, io::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// Opens and recycles connections to one server.
+pub struct ConnManager {
+    pub server: Arc<Server>,
+}
+
+impl managed::Manager for ConnManager {
+    type Type = UpstreamConn;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<UpstreamConn, ConnectError> {
+        let server = &self.server;
+        let timeout = server.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, connect(server)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                server.record_failure();
+                return Err(e);
+            }
+            Err(_) => {
+                server.record_failure();
+                return Err(ConnectError::Timeout(timeout));
+            }
+        };
+        server.record_success();
+        let probe = SockRef::from(&stream).try_clone().ok();
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let state = Arc::new(ConnState {
+            idle_since_ms: AtomicU64::new(0),
+            close_reason: AtomicU8::new(0),
+        });
+        server.metrics.opened.inc();
+        tokio::spawn(watch_connection(connection, state.clone(), server.clone()));
+        Ok(UpstreamConn {
+            sender,
+            probe,
+            served: 0,
+            reusable: true,
+            state,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut UpstreamConn,
+        metrics: &Metrics,
+    ) -> RecycleResult<ConnectError> {
+        if let Some(reason) = conn.expiry(&self.server, metrics) {
+            conn.retire(reason);
+            return Err(RecycleError::message(reason.as_str()));
+        }
+        // A healthy connection can be briefly not-ready right after its last response.
+        if conn.sender.ready().await.is_err() {
+            conn.retire(CloseReason::PeerClosed);
+            return Err(RecycleError::message("closed"));
+        }
+        Ok(())
+    }
+}
+
+/// Drives the hyper connection; when it ends, counts the close and learns from idle closes.
+async fn watch_connection(
+    connection: hyper::client::conn::http1::Connection<TokioIo<TcpStream>, RequestBody>,
+    state: Arc<ConnState>,
+    server: Arc<Server>,
+) {
+    let result = connection.with_upgrades().await;
+    let reason = match state.close_reason.load(Ordering::Relaxed) {
+        0 => {
+            let idle_since = state.idle_since_ms.load(Ordering::Relaxed);
+            if idle_since != 0 {
+                server.learn_observed_idle_close(clock::since(idle_since));
+            }
+            if result.is_err() {
+                CloseReason::Error
+            } else {
+                CloseReason::PeerClosed
+            }
+        }
+        code => REASONS[(code - 1) as usize],
+    };
+    server.metrics.closed(reason);
+}
+
+/// Opens a TCP connection with the configured socket options.
+async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
+    let addr = resolve(&server.address).await?;
+    let socket = Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    let ka = &server.settings.tcp_keepalive;
+    socket.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(ka.time)
+            .with_interval(ka.interval)
+            .with_retries(ka.retries),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(mark) = server.settings.mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    Ok(socket.connect(addr).await?)
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
+    if let Ok(addr) = address.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| ConnectError::Resolve(address.to_string(), e))?;
+    addrs.next().ok_or_else(|| {
+        ConnectError::Resolve(
+            address.to_string(),
+            io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+        )
+    })
+}

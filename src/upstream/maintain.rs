@@ -1,0 +1,58 @@
+//! Background upkeep of one server's pool: deadpool never reaps idle connections by itself, so
+//! this closes expired ones and keeps `min_idle` connections open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::Pool;
+
+use super::conn::ConnManager;
+use super::server::Server;
+
+/// The sweep runs at least this often, and more often for short idle limits.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(25);
+
+pub async fn run(pool: Pool<ConnManager>, server: Arc<Server>) {
+    loop {
+        reap_expired(&pool, &server);
+        warm(&pool, &server).await;
+        let interval = (server.idle_limit() / 4).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Closes idle connections that are closed, too old, too used or idle too long.
+fn reap_expired(pool: &Pool<ConnManager>, server: &Server) {
+    let removed = pool
+        .retain(|conn, metrics| match conn.expiry(server, &metrics) {
+            Some(reason) => {
+                conn.retire(reason);
+                false
+            }
+            None => true,
+        })
+        .removed;
+    drop(removed);
+}
+
+/// Opens connections until `min_idle` exist. Holding the new ones together forces the pool to
+/// create rather than hand back the same idle connection each time.
+async fn warm(pool: &Pool<ConnManager>, server: &Server) {
+    let want = server.settings.pool.min_idle;
+    let status = pool.status();
+    if status.size >= want || status.waiting > 0 || !server.is_available() {
+        return;
+    }
+    let mut held = Vec::with_capacity(want);
+    for _ in 0..want {
+        match pool.get().await {
+            Ok(conn) => held.push(conn),
+            Err(e) => {
+                tracing::debug!(upstream = %server.upstream, server = %server.address, error = %e,
+                    "could not open a warm connection");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! One backend server as the pool sees it: its address and settings, what was learned about its
+//! keep-alive behaviour, its health (passive ejection), and its metric children.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::clock;
+use crate::config::{HealthConfig, PoolConfig, Protocol, TcpKeepaliveConfig};
+use crate::metrics::ServerMetrics;
+
+/// Settings a server's connections are opened and reused with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub pool: PoolConfig,
+    pub tcp_keepalive: TcpKeepaliveConfig,
+    pub health: HealthConfig,
+    /// SO_MARK for upstream sockets (transparent mode's loop protection).
+    pub mark: Option<u32>,
+}
+
+/// Observed idle closes shorter than this are "closed after a response", not a keep-alive timer.
+const MIN_OBSERVED_IDLE: Duration = Duration::from_millis(20);
+
+/// Stay this fraction below the backend's keep-alive timeout, to leave room for RTT and timer slop.
+const KEEPALIVE_SAFETY_NUM: u32 = 3;
+const KEEPALIVE_SAFETY_DEN: u32 = 4;
+
+pub struct Server {
+    pub upstream: String,
+    pub address: String,
+    pub settings: ServerSettings,
+    pub metrics: ServerMetrics,
+    /// Requests in flight on this server (for least_conn).
+    pub in_flight: AtomicUsize,
+    /// Shortest backend keep-alive timeout seen (announced or observed), in ms; 0 = unknown.
+    learned_keepalive_ms: AtomicU64,
+    /// Request budget per connection the backend announced with `Keep-Alive: max=N`; 0 = none.
+    learned_max_requests: AtomicU32,
+    /// Set once we have logged that this server does not keep connections alive.
+    warned_not_reusable: AtomicBool,
+    health: Health,
+}
+
+impl Server {
+    pub fn new(upstream: &str, address: &str, settings: ServerSettings) -> Server {
+        Server {
+            upstream: upstream.to_string(),
+            address: address.to_string(),
+            metrics: ServerMetrics::new(upstream, address, settings.pool.max_size),
+            settings,
+            in_flight: AtomicUsize::new(0),
+            learned_keepalive_ms: AtomicU64::new(0),
+            learned_max_requests: AtomicU32::new(0),
+            warned_not_reusable: AtomicBool::new(false),
+            health: Health::default(),
+        }
+    }
+
+    /// How long a connection may sit idle: the configured idle timeout, kept below the backend's.
+    pub fn idle_limit(&self) -> Duration {
+        let configured = self.settings.pool.idle_timeout;
+        match self.learned_keepalive() {
+            Some(backend) => configured.min(backend * KEEPALIVE_SAFETY_NUM / KEEPALIVE_SAFETY_DEN),
+            None => configured,
+        }
+    }
+
+    /// Requests a connection may carry: the configured budget, within the backend's `max`.
+    pub fn request_budget(&self) -> u32 {
+        match self.learned_max_requests.load(Ordering::Relaxed) {
+            0 => self.settings.pool.max_requests,
+            announced => self.settings.pool.max_requests.min(announced),
+        }
+    }
+
+    pub fn learned_keepalive(&self) -> Option<Duration> {
+        match self.learned_keepalive_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Records a `Keep-Alive: timeout=N, max=M` announcement.
+    pub fn learn_announced(&self, timeout: Option<Duration>, max: Option<u32>) {
+        if let Some(t) = timeout {
+            self.learn_keepalive(t);
+        }
+        if let Some(m) = max.filter(|&m| m > 0) {
+            let prev = self.learned_max_requests.load(Ordering::Relaxed);
+            if prev == 0 || m > prev {
+                // The `max` a backend announces counts down per connection; the first, largest
+                // value is its real budget.
+                self.learned_max_requests.store(m, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records that the backend closed a connection that had been idle for `idle`.
+    pub fn learn_observed_idle_close(&self, idle: Duration) {
+        if idle >= MIN_OBSERVED_IDLE {
+            self.learn_keepalive(idle);
+        }
+    }
+
+    fn learn_keepalive(&self, timeout: Duration) {
+        let ms = (timeout.as_millis() as u64).max(1);
+        let prev = self.learned_keepalive_ms.load(Ordering::Relaxed);
+        if prev == 0 || ms < prev {
+            self.learned_keepalive_ms.store(ms, Ordering::Relaxed);
+            self.metrics.keepalive_timeout.set(ms as f64 / 1000.0);
+            tracing::info!(
+                upstream = %self.upstream, server = %self.address, keepalive_ms = ms,
+                idle_limit_ms = self.idle_limit().as_millis() as u64,
+                "learned backend keep-alive timeout"
+            );
+        }
+    }
+
+    /// Logs, once per server, that responses from it cannot be reused.
+    pub fn warn_not_reusable(&self, why: &str) {
+        if !self.warned_not_reusable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                upstream = %self.upstream, server = %self.address, reason = why,
+                "backend does not keep connections alive; each request costs a new connection"
+            );
+        }
+    }
+
+    // === health (passive ejection) ===
+
+    /// False while the server is ejected.
+    pub fn is_available(&self) -> bool {
+        self.health.ejected_until.load(Ordering::Relaxed) <= clock::now_ms()
+    }
+
+    /// True when the server is ejected right now or failed its last connect.
+    pub fn is_healthy(&self) -> bool {
+        self.is_available() && self.health.consecutive_failures.load(Ordering::Relaxed) == 0
+    }
+
+    pub fn record_success(&self) {
+        self.health.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.health.ejections.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!(upstream = %self.upstream, server = %self.address, "server back in rotation");
+        }
+        self.metrics.up.set(1);
+    }
+
+    /// Counts a connect failure or reset; ejects the server after `max_failures` in a row.
+    pub fn record_failure(&self) {
+        let failures = self
+            .health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let h = &self.settings.health;
+        if failures < h.max_failures {
+            return;
+        }
+        self.health.consecutive_failures.store(0, Ordering::Relaxed);
+        let ejections = self.health.ejections.fetch_add(1, Ordering::Relaxed);
+        let backoff = h
+            .base_ejection
+            .saturating_mul(1u32 << ejections.min(16))
+            .min(h.max_ejection);
+        self.health.ejected_until.store(
+            clock::now_ms() + backoff.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        self.metrics.up.set(0);
+        tracing::warn!(
+            upstream = %self.upstream, server = %self.address, failures,
+            ejected_for_ms = backoff.as_millis() as u64, "server ejected"
+        );
+    }
+
+    /// Marks the server down without ejecting it for long (an active check failed).
+    pub fn mark_down(&self) {
+        self.health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.up.set(0);
+    }
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// `clock::now_ms()` until which the server is out of rotation.
+    ejected_until: AtomicU64,
+}
