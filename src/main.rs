@@ -25,8 +25,24 @@ struct Cli {
 enum Command {
     /// Validate the configuration, print the effective settings, exit 0 or 2.
     Check,
+    /// Show what longhaul does: the same short-connection load straight to a simulated
+    /// legacy backend and through longhaul, side by side.
+    Demo(DemoArgs),
     /// Run a simulated legacy backend (for demos, benchmarks and tests).
     BackendSim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Requests to send each way.
+    #[arg(long, short = 'n', default_value_t = 5000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    concurrency: usize,
+    /// What each new backend connection costs (fork, TLS, a long round trip).
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    conn_cost: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +93,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::BackendSim(args)) => backend_sim(args),
+        Some(Command::Demo(args)) => demo(args),
         None => run(cli.config),
     }
 }
@@ -153,4 +170,19 @@ fn backend_sim(args: SimArgs) -> ExitCode {
         let _ = tokio::signal::ctrl_c().await;
         ExitCode::SUCCESS
     })
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let options = longhaul::demo::DemoOptions {
+        requests: args.requests,
+        concurrency: args.concurrency,
+        conn_cost: args.conn_cost,
+    };
+    match runtime().block_on(longhaul::demo::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
