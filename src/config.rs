@@ -392,7 +392,7 @@ impl Config {
             ConfigError::Invalid {
                 file: file.clone(),
                 line: locate::line_of(source, span.start),
-                key: locate::key_at(source, span.start).unwrap_or_else(|| "(document)".into()),
+                key: locate::key_at(source, span.start).unwrap_or_else(|| "(syntax)".into()),
                 reason: e.message().trim().to_string(),
             }
         })?;

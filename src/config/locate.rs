@@ -44,40 +44,38 @@ pub fn line_of_key(source: &str, path: &str) -> usize {
     line_of(source, best.start)
 }
 
-/// The key path whose value contains `offset`, e.g. `upstream[0].servers`.
+/// The key path whose key or value contains `offset`, e.g. `upstream[0].servers`.
+/// Tables are searched whatever their own span says: a table built from `[header]` lines
+/// has a span that need not cover its keys.
 pub fn key_at(source: &str, offset: usize) -> Option<String> {
     let root = DeTable::parse(source).ok()?;
-    let mut path = String::new();
-    walk_table(root.get_ref(), offset, &mut path);
-    (!path.is_empty()).then_some(path)
+    find_in_table(root.get_ref(), offset)
 }
 
-fn walk_table(table: &DeTable<'_>, offset: usize, path: &mut String) {
-    for (key, value) in table.iter() {
-        if contains(&key.span(), offset) || contains(&value.span(), offset) {
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(key.get_ref());
-            walk_value(value, offset, path);
-            return;
+fn find_in_table(table: &DeTable<'_>, offset: usize) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let name = key.get_ref().to_string();
+        if let Some(inner) = find_in_value(value, offset) {
+            return Some(format!("{name}{inner}"));
         }
-    }
+        (contains(&key.span(), offset) || contains(&value.span(), offset)).then_some(name)
+    })
 }
 
-fn walk_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) {
+/// The rest of the path below `value` (starting with `.` or `[i]`), if the offset is inside it.
+fn find_in_value(value: &Spanned<DeValue<'_>>, offset: usize) -> Option<String> {
     match value.get_ref() {
-        DeValue::Table(inner) => walk_table(inner, offset, path),
+        DeValue::Table(inner) => find_in_table(inner, offset).map(|p| format!(".{p}")),
         DeValue::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                if contains(&item.span(), offset) {
-                    path.push_str(&format!("[{i}]"));
-                    walk_value(item, offset, path);
-                    return;
-                }
-            }
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| match find_in_value(item, offset) {
+                    Some(inner) => Some(format!("[{i}]{inner}")),
+                    None => contains(&item.span(), offset).then(|| format!("[{i}]")),
+                })
         }
-        _ => {}
+        _ => None,
     }
 }
 
