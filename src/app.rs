@@ -46,7 +46,7 @@ impl App {
         let mut tasks = JoinSet::new();
         let settings = Arc::new(ClientSettings::from_config(&config.server));
         let limit = Arc::new(Semaphore::new(config.server.max_connections));
-        let proxy = Proxy::new(routing.clone(), settings.body_limits);
+        let proxy = Proxy::new(routing.clone(), settings.proxy_options);
         let stack = server::stack(proxy, &config.server, config.log.access_log);
         let mut listen = Vec::new();
         for addr in config.listen_addrs() {

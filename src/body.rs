@@ -128,6 +128,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A backend's body; its connection goes back to the pool when it ends.
     Upstream(PooledBody),
+    /// A backend's body on a dedicated connection that closes after it.
+    Direct(Incoming),
 }
 
 impl ProxyBody {
@@ -151,6 +153,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(p) => Pin::new(p).poll_frame(cx),
+            ProxyBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -158,6 +161,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Upstream(p) => p.is_end_stream(),
+            ProxyBody::Direct(b) => b.is_end_stream(),
         }
     }
 
@@ -165,6 +169,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Upstream(p) => p.size_hint(),
+            ProxyBody::Direct(b) => b.size_hint(),
         }
     }
 }

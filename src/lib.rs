@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod tunnel;
 pub mod upstream;

@@ -19,9 +19,12 @@ use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, error_response};
 use crate::metrics::UpstreamMetrics;
 use crate::middleware::access_log::UpstreamName;
+use crate::middleware::hop_by_hop::UpgradeRequest;
 use crate::middleware::request_id;
 use crate::route::{Router, normalize_host};
 use crate::upstream::Upstream;
+
+mod upgrade;
 
 /// Everything a reload replaces at once: the routing table and the upstreams it points into.
 pub struct Routing {
@@ -64,21 +67,24 @@ impl Routing {
     }
 }
 
-/// Limits on client bodies, from `[server]`.
+/// Per-request behaviour from `[server]`.
 #[derive(Clone, Copy)]
-pub struct BodyLimits {
+pub struct ProxyOptions {
+    /// A client body may pause at most this long.
     pub stall_timeout: std::time::Duration,
+    /// Whether CONNECT is tunnelled (to routed upstreams only).
+    pub allow_connect: bool,
 }
 
 #[derive(Clone)]
 pub struct Proxy {
     routing: Arc<ArcSwap<Routing>>,
-    limits: BodyLimits,
+    options: ProxyOptions,
 }
 
 impl Proxy {
-    pub fn new(routing: Arc<ArcSwap<Routing>>, limits: BodyLimits) -> Proxy {
-        Proxy { routing, limits }
+    pub fn new(routing: Arc<ArcSwap<Routing>>, options: ProxyOptions) -> Proxy {
+        Proxy { routing, options }
     }
 }
 
@@ -93,14 +99,21 @@ impl Service<Request<Incoming>> for Proxy {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let routing = self.routing.load_full();
-        let limits = self.limits;
+        let options = self.options;
         Box::pin(async move {
             let id = request_id::of(&req);
-            let (upstream, name) = match select_upstream(&routing, &req) {
+            let (upstream, name) = match select_upstream(&routing, &req, options) {
                 Ok(found) => found,
                 Err(e) => return Ok(error_response(e.status(), &e.to_string(), &id)),
             };
-            let mut resp = match proxy_request(&upstream, req, limits).await {
+            let outcome = if req.method() == Method::CONNECT {
+                upgrade::connect(&upstream, req).await
+            } else if req.extensions().get::<UpgradeRequest>().is_some() {
+                upgrade::switch_protocols(&upstream, req, options).await
+            } else {
+                proxy_request(&upstream, req, options).await
+            };
+            let mut resp = match outcome {
                 Ok(resp) => resp,
                 Err(e) => {
                     if let Some(kind) = e.upstream_kind() {
@@ -121,8 +134,9 @@ impl Service<Request<Incoming>> for Proxy {
 fn select_upstream(
     routing: &Routing,
     req: &Request<Incoming>,
+    options: ProxyOptions,
 ) -> Result<(Arc<Upstream>, Arc<str>), ProxyError> {
-    if req.method() == Method::CONNECT {
+    if req.method() == Method::CONNECT && !options.allow_connect {
         return Err(ProxyError::MethodNotAllowed("CONNECT tunnels are disabled"));
     }
     let absolute_host = req.uri().authority().map(|a| a.host());
@@ -133,7 +147,14 @@ fn select_upstream(
     });
     let found = routing
         .router
-        .lookup(host, req.uri().path())
+        .lookup(
+            host,
+            if req.method() == Method::CONNECT {
+                "/"
+            } else {
+                req.uri().path()
+            },
+        )
         .ok_or(ProxyError::NoRoute)?;
     if let Some(h) = absolute_host
         && !found.host_named
@@ -146,10 +167,10 @@ fn select_upstream(
     ))
 }
 
-async fn proxy_request(
+pub(crate) async fn proxy_request(
     upstream: &Upstream,
     req: Request<Incoming>,
-    limits: BodyLimits,
+    options: ProxyOptions,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
     if let Some(authority) = parts.uri.authority().cloned()
@@ -160,7 +181,7 @@ async fn proxy_request(
         }
     }
     parts.uri = origin_form(&parts.uri);
-    let body = request_body(upstream, &mut parts.headers, incoming, limits).await?;
+    let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
     let req = Request::from_parts(parts, body);
     let resp = upstream.forward(req).await?;
     let (mut parts, body) = resp.into_parts();
@@ -171,16 +192,16 @@ async fn proxy_request(
 }
 
 /// The request body as the upstream's protocol needs it.
-async fn request_body(
+pub(crate) async fn request_body(
     upstream: &Upstream,
     headers: &mut http::HeaderMap,
     incoming: Incoming,
-    limits: BodyLimits,
+    options: ProxyOptions,
 ) -> Result<RequestBody, ProxyError> {
     if incoming.is_end_stream() {
         return Ok(RequestBody::Empty);
     }
-    let guarded = StallGuard::new(incoming, limits.stall_timeout);
+    let guarded = StallGuard::new(incoming, options.stall_timeout);
     if guarded.size_hint().exact().is_some() || upstream.protocol == Protocol::Http11 {
         return Ok(RequestBody::Stream(guarded));
     }
@@ -202,7 +223,7 @@ async fn request_body(
 }
 
 /// `http://host/p?q` -> `/p?q`; origin-form stays as it is.
-fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
     if uri.authority().is_none() {
         return uri.clone();
     }

@@ -23,7 +23,7 @@ use crate::middleware::access_log::AccessLogLayer;
 use crate::middleware::forwarded::{self, ClientAddr};
 use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::RequestIdLayer;
-use crate::proxy::{BodyLimits, Proxy};
+use crate::proxy::{Proxy, ProxyOptions};
 use timer::ClientTimer;
 
 /// Accept queue length: bursts of short connections must not be refused by the kernel.
@@ -106,7 +106,7 @@ pub struct ClientSettings {
     pub keepalive: bool,
     pub max_head_bytes: usize,
     pub max_headers: usize,
-    pub body_limits: BodyLimits,
+    pub proxy_options: ProxyOptions,
 }
 
 impl ClientSettings {
@@ -117,8 +117,9 @@ impl ClientSettings {
             keepalive: s.client_keepalive,
             max_head_bytes: s.max_request_head_bytes,
             max_headers: s.max_request_headers,
-            body_limits: BodyLimits {
+            proxy_options: ProxyOptions {
                 stall_timeout: s.body_read_timeout,
+                allow_connect: s.allow_connect,
             },
         }
     }

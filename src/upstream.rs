@@ -11,7 +11,7 @@ mod server;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Object, Pool, PoolError, QueueMode};
+use deadpool::managed::{Manager, Object, Pool, PoolError, QueueMode};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -173,12 +173,7 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sp =
-                self.balancer
-                    .pick(&self.servers)
-                    .ok_or_else(|| ProxyError::NoHealthyServer {
-                        upstream: self.name.clone(),
-                    })?;
+            let sp = self.pick()?;
             let mut conn = match self.checkout(sp).await {
                 Ok(conn) => conn,
                 Err(e @ (ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }))
@@ -242,6 +237,70 @@ impl Upstream {
         }
     }
 
+    /// Sends one request on a connection of its own, outside the pool (upgrades): the
+    /// connection ends with this exchange or becomes a tunnel.
+    pub async fn send_dedicated(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let sp = self.pick()?;
+        let mut conn = sp
+            .pool
+            .manager()
+            .create()
+            .await
+            .map_err(|e| self.connect_error(&sp.server, e))?;
+        conn.retire(CloseReason::NotReusable);
+        conn.start_request();
+        sp.server.metrics.requests_new.inc();
+        match tokio::time::timeout(self.response_timeout, conn.sender.send_request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(self.classify(&sp.server, &e)),
+            Err(_) => Err(ProxyError::ResponseTimeout {
+                upstream: self.name.clone(),
+                server: sp.server.address.clone(),
+                after: self.response_timeout,
+            }),
+        }
+    }
+
+    /// A plain TCP connection to a server of this upstream (CONNECT tunnels).
+    pub async fn connect_raw(&self) -> Result<tokio::net::TcpStream, ProxyError> {
+        let sp = self.pick()?;
+        let server = &sp.server;
+        match tokio::time::timeout(server.settings.connect_timeout, conn::connect(server)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(self.connect_error(server, e)),
+            Err(_) => Err(self.connect_error(
+                server,
+                ConnectError::Timeout(server.settings.connect_timeout),
+            )),
+        }
+    }
+
+    fn pick(&self) -> Result<&ServerPool, ProxyError> {
+        self.balancer
+            .pick(&self.servers)
+            .ok_or_else(|| ProxyError::NoHealthyServer {
+                upstream: self.name.clone(),
+            })
+    }
+
+    fn connect_error(&self, server: &Server, e: ConnectError) -> ProxyError {
+        match e {
+            ConnectError::Timeout(after) => ProxyError::ConnectTimeout {
+                upstream: self.name.clone(),
+                server: server.address.clone(),
+                after,
+            },
+            other => ProxyError::Connect {
+                upstream: self.name.clone(),
+                server: server.address.clone(),
+                cause: other.to_string(),
+            },
+        }
+    }
+
     /// Version and `Connection` header for what this upstream speaks.
     fn prepare(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
         match self.protocol {
@@ -265,11 +324,7 @@ impl Upstream {
                 upstream: self.name.clone(),
                 waited: waited(),
             },
-            PoolError::Backend(ConnectError::Timeout(after)) => ProxyError::ConnectTimeout {
-                upstream: self.name.clone(),
-                server: sp.server.address.clone(),
-                after,
-            },
+            PoolError::Backend(e) => self.connect_error(&sp.server, e),
             other => ProxyError::Connect {
                 upstream: self.name.clone(),
                 server: sp.server.address.clone(),

@@ -1,7 +1,7 @@
 //! Removes hop-by-hop headers (RFC 9110 §7.6.1) in both directions: they describe one connection,
 //! and the client's connection is not the backend's. Framing is re-derived by hyper on each side.
 
-use http::{HeaderMap, HeaderName, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 /// Always connection-scoped, whether or not `Connection` names them.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -29,16 +29,47 @@ pub fn strip(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol a client asked to switch to (`Connection: upgrade` + `Upgrade: x`), kept for the
+/// proxy before the headers that carried it are stripped.
+#[derive(Debug, Clone)]
+pub struct UpgradeRequest(pub HeaderValue);
+
 /// The request-side mapping for `tower::util::MapRequestLayer`.
 pub fn strip_request<B>(mut req: Request<B>) -> Request<B> {
+    if let Some(protocol) = requested_upgrade(req.headers()) {
+        req.extensions_mut().insert(UpgradeRequest(protocol));
+    }
     strip(req.headers_mut());
     req
 }
 
-/// The response-side mapping for `tower::util::MapResponseLayer`.
+/// The response-side mapping for `tower::util::MapResponseLayer`. A 101 keeps the `Upgrade`
+/// header and says `Connection: upgrade`: that hop is the one switching protocols.
 pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
+    let upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| resp.headers().get(header::UPGRADE).cloned())
+        .flatten();
     strip(resp.headers_mut());
+    if let Some(protocol) = upgrade {
+        resp.headers_mut().insert(header::UPGRADE, protocol);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     resp
+}
+
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -205,7 +205,7 @@ async fn watch_connection(
 }
 
 /// Opens a TCP connection with the configured socket options.
-async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
+pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
     let addr = resolve(&server.address).await?;
     let socket = Socket::new(
         socket2::Domain::for_address(addr),

@@ -1,0 +1,79 @@
+//! Requests that turn a connection into a tunnel: `Upgrade` (101 Switching Protocols, e.g.
+//! WebSocket) and `CONNECT` to a routed upstream. Each gets a dedicated upstream connection.
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{ProxyOptions, origin_form, request_body};
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::middleware::hop_by_hop::UpgradeRequest;
+use crate::tunnel::{self, TunnelKind};
+use crate::upstream::Upstream;
+
+/// Forwards an upgrade request on a fresh connection; on 101, splices client and backend.
+pub async fn switch_protocols(
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    options: ProxyOptions,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let protocol = req
+        .extensions_mut()
+        .remove::<UpgradeRequest>()
+        .expect("only called for upgrade requests")
+        .0;
+    let client_side = hyper::upgrade::on(&mut req);
+    let (mut parts, incoming) = req.into_parts();
+    parts.uri = origin_form(&parts.uri);
+    // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8), whatever the upstream usually speaks.
+    parts.version = Version::HTTP_11;
+    parts.headers.insert(header::UPGRADE, protocol);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
+    let mut resp = upstream
+        .send_dedicated(Request::from_parts(parts, body))
+        .await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        parts.version = Version::HTTP_11;
+        return Ok(Response::from_parts(parts, ProxyBody::Direct(body)));
+    }
+    let server_side = hyper::upgrade::on(&mut resp);
+    let name = upstream.name.clone();
+    tunnel::count(&name, TunnelKind::Upgrade);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_side, server_side) {
+            Ok((client, server)) => {
+                let result = tunnel::splice(TokioIo::new(client), TokioIo::new(server)).await;
+                tracing::debug!(upstream = %name, ?result, "upgrade tunnel closed");
+            }
+            Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade did not complete"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
+
+/// `CONNECT host:port` where a route names the host: a TCP tunnel to that route's upstream.
+pub async fn connect(
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let server = upstream.connect_raw().await?;
+    let name = upstream.name.clone();
+    tunnel::count(&name, TunnelKind::Connect);
+    tokio::spawn(async move {
+        match client_side.await {
+            Ok(client) => {
+                let result = tunnel::splice(TokioIo::new(client), server).await;
+                tracing::debug!(upstream = %name, ?result, "CONNECT tunnel closed");
+            }
+            Err(e) => tracing::debug!(upstream = %name, error = %e, "CONNECT did not complete"),
+        }
+    });
+    Ok(Response::new(ProxyBody::empty()))
+}
