@@ -36,6 +36,7 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     limit: Arc<Semaphore>,
+    transparent: Option<Arc<crate::transparent::Transparent>>,
 }
 
 impl App {
@@ -48,16 +49,26 @@ impl App {
         let limit = Arc::new(Semaphore::new(config.server.max_connections));
         let proxy = Proxy::new(routing.clone(), settings.proxy_options);
         let stack = server::stack(proxy, &config.server, config.log.access_log);
-        let mut listen = Vec::new();
+        let tproxy = config.transparent.as_ref().is_some_and(|t| t.tproxy);
+        let mut listeners = Vec::new();
         for addr in config.listen_addrs() {
-            let listener = server::bind(addr).map_err(|source| AppError::Bind { addr, source })?;
-            listen.push(listener.local_addr().expect("bound"));
+            let listener = server::bind_with(addr, tproxy)
+                .map_err(|source| AppError::Bind { addr, source })?;
+            listeners.push(listener);
+        }
+        let listen: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound"))
+            .collect();
+        let transparent = crate::transparent::Transparent::for_config(&config, &listen);
+        for listener in listeners {
             tasks.spawn(server::accept_loop(
                 listener,
                 stack.clone(),
                 settings.clone(),
                 limit.clone(),
                 shutdown_rx.clone(),
+                transparent.clone(),
             ));
         }
         let admin_addr: SocketAddr = config.admin.listen.parse().expect("validated");
@@ -80,6 +91,7 @@ impl App {
             shutdown,
             tasks,
             limit,
+            transparent,
         };
         app.log_started();
         Ok(app)
@@ -165,6 +177,9 @@ impl App {
             tracing::warn!("drain timeout reached; closing the remaining client connections");
         }
         self.tasks.abort_all();
+        if let Some(t) = &self.transparent {
+            t.destinations.close_all();
+        }
         let routing = self.routing.load_full();
         for upstream in &routing.upstreams {
             for sp in &upstream.servers {

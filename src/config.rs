@@ -2,7 +2,7 @@
 //! Every error names the file, the line and the key; nothing starts half-configured.
 
 mod locate;
-mod validate;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -311,6 +311,10 @@ pub struct TransparentConfig {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Chunked request bodies are de-chunked for HTTP/1.0 destinations, at most this.
+    pub max_buffered_body_bytes: usize,
+    /// Listen with IP_TRANSPARENT for iptables TPROXY (needs CAP_NET_ADMIN); REDIRECT needs nothing.
+    pub tproxy: bool,
     pub pool: PoolConfig,
     pub allow: Vec<AllowRule>,
 }
@@ -324,6 +328,8 @@ impl Default for TransparentConfig {
             detect_timeout: Duration::from_millis(300),
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            tproxy: false,
             pool: PoolConfig {
                 max_size: 8,
                 ..PoolConfig::default()

@@ -63,6 +63,8 @@ pub enum ProxyError {
         server: String,
         cause: String,
     },
+    #[error("more than {limit} destinations are pooled and none is idle")]
+    TooManyDestinations { limit: usize },
     #[error("upstream {upstream}: the tunnel could not be opened: {cause}")]
     Tunnel { upstream: String, cause: String },
 }
@@ -78,7 +80,7 @@ impl ProxyError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            PoolTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PoolTimeout { .. } | TooManyDestinations { .. } => StatusCode::SERVICE_UNAVAILABLE,
             NoHealthyServer { .. }
             | Connect { .. }
             | Reset { .. }

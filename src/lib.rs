@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod transparent;
 pub mod tunnel;
 pub mod upstream;

@@ -22,6 +22,7 @@ use crate::middleware::access_log::UpstreamName;
 use crate::middleware::hop_by_hop::UpgradeRequest;
 use crate::middleware::request_id;
 use crate::route::{Router, normalize_host};
+use crate::transparent::Destination;
 use crate::upstream::Upstream;
 
 mod upgrade;
@@ -102,7 +103,11 @@ impl Service<Request<Incoming>> for Proxy {
         let options = self.options;
         Box::pin(async move {
             let id = request_id::of(&req);
-            let (upstream, name) = match select_upstream(&routing, &req, options) {
+            let selected = match req.extensions().get::<Destination>() {
+                Some(d) => Ok((d.upstream.clone(), d.name.clone())),
+                None => select_upstream(&routing, &req, options),
+            };
+            let (upstream, name) = match selected {
                 Ok(found) => found,
                 Err(e) => return Ok(error_response(e.status(), &e.to_string(), &id)),
             };

@@ -24,6 +24,7 @@ use crate::middleware::forwarded::{self, ClientAddr};
 use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::proxy::{Proxy, ProxyOptions};
+use crate::transparent::{Destination, Transparent};
 use timer::ClientTimer;
 
 /// Accept queue length: bursts of short connections must not be refused by the kernel.
@@ -31,8 +32,20 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listening socket with SO_REUSEADDR and a deep backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// Binds a listener; `ip_transparent` accepts connections for any address (TPROXY).
+pub fn bind_with(addr: SocketAddr, ip_transparent: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if ip_transparent {
+        if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)?;
+        } else {
+            socket.set_ip_transparent_v6(true)?;
+        }
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
@@ -132,6 +145,7 @@ pub async fn accept_loop(
     settings: Arc<ClientSettings>,
     limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
+    transparent: Option<Arc<Transparent>>,
 ) {
     loop {
         let permit = tokio::select! {
@@ -154,8 +168,12 @@ pub async fn accept_loop(
         let stack = stack.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let transparent = transparent.clone();
         tokio::spawn(async move {
-            serve_client(stream, peer, stack, &settings, shutdown).await;
+            match transparent {
+                Some(t) => t.handle(stream, peer, stack, &settings, shutdown).await,
+                None => serve_client(stream, peer, stack, &settings, shutdown, None).await,
+            }
             drop(permit);
         });
     }
@@ -168,12 +186,16 @@ pub async fn serve_client(
     stack: Stack,
     settings: &ClientSettings,
     mut shutdown: watch::Receiver<bool>,
+    destination: Option<Destination>,
 ) {
     METRICS.downstream_connections_total.inc();
     METRICS.downstream_connections_active.inc();
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
+        if let Some(d) = &destination {
+            req.extensions_mut().insert(d.clone());
+        }
         let svc = stack.clone();
         async move { svc.oneshot(req).await.map_err(|e: Infallible| match e {}) }
     });

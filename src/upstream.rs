@@ -17,7 +17,7 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 
 pub use body::{InFlight, PooledBody};
-pub use conn::{ConnManager, ConnectError, UpstreamConn};
+pub use conn::{ConnManager, ConnectError, UpstreamConn, connect_to};
 pub use server::{Server, ServerSettings};
 
 use crate::body::RequestBody;

@@ -17,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::server::Server;
 use crate::body::RequestBody;
 use crate::clock;
+use crate::config::TcpKeepaliveConfig;
 use crate::metrics::CloseReason;
 
 /// A live keep-alive connection to one backend server.
@@ -204,15 +205,23 @@ async fn watch_connection(
     server.metrics.closed(reason);
 }
 
-/// Opens a TCP connection with the configured socket options.
+/// Opens a TCP connection to a server with its configured socket options.
 pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
     let addr = resolve(&server.address).await?;
+    connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark).await
+}
+
+/// Opens a TCP connection with TCP_NODELAY, SO_KEEPALIVE and, when given, SO_MARK.
+pub async fn connect_to(
+    addr: SocketAddr,
+    ka: &TcpKeepaliveConfig,
+    mark: Option<u32>,
+) -> Result<TcpStream, ConnectError> {
     let socket = Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
-    let ka = &server.settings.tcp_keepalive;
     socket.set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(ka.time)
@@ -220,7 +229,7 @@ pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
             .with_retries(ka.retries),
     )?;
     socket.set_tcp_nodelay(true)?;
-    if let Some(mark) = server.settings.mark {
+    if let Some(mark) = mark {
         socket.set_mark(mark)?;
     }
     socket.set_nonblocking(true)?;

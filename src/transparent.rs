@@ -1,0 +1,163 @@
+//! Transparent mode: connections the kernel redirected to longhaul (REDIRECT or TPROXY) are
+//! checked against the allow-list and loop rules, then pooled per original destination when they
+//! speak HTTP/1.x, or spliced as raw TCP when they do not.
+
+mod allow;
+mod destinations;
+mod detect;
+mod orig_dst;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::{Mode, TcpKeepaliveConfig, TransparentConfig};
+use crate::metrics::METRICS;
+use crate::server::{ClientSettings, Stack};
+use crate::upstream::Upstream;
+pub use allow::AllowList;
+pub use destinations::Destinations;
+use detect::Detected;
+
+/// The pool a transparent connection's requests go to, attached to each of its requests.
+#[derive(Clone)]
+pub struct Destination {
+    pub upstream: Arc<Upstream>,
+    pub name: Arc<str>,
+}
+
+/// How often idle destination pools are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Transparent {
+    allow: AllowList,
+    pub destinations: Destinations,
+    detect_timeout: Duration,
+    connect_timeout: Duration,
+    mark: Option<u32>,
+    /// Our own listeners: a connection whose original destination is one of them is a loop.
+    listeners: Vec<SocketAddr>,
+}
+
+impl Transparent {
+    /// The transparent handler when `[server] mode = "transparent"`.
+    pub fn for_config(
+        config: &crate::config::Config,
+        listeners: &[SocketAddr],
+    ) -> Option<Arc<Transparent>> {
+        match (&config.server.mode, &config.transparent) {
+            (Mode::Transparent, Some(t)) => Some(Transparent::new(t, listeners.to_vec())),
+            _ => None,
+        }
+    }
+
+    pub fn new(config: &TransparentConfig, listeners: Vec<SocketAddr>) -> Arc<Transparent> {
+        let t = Arc::new(Transparent {
+            allow: AllowList::new(&config.allow),
+            destinations: Destinations::new(config.clone()),
+            detect_timeout: config.detect_timeout,
+            connect_timeout: config.connect_timeout,
+            mark: (config.mark != 0).then_some(config.mark),
+            listeners,
+        });
+        let weak = Arc::downgrade(&t);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                match weak.upgrade() {
+                    Some(t) => t.destinations.sweep(),
+                    None => return,
+                }
+            }
+        });
+        t
+    }
+
+    /// Serves one redirected connection.
+    pub async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stack: Stack,
+        settings: &ClientSettings,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let dst = match orig_dst::original_destination(&stream, peer) {
+            Ok(Some(dst)) => dst,
+            Ok(None) => return deny(peer, None, "not_redirected"),
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "no original destination");
+                return deny(peer, None, "no_original_dst");
+            }
+        };
+        if self.is_own_listener(dst) {
+            return deny(peer, Some(dst), "loop");
+        }
+        let Some(rule) = self.allow.allows(dst) else {
+            return deny(peer, Some(dst), "not_allowed");
+        };
+        match detect::detect(&stream, self.detect_timeout).await {
+            Detected::Closed => {}
+            Detected::Other => self.passthrough(stream, dst, &rule).await,
+            Detected::Http => match self.destinations.get(dst, &rule) {
+                Ok(upstream) => {
+                    let destination = Destination {
+                        upstream,
+                        name: rule,
+                    };
+                    crate::server::serve_client(
+                        stream,
+                        peer,
+                        stack,
+                        settings,
+                        shutdown,
+                        Some(destination),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(destination = %dst, error = %e, "cannot pool destination");
+                    deny(peer, Some(dst), "too_many_destinations");
+                }
+            },
+        }
+    }
+
+    fn is_own_listener(&self, dst: SocketAddr) -> bool {
+        self.listeners.iter().any(|l| {
+            *l == dst
+                || (l.port() == dst.port()
+                    && (l.ip().is_unspecified() || dst.ip().is_loopback() || l.ip() == dst.ip()))
+        })
+    }
+
+    /// Not HTTP: splice bytes to the original destination; nothing is pooled.
+    async fn passthrough(&self, client: TcpStream, dst: SocketAddr, rule: &str) {
+        METRICS
+            .tcp_passthrough_connections_total
+            .with_label_values(&[rule])
+            .inc();
+        let keepalive = TcpKeepaliveConfig::default();
+        let connect = crate::upstream::connect_to(dst, &keepalive, self.mark);
+        let server = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(server)) => server,
+            Ok(Err(e)) => {
+                return tracing::debug!(destination = %dst, error = %e, "passthrough connect failed");
+            }
+            Err(_) => return tracing::debug!(destination = %dst, "passthrough connect timed out"),
+        };
+        let result = crate::tunnel::splice(client, server).await;
+        tracing::debug!(destination = %dst, ?result, "passthrough closed");
+    }
+}
+
+fn deny(peer: SocketAddr, dst: Option<SocketAddr>, reason: &str) {
+    METRICS
+        .transparent_denied_total
+        .with_label_values(&[reason])
+        .inc();
+    tracing::debug!(client = %peer, destination = ?dst, reason, "redirected connection refused");
+}
