@@ -4,6 +4,7 @@
 mod balance;
 mod body;
 mod conn;
+mod health;
 mod maintain;
 mod reuse;
 mod server;
@@ -30,7 +31,8 @@ use balance::Balancer;
 pub struct ServerPool {
     pub server: Arc<Server>,
     pub pool: Pool<ConnManager>,
-    maintainer: tokio::task::JoinHandle<()>,
+    /// Pool upkeep and, when configured, active health checks; aborted with the pool.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerPool {
@@ -46,17 +48,20 @@ impl ServerPool {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .expect("a runtime is configured");
-        let maintainer = tokio::spawn(maintain::run(pool.clone(), server.clone()));
+        let mut tasks = vec![tokio::spawn(maintain::run(pool.clone(), server.clone()))];
+        if let Some(path) = server.settings.health.path.clone() {
+            tasks.push(tokio::spawn(health::run(server.clone(), path)));
+        }
         ServerPool {
             server,
             pool,
-            maintainer,
+            tasks,
         }
     }
 
     /// Stops maintenance and closes idle connections; busy ones close when their response ends.
     pub fn close(&self) {
-        self.maintainer.abort();
+        self.tasks.iter().for_each(|t| t.abort());
         let removed = self.pool.retain(|_, _| false).removed;
         for conn in removed {
             conn.retire(CloseReason::IdleTimeout);
@@ -78,7 +83,7 @@ impl ServerPool {
 
 impl Drop for ServerPool {
     fn drop(&mut self) {
-        self.maintainer.abort();
+        self.tasks.iter().for_each(|t| t.abort());
     }
 }
 

@@ -2,22 +2,25 @@
 # Installs or removes the iptables rules that send clients' outbound TCP connections on the given
 # ports to longhaul's transparent listener, skipping longhaul's own (marked) upstream sockets.
 #
-#   iptables.sh install --ports 80,8000:8099 [--proxy-port 15001] [--mark 0x4c48] [--gateway] [--tproxy]
+#   iptables.sh install --ports 80,8000:8099 [--proxy-port 15001] [--mark 0x4c48] [--owner USER]
+#                       [--gateway] [--tproxy]
 #   iptables.sh remove  [--tproxy]
 #
 # Default: REDIRECT in nat OUTPUT (clients on this host). --gateway also catches forwarded traffic
 # (nat PREROUTING). --tproxy uses mangle PREROUTING TPROXY instead of REDIRECT (gateway only; set
 # `tproxy = true` in [transparent]); it keeps the original destination as the socket's local address.
+# --owner also skips sockets of that user (for a longhaul running without CAP_NET_ADMIN, mark = 0).
 # Needs CAP_NET_ADMIN (root). Idempotent: install removes an earlier install first.
 set -euo pipefail
 
 action=${1:-}; shift || true
-ports="" proxy_port=15001 mark=0x4c48 gateway=0 tproxy=0 table=100
+ports="" proxy_port=15001 mark=0x4c48 owner="" gateway=0 tproxy=0 table=100
 while (($#)); do
   case $1 in
     --ports) ports=$2; shift 2 ;;
     --proxy-port) proxy_port=$2; shift 2 ;;
     --mark) mark=$2; shift 2 ;;
+    --owner) owner=$2; shift 2 ;;
     --gateway) gateway=1; shift ;;
     --tproxy) tproxy=1; shift ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
@@ -43,6 +46,7 @@ install_redirect() {
   $IPT -t nat -N "$CHAIN"
   # longhaul's own upstream sockets carry the mark: never redirect them back to longhaul.
   $IPT -t nat -A "$CHAIN" -m mark --mark "$mark" -j RETURN
+  if [[ -n $owner ]]; then $IPT -t nat -A "$CHAIN" -m owner --uid-owner "$owner" -j RETURN; fi
   $IPT -t nat -A "$CHAIN" -p tcp -m multiport --dports "$ports" -j REDIRECT --to-ports "$proxy_port"
   $IPT -t nat -A OUTPUT -p tcp -j "$CHAIN"
   if ((gateway)); then $IPT -t nat -A PREROUTING -p tcp -j "$CHAIN"; fi

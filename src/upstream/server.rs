@@ -140,15 +140,18 @@ impl Server {
         self.is_available() && self.health.consecutive_failures.load(Ordering::Relaxed) == 0
     }
 
+    /// A connection opened or a probe passed: the server is back in rotation for good.
     pub fn record_success(&self) {
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
         if self.health.ejections.swap(0, Ordering::Relaxed) > 0 {
+            self.health.ejected_until.store(0, Ordering::Relaxed);
             tracing::info!(upstream = %self.upstream, server = %self.address, "server back in rotation");
         }
         self.metrics.up.set(1);
     }
 
-    /// Counts a connect failure or reset; ejects the server after `max_failures` in a row.
+    /// Counts a connect failure or reset; ejects the server after `max_failures` in a row. A
+    /// server whose ejection just ended is on probation: one more failure ejects it again, longer.
     pub fn record_failure(&self) {
         let failures = self
             .health
@@ -156,7 +159,8 @@ impl Server {
             .fetch_add(1, Ordering::Relaxed)
             + 1;
         let h = &self.settings.health;
-        if failures < h.max_failures {
+        let on_probation = self.health.ejections.load(Ordering::Relaxed) > 0;
+        if failures < h.max_failures && !on_probation {
             return;
         }
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
@@ -174,14 +178,6 @@ impl Server {
             upstream = %self.upstream, server = %self.address, failures,
             ejected_for_ms = backoff.as_millis() as u64, "server ejected"
         );
-    }
-
-    /// Marks the server down without ejecting it for long (an active check failed).
-    pub fn mark_down(&self) {
-        self.health
-            .consecutive_failures
-            .fetch_add(1, Ordering::Relaxed);
-        self.metrics.up.set(0);
     }
 }
 
