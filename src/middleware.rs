@@ -3,5 +3,6 @@
 
 pub mod access_log;
 pub mod forwarded;
+pub mod framing;
 pub mod hop_by_hop;
 pub mod request_id;

@@ -14,15 +14,20 @@ use hyper_util::rt::TokioIo;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tower::util::{MapRequestLayer, MapResponseLayer};
+use tower::limit::ConcurrencyLimit;
+use tower::load_shed::LoadShed;
+use tower::timeout::Timeout;
+use tower::util::{MapRequest, MapRequestLayer, MapResponse, MapResponseLayer};
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::body::ProxyBody;
 use crate::config::ServerConfig;
 use crate::metrics::METRICS;
-use crate::middleware::access_log::AccessLogLayer;
+use crate::middleware::access_log::{AccessLog, AccessLogLayer};
 use crate::middleware::forwarded::{self, ClientAddr};
+use crate::middleware::framing::{FramingGuard, FramingGuardLayer};
 use crate::middleware::hop_by_hop;
-use crate::middleware::request_id::RequestIdLayer;
+use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::transparent::{Destination, Transparent};
 use timer::ClientTimer;
@@ -65,6 +70,8 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .layer(AccessLogLayer {
             enabled: access_log,
         })
+        // Ambiguous framing is refused before it can reach a shared upstream connection.
+        .layer(FramingGuardLayer)
         // Past the concurrency limit, answer 503 at once instead of queueing without bound.
         .load_shed()
         .concurrency_limit(server.max_concurrent_requests)
@@ -87,29 +94,17 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .service(proxy)
 }
 
-pub type Stack = crate::middleware::request_id::RequestId<
-    crate::middleware::access_log::AccessLog<
-        tower::load_shed::LoadShed<
-            tower::limit::ConcurrencyLimit<
-                tower::timeout::Timeout<
-                    tower::util::MapRequest<
-                        tower::util::MapResponse<
-                            tower::util::MapRequest<
-                                tower::util::MapResponse<Proxy, ResponseMap>,
-                                RequestMap,
-                            >,
-                            ResponseMap,
-                        >,
-                        RequestMap,
-                    >,
-                >,
-            >,
-        >,
-    >,
->;
 type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
-type ResponseMap =
-    fn(http::Response<crate::body::ProxyBody>) -> http::Response<crate::body::ProxyBody>;
+type ResponseMap = fn(http::Response<ProxyBody>) -> http::Response<ProxyBody>;
+/// Header rewriting around the proxy service.
+type Rewrite = MapRequest<
+    MapResponse<MapRequest<MapResponse<Proxy, ResponseMap>, RequestMap>, ResponseMap>,
+    RequestMap,
+>;
+/// Load shedding, the concurrency limit and the request timeout.
+type Guarded = FramingGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
+/// The whole stack `stack` builds, named so it can be cloned per connection without boxing.
+pub type Stack = RequestId<AccessLog<Guarded>>;
 
 /// Client connection settings, from `[server]`.
 #[derive(Clone)]

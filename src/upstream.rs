@@ -203,7 +203,7 @@ impl Upstream {
                 tokio::time::timeout(self.response_timeout, conn.sender.try_send_request(req))
                     .await;
             let mut failure = match sent {
-                Ok(Ok(resp)) => return Ok(self.accept(resp, &method, conn, server, in_flight)),
+                Ok(Ok(resp)) => return self.accept(resp, &method, conn, server, in_flight),
                 Ok(Err(failure)) => failure,
                 Err(_) => {
                     conn.retire(CloseReason::Error);
@@ -347,8 +347,18 @@ impl Upstream {
         mut conn: Object<ConnManager>,
         server: &Arc<Server>,
         in_flight: InFlight,
-    ) -> Response<PooledBody> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let (parts, body) = resp.into_parts();
+        if let Some(why) = crate::middleware::framing::ambiguity(&parts.headers) {
+            // The connection's framing is lost: whatever follows on it cannot be trusted.
+            conn.retire(CloseReason::Error);
+            drop(Object::take(conn));
+            return Err(ProxyError::Protocol {
+                upstream: self.name.clone(),
+                server: server.address.clone(),
+                cause: why.to_string(),
+            });
+        }
         let (timeout, max) = reuse::keep_alive_params(&parts.headers);
         server.learn_announced(timeout, max);
         if let Some(why) =
@@ -360,7 +370,10 @@ impl Upstream {
             }
         }
         server.record_success();
-        Response::from_parts(parts, PooledBody::new(body, conn, in_flight))
+        Ok(Response::from_parts(
+            parts,
+            PooledBody::new(body, conn, in_flight),
+        ))
     }
 
     fn classify(&self, server: &Server, error: &hyper::Error) -> ProxyError {

@@ -1,0 +1,155 @@
+//! Rejects requests whose body framing is ambiguous, before anything reaches a pooled upstream
+//! connection (request smuggling, RFC 9112 §6.1 and §11.2). hyper already rejects Transfer-Encoding
+//! on HTTP/1.0, a final coding other than chunked, differing Content-Lengths, bad chunk sizes and
+//! malformed header lines; this layer rejects what hyper tolerates: a repeated or decorated
+//! `Transfer-Encoding` (`chunked, chunked`, two header lines). Rejections close the connection.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::body::ProxyBody;
+use crate::error::error_response;
+use crate::middleware::request_id;
+
+/// Why a message's framing is ambiguous, if it is.
+pub fn ambiguity(headers: &HeaderMap) -> Option<&'static str> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => Some("Transfer-Encoding appears more than once"),
+        (Some(v), None) if !is_exactly_chunked(v) => {
+            Some("Transfer-Encoding must be exactly `chunked`")
+        }
+        (Some(_), None) if headers.contains_key(header::CONTENT_LENGTH) => {
+            Some("Content-Length together with Transfer-Encoding")
+        }
+        _ => None,
+    }
+}
+
+fn is_exactly_chunked(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+}
+
+#[derive(Clone, Default)]
+pub struct FramingGuardLayer;
+
+impl<S> Layer<S> for FramingGuardLayer {
+    type Service = FramingGuard<S>;
+    fn layer(&self, inner: S) -> FramingGuard<S> {
+        FramingGuard { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct FramingGuard<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for FramingGuard<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match ambiguity(req.headers()) {
+            None => ResponseFuture::Inner {
+                fut: self.inner.call(req),
+            },
+            Some(why) => {
+                let mut resp = error_response(StatusCode::BAD_REQUEST, why, &request_id::of(&req));
+                // The rest of this connection's bytes cannot be trusted: close it.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                ResponseFuture::Rejected { resp: Some(resp) }
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = Projection]
+    pub enum ResponseFuture<F> {
+        Inner { #[pin] fut: F },
+        Rejected { resp: Option<Response<ProxyBody>> },
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+{
+    type Output = Result<Response<ProxyBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projection::Inner { fut } => Poll::Ready(ready!(fut.poll(cx))),
+            Projection::Rejected { resp } => {
+                Poll::Ready(Ok(resp.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn plain_chunked_and_plain_length_are_fine() {
+        assert_eq!(
+            ambiguity(&headers(&[("transfer-encoding", "chunked")])),
+            None
+        );
+        assert_eq!(
+            ambiguity(&headers(&[("transfer-encoding", " Chunked ")])),
+            None
+        );
+        assert_eq!(ambiguity(&headers(&[("content-length", "5")])), None);
+    }
+
+    #[test]
+    fn repeated_transfer_encoding_is_ambiguous() {
+        assert!(ambiguity(&headers(&[("transfer-encoding", "chunked, chunked")])).is_some());
+        assert!(
+            ambiguity(&headers(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]))
+            .is_some()
+        );
+        assert!(ambiguity(&headers(&[("transfer-encoding", "gzip, chunked")])).is_some());
+    }
+
+    #[test]
+    fn length_with_transfer_encoding_is_ambiguous() {
+        assert!(
+            ambiguity(&headers(&[
+                ("transfer-encoding", "chunked"),
+                ("content-length", "3")
+            ]))
+            .is_some()
+        );
+    }
+}
