@@ -18,18 +18,33 @@ use tokio::sync::watch;
 
 use crate::metrics::METRICS;
 use crate::proxy::Routing;
-use crate::upstream::ServerPool;
+use crate::transparent::Transparent;
+use crate::upstream::{ServerPool, Upstream};
 
 const STATUS_PAGE: &str = include_str!("admin/status.html");
 
 /// How long /readyz waits when it probes a server that has no open connection.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub async fn serve(
-    listener: TcpListener,
-    routing: Arc<ArcSwap<Routing>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// What the admin views read: the routed upstreams and, in transparent mode, the destinations.
+#[derive(Clone)]
+pub struct Sources {
+    pub routing: Arc<ArcSwap<Routing>>,
+    pub transparent: Option<Arc<Transparent>>,
+}
+
+impl Sources {
+    /// Every upstream with a pool right now.
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut all = self.routing.load().upstreams.clone();
+        if let Some(t) = &self.transparent {
+            all.extend(t.destinations.upstreams());
+        }
+        all
+    }
+}
+
+pub async fn serve(listener: TcpListener, sources: Sources, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -38,11 +53,11 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let routing = routing.clone();
+        let sources = sources.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let routing = routing.clone();
-                async move { Ok::<_, Infallible>(handle(req, &routing.load_full()).await) }
+                let upstreams = sources.upstreams();
+                async move { Ok::<_, Infallible>(handle(req, &upstreams).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -53,13 +68,13 @@ pub async fn serve(
     }
 }
 
-async fn handle(req: Request<Incoming>, routing: &Routing) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, upstreams: &[Arc<Upstream>]) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            refresh_pool_gauges(routing);
+            refresh_pool_gauges(upstreams);
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -67,11 +82,11 @@ async fn handle(req: Request<Incoming>, routing: &Routing) -> Response<Full<Byte
             )
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => readiness(routing).await,
+        "/readyz" => readiness(upstreams).await,
         "/pools" => respond(
             StatusCode::OK,
             "application/json",
-            serde_json::to_string(&pools(routing)).expect("serializable"),
+            serde_json::to_string(&pools(upstreams)).expect("serializable"),
         ),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
         _ => text(
@@ -104,8 +119,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// Pool gauges are read from deadpool when scraped, so the request path never updates them.
-pub fn refresh_pool_gauges(routing: &Routing) {
-    for upstream in &routing.upstreams {
+pub fn refresh_pool_gauges(upstreams: &[Arc<Upstream>]) {
+    for upstream in upstreams {
         for sp in &upstream.servers {
             let usage = sp.usage();
             let m = &sp.server.metrics;
@@ -117,9 +132,9 @@ pub fn refresh_pool_gauges(routing: &Routing) {
 }
 
 /// 200 when every upstream has a server that accepts connections; 503 naming those that don't.
-async fn readiness(routing: &Routing) -> Response<Full<Bytes>> {
+async fn readiness(upstreams: &[Arc<Upstream>]) -> Response<Full<Bytes>> {
     let mut not_ready = Vec::new();
-    for upstream in &routing.upstreams {
+    for upstream in upstreams {
         let mut reachable = false;
         for sp in &upstream.servers {
             if server_reachable(sp).await {
@@ -191,10 +206,9 @@ pub struct ServerView {
     pub healthy: bool,
 }
 
-pub fn pools(routing: &Routing) -> PoolsView {
+pub fn pools(upstreams: &[Arc<Upstream>]) -> PoolsView {
     PoolsView {
-        upstreams: routing
-            .upstreams
+        upstreams: upstreams
             .iter()
             .map(|u| UpstreamView {
                 name: u.name.clone(),

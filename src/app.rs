@@ -77,11 +77,11 @@ impl App {
             source,
         })?;
         let admin = admin_listener.local_addr().expect("bound");
-        tasks.spawn(crate::admin::serve(
-            admin_listener,
-            routing.clone(),
-            shutdown_rx,
-        ));
+        let sources = crate::admin::Sources {
+            routing: routing.clone(),
+            transparent: transparent.clone(),
+        };
+        tasks.spawn(crate::admin::serve(admin_listener, sources, shutdown_rx));
         let app = App {
             listen,
             admin,

@@ -67,7 +67,7 @@ impl Default for ServerConfig {
             listen: vec!["127.0.0.1:8080".into()],
             mode: Mode::Reverse,
             max_connections: 10_000,
-            max_concurrent_requests: 4096,
+            max_concurrent_requests: 10_000,
             header_read_timeout: Duration::from_secs(10),
             client_keepalive: true,
             client_idle_timeout: Duration::from_secs(60),
@@ -398,7 +398,9 @@ impl Config {
             ConfigError::Invalid {
                 file: file.clone(),
                 line: locate::line_of(source, span.start),
-                key: locate::key_at(source, span.start).unwrap_or_else(|| "(syntax)".into()),
+                key: locate::key_at(source, span.start)
+                    .or_else(|| locate::key_on_line(source, span.start))
+                    .unwrap_or_else(|| "(syntax)".into()),
                 reason: e.message().trim().to_string(),
             }
         })?;

@@ -15,7 +15,7 @@ use longhaul::config::Config;
 )]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    #[arg(long, global = true, default_value = "proxy.toml")]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

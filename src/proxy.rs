@@ -19,7 +19,8 @@ use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, error_response};
 use crate::metrics::UpstreamMetrics;
 use crate::middleware::access_log::UpstreamName;
-use crate::middleware::hop_by_hop::UpgradeRequest;
+use crate::middleware::forwarded::UpstreamVersion;
+use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
 use crate::middleware::request_id;
 use crate::route::{Router, normalize_host};
 use crate::transparent::Destination;
@@ -178,6 +179,7 @@ pub(crate) async fn proxy_request(
     options: ProxyOptions,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
+    let client_version = parts.version;
     if let Some(authority) = parts.uri.authority().cloned()
         && !parts.headers.contains_key(header::HOST)
     {
@@ -190,9 +192,19 @@ pub(crate) async fn proxy_request(
     let req = Request::from_parts(parts, body);
     let resp = upstream.forward(req).await?;
     let (mut parts, body) = resp.into_parts();
+    parts.extensions.insert(UpstreamVersion(parts.version));
+    // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
+    let close_client = client_version == Version::HTTP_10 && body.size_hint().exact().is_none();
+    if close_client {
+        parts.extensions.insert(CloseClient);
+    }
     // hyper decides the client's keep-alive from the client's request only when the response
-    // head says HTTP/1.1 (an HTTP/1.0 head would close keep-alive 1.0 clients).
-    parts.version = Version::HTTP_11;
+    // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.
+    parts.version = if close_client {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 

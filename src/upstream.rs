@@ -365,6 +365,8 @@ impl Upstream {
             reuse::not_reusable_reason(method, parts.status, parts.version, &parts.headers)
         {
             conn.reusable = false;
+            // Recorded now: hyper may close it before the body is even read.
+            conn.retire(CloseReason::NotReusable);
             if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
                 server.warn_not_reusable(why);
             }

@@ -23,7 +23,7 @@ ruleset() {
   cat <<NFT
 table inet longhaul {
   chain output {
-    type nat hook output priority dstnat; policy accept;
+    type nat hook output priority -100; policy accept;
     meta mark $mark return
     meta l4proto tcp tcp dport { ${ports//:/-} } redirect to :$proxy_port
   }

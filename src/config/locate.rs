@@ -79,6 +79,21 @@ fn find_in_value(value: &Spanned<DeValue<'_>>, offset: usize) -> Option<String> 
     }
 }
 
+/// For text that does not parse: the bare key written at the start of the offset's line.
+pub fn key_on_line(source: &str, offset: usize) -> Option<String> {
+    let start = source[..offset.min(source.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = source[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    bare.then(|| key.to_string())
+}
+
 fn contains(span: &Range<usize>, offset: usize) -> bool {
     span.start <= offset && offset < span.end.max(span.start + 1)
 }

@@ -32,9 +32,16 @@ pub fn add_request_headers<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
+/// The HTTP version the backend answered with (the response head sent on may say another).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamVersion(pub Version);
+
 /// The response-side mapping for `tower::util::MapResponseLayer`.
 pub fn add_response_headers<B>(mut resp: Response<B>) -> Response<B> {
-    let version = resp.version();
+    let version = match resp.extensions().get::<UpstreamVersion>() {
+        Some(v) => v.0,
+        None => resp.version(),
+    };
     append_via(resp.headers_mut(), version);
     resp
 }

@@ -54,9 +54,17 @@ pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
         resp.headers_mut().insert(header::UPGRADE, protocol);
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if resp.extensions().get::<CloseClient>().is_some() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
+
+/// Set by the proxy on a response after which the client connection must close (its body
+/// ends at close for an HTTP/1.0 client); becomes `Connection: close` once stripping is done.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseClient;
 
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers

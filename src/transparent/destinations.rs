@@ -57,6 +57,12 @@ impl Destinations {
         Ok(upstream)
     }
 
+    /// Every destination's upstream, for the admin views.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.lock().expect("not poisoned");
+        entries.values().map(|e| e.upstream.clone()).collect()
+    }
+
     /// Drops pools that have no connection left and were not used for the pool idle timeout.
     pub fn sweep(&self) {
         let idle = self.settings.pool.idle_timeout;

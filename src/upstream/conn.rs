@@ -149,7 +149,8 @@ impl managed::Manager for ConnManager {
             .handshake(TokioIo::new(stream))
             .await?;
         let state = Arc::new(ConnState {
-            idle_since_ms: AtomicU64::new(0),
+            // Idle from birth: a warm connection nobody used must still expire.
+            idle_since_ms: AtomicU64::new(clock::now_ms()),
             close_reason: AtomicU8::new(0),
         });
         server.metrics.opened.inc();
@@ -189,17 +190,18 @@ async fn watch_connection(
 ) {
     let result = connection.with_upgrades().await;
     let reason = match state.close_reason.load(Ordering::Relaxed) {
-        0 => {
-            let idle_since = state.idle_since_ms.load(Ordering::Relaxed);
-            if idle_since != 0 {
+        // Nobody on our side closed it (yet). While idle, that is the backend's keep-alive timer
+        // (a FIN, an RST, or a stray 408 that hyper reports as an error). During an exchange, a
+        // clean end means hyper saw the response refuse keep-alive, often before the proxy has
+        // looked at the head; an error means the exchange broke.
+        0 => match state.idle_since_ms.load(Ordering::Relaxed) {
+            0 if result.is_err() => CloseReason::Error,
+            0 => CloseReason::NotReusable,
+            idle_since => {
                 server.learn_observed_idle_close(clock::since(idle_since));
-            }
-            if result.is_err() {
-                CloseReason::Error
-            } else {
                 CloseReason::PeerClosed
             }
-        }
+        },
         code => REASONS[(code - 1) as usize],
     };
     server.metrics.closed(reason);

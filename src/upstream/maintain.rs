@@ -1,8 +1,8 @@
 //! Background upkeep of one server's pool: deadpool never reaps idle connections by itself, so
-//! this closes expired ones and keeps `min_idle` connections open.
+//! this closes expired ones and keeps `min_idle` connections open while the server has traffic.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::Pool;
 
@@ -14,12 +14,44 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(25);
 
 pub async fn run(pool: Pool<ConnManager>, server: Arc<Server>) {
+    let mut traffic = Traffic::new(&server);
     loop {
         reap_expired(&pool, &server);
-        warm(&pool, &server).await;
+        if traffic.recent(&server) {
+            warm(&pool, &server).await;
+        }
         let interval = (server.idle_limit() / 4).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Whether the server carried requests lately. Warm connections are kept for traffic that is
+/// coming; with none for an idle timeout, re-opening them would only churn the backend.
+struct Traffic {
+    requests_seen: u64,
+    last_change: Instant,
+}
+
+impl Traffic {
+    fn new(server: &Server) -> Traffic {
+        Traffic {
+            requests_seen: requests(server),
+            last_change: Instant::now(),
+        }
+    }
+
+    fn recent(&mut self, server: &Server) -> bool {
+        let now = requests(server);
+        if now != self.requests_seen {
+            self.requests_seen = now;
+            self.last_change = Instant::now();
+        }
+        self.last_change.elapsed() < server.settings.pool.idle_timeout
+    }
+}
+
+fn requests(server: &Server) -> u64 {
+    server.metrics.requests_new.get() + server.metrics.requests_reused.get()
 }
 
 /// Closes idle connections that are closed, too old, too used or idle too long.
