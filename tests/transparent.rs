@@ -1,0 +1,1138 @@
+//! Transparent mode against the real kernel: each test gets a private network namespace, installs
+//! the shipped REDIRECT rules in it (deploy/transparent/iptables.sh, or nftables.sh), runs longhaul
+//! with `mode = "transparent"` and scripted backends on 127.0.0.x, and connects to the backends'
+//! addresses as an ordinary client would. Needs root and iptables (nft for the nftables test); it
+//! prints `skipped: ...` and passes without them, unless LONGHAUL_REQUIRE_TOOLS=1.
+//!
+//! How the namespace is made: each scenario runs on a dedicated thread that calls unshare(2) with
+//! CLONE_NEWNET. That moves only that thread into a fresh network namespace; every socket it opens,
+//! every thread it spawns and every process it starts (ip, iptables, the scripts, longhaul,
+//! backend-sim) lives there too, while the rest of the test binary stays outside. Nothing global is
+//! created, so nothing can leak: the namespace disappears once the thread and its children are gone
+//! (the children are killed by their Drop guards, and by PR_SET_PDEATHSIG if the thread dies).
+//! Tests therefore run in parallel, each with its own loopback, rules and fixed ports.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use lab::{After, Longhaul, Script, ScriptedServer, connect, metric_sum, read_exactly, read_head};
+
+/// longhaul's transparent listener and admin listener inside the namespace.
+const PROXY_PORT: u16 = 15001;
+const PROXY: &str = "127.0.0.1:15001";
+const ADMIN: &str = "127.0.0.1:9901";
+/// SO_MARK on longhaul's upstream sockets; the installed rules skip marked packets.
+const MARK: &str = "0x4c48";
+/// Ports the rules redirect (iptables multiport syntax; nftables.sh accepts it too).
+const REDIRECTED: &str = "8001:8010";
+const POOL_MAX: u64 = 4;
+
+/// Two HTTP destinations with their own allow rules (and so their own `upstream` label).
+const DEST_A: &str = "127.0.0.2:8001";
+const DEST_A_STATS: &str = "127.0.0.2:9001";
+const DEST_B: &str = "127.0.0.3:8002";
+const DEST_B_STATS: &str = "127.0.0.3:9002";
+/// Allowed by the `tunnels` rule (127.0.0.4/30, ports 8003-8005).
+const WEBSOCKET: &str = "127.0.0.4:8003";
+const SERVER_FIRST: &str = "127.0.0.5:8004";
+const CLIENT_FIRST: &str = "127.0.0.6:8005";
+/// Redirected (port 8001 is in the rules) but in no allow rule.
+const NOT_ALLOWED: &str = "127.0.0.9:8001";
+
+fn config() -> String {
+    format!(
+        r#"
+[server]
+listen = "{PROXY}"
+mode = "transparent"
+
+[admin]
+listen = "{ADMIN}"
+
+[log]
+level = "debug"
+format = "json"
+access_log = false
+
+[transparent]
+protocol = "http/1.0"
+mark = {MARK}
+detect_timeout = "200ms"
+connect_timeout = "2s"
+
+[transparent.pool]
+max_size = {POOL_MAX}
+idle_timeout = "30s"
+wait_timeout = "5s"
+
+[[transparent.allow]]
+name = "dest-a"
+cidr = "127.0.0.2/32"
+ports = "8001"
+
+[[transparent.allow]]
+name = "dest-b"
+cidr = "127.0.0.3/32"
+ports = "8002"
+
+[[transparent.allow]]
+name = "tunnels"
+cidr = "127.0.0.4/30"
+ports = "8003-8005"
+"#
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Firewall {
+    Iptables,
+    Nftables,
+}
+
+impl Firewall {
+    fn script(self) -> String {
+        let name = match self {
+            Firewall::Iptables => "iptables.sh",
+            Firewall::Nftables => "nftables.sh",
+        };
+        format!("{}/deploy/transparent/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn tool(self) -> &'static str {
+        match self {
+            Firewall::Iptables => "iptables",
+            Firewall::Nftables => "nft",
+        }
+    }
+}
+
+/// What a scenario gets: longhaul running in transparent mode behind installed rules.
+struct Lab {
+    proxy: Longhaul,
+    _rules: Rules,
+}
+
+impl Lab {
+    fn metrics(&self) -> String {
+        self.proxy.metrics()
+    }
+}
+
+/// The installed rules; `remove` runs on drop (the namespace goes away anyway).
+struct Rules(Firewall);
+
+impl Rules {
+    fn install(firewall: Firewall, ports: &str) -> Rules {
+        let out = Command::new("bash")
+            .arg(firewall.script())
+            .args(["install", "--ports", ports, "--proxy-port"])
+            .arg(PROXY_PORT.to_string())
+            .args(["--mark", MARK])
+            .output()
+            .expect("run the rules script");
+        assert!(
+            out.status.success(),
+            "{} install failed ({}):\n{}{}",
+            firewall.script(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("redirecting tcp ports"),
+            "unexpected script output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Rules(firewall)
+    }
+}
+
+impl Drop for Rules {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(self.0.script())
+            .arg("remove")
+            .output();
+    }
+}
+
+/// Runs `scenario` in a private network namespace with longhaul and the rules redirecting
+/// `ports`, or prints why it cannot (and fails instead when LONGHAUL_REQUIRE_TOOLS=1).
+fn in_netns(firewall: Firewall, ports: &'static str, scenario: fn(&Lab)) {
+    if let Err(why) = prerequisites(firewall) {
+        return skip(&why);
+    }
+    let worker = thread::spawn(move || -> Result<(), String> {
+        netns::enter_new()?;
+        let proxy = Longhaul::start(&config());
+        let rules = Rules::install(firewall, ports);
+        scenario(&Lab {
+            proxy,
+            _rules: rules,
+        });
+        Ok(())
+    });
+    match worker.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => skip(&why),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn prerequisites(firewall: Firewall) -> Result<(), String> {
+    if !netns::is_root() {
+        return Err("not root (network namespaces and REDIRECT rules need CAP_NET_ADMIN)".into());
+    }
+    for tool in ["ip", "bash", firewall.tool()] {
+        if !on_path(tool) {
+            return Err(format!("`{tool}` is not installed"));
+        }
+    }
+    Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|dir| std::path::Path::new(dir).join(tool).is_file())
+}
+
+fn skip(why: &str) {
+    if std::env::var("LONGHAUL_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("LONGHAUL_REQUIRE_TOOLS=1 but this test cannot run: {why}");
+    }
+    println!("skipped: {why}");
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+// === pooling per original destination ===
+
+#[test]
+fn iptables_redirect_pools_short_connections_per_destination() {
+    in_netns(Firewall::Iptables, REDIRECTED, pools_per_destination);
+}
+
+#[test]
+fn nftables_redirect_pools_short_connections_per_destination() {
+    in_netns(Firewall::Nftables, "8001-8010", pools_per_destination);
+}
+
+/// 30 one-shot HTTP/1.0 requests to each of two destinations, 5 clients per destination at once:
+/// each backend sees all 30 requests over at most `POOL_MAX` connections, and the metrics name both.
+fn pools_per_destination(lab: &Lab) {
+    const CLIENTS: usize = 5;
+    const EACH: usize = 6;
+    let a = backend_sim::BackendSim::start(DEST_A, DEST_A_STATS);
+    let b = backend_sim::BackendSim::start(DEST_B, DEST_B_STATS);
+
+    let clients: Vec<_> = (0..2 * CLIENTS)
+        .map(|i| {
+            let dst = addr(if i % 2 == 0 { DEST_A } else { DEST_B });
+            thread::spawn(move || (0..EACH).map(|_| http10_get(dst)).collect::<Vec<_>>())
+        })
+        .collect();
+    let results: Vec<Result<u16, String>> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client thread"))
+        .collect();
+    assert_eq!(results.len(), 2 * CLIENTS * EACH);
+    let failed: Vec<_> = results.iter().filter(|r| **r != Ok(200)).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests did not get 200: {:?}\n{}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)],
+        lab.proxy.stderr()
+    );
+
+    for (name, sim) in [(DEST_A, &a), (DEST_B, &b)] {
+        let stats = sim.stats();
+        assert_eq!(
+            stats.requests,
+            (CLIENTS * EACH) as u64,
+            "{name}: every request through longhaul, once"
+        );
+        assert!(
+            (1..=POOL_MAX).contains(&stats.connections_accepted),
+            "{name}: {} short client connections arrived over {} backend connections (pool max {POOL_MAX})",
+            CLIENTS * EACH,
+            stats.connections_accepted
+        );
+    }
+
+    let metrics = lab.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "longhaul_transparent_destinations", &[]),
+        2.0,
+        "destinations with a pool:\n{metrics}"
+    );
+    for (rule, dst) in [("dest-a", DEST_A), ("dest-b", DEST_B)] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "longhaul_upstream_requests_total",
+                &[("upstream", rule), ("server", dst)]
+            ),
+            (CLIENTS * EACH) as f64,
+            "requests pooled to {dst} under rule {rule}:\n{metrics}"
+        );
+    }
+}
+
+/// A one-shot HTTP/1.0 GET (no keep-alive) to `dst`: the status code, read until longhaul closes.
+fn http10_get(dst: SocketAddr) -> Result<u16, String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(5))
+        .map_err(|e| format!("connect {dst}: {e}"))?;
+    s.set_read_timeout(Some(lab::IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /item HTTP/1.0\r\nHost: {dst}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send to {dst}: {e}"))?;
+    let mut data = Vec::new();
+    s.read_to_end(&mut data)
+        .map_err(|e| format!("read from {dst}: {e}"))?;
+    let text = String::from_utf8_lossy(&data);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line from {dst}: {text:?}"))
+}
+
+// === protocols other than pooled HTTP ===
+
+#[test]
+fn server_first_protocol_passes_through_byte_for_byte() {
+    in_netns(Firewall::Iptables, REDIRECTED, |lab| {
+        let banner = b"220 legacy-smtp ready \x00\xff\r\n".to_vec();
+        let backend = ScriptedServer::start(SERVER_FIRST, Script::BannerThenEcho(banner.clone()));
+        let mut client = connect(addr(SERVER_FIRST));
+        // The client stays silent: the banner can only come once detect_timeout gave up on HTTP.
+        assert_eq!(read_exactly(&mut client, banner.len()), banner);
+        let payload: Vec<u8> = (0u8..=255).collect();
+        client.write_all(&payload).expect("send");
+        assert_eq!(read_exactly(&mut client, payload.len()), payload);
+        assert_eq!(backend.received(), payload, "bytes the backend got");
+        assert_eq!(backend.accepts(), 1);
+        assert_eq!(
+            metric_sum(
+                &lab.metrics(),
+                "longhaul_tcp_passthrough_connections_total",
+                &[("upstream", "tunnels")]
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn client_first_binary_protocol_passes_through_byte_for_byte() {
+    in_netns(Firewall::Iptables, REDIRECTED, |lab| {
+        let backend = ScriptedServer::start(CLIENT_FIRST, Script::Echo);
+        let mut client = connect(addr(CLIENT_FIRST));
+        // Starts like a TLS record: no HTTP method, so it is spliced at once.
+        let mut payload = b"\x16\x03\x01\x02\x00\x01".to_vec();
+        payload.extend((0u8..=255).rev());
+        client.write_all(&payload).expect("send");
+        assert_eq!(read_exactly(&mut client, payload.len()), payload);
+        client
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .expect("send more");
+        assert_eq!(
+            read_exactly(&mut client, 18),
+            b"GET / HTTP/1.0\r\n\r\n",
+            "later bytes that look like HTTP still pass through untouched"
+        );
+        assert_eq!(
+            backend.received(),
+            [payload.as_slice(), b"GET / HTTP/1.0\r\n\r\n"].concat()
+        );
+        assert_eq!(
+            metric_sum(
+                &lab.metrics(),
+                "longhaul_tcp_passthrough_connections_total",
+                &[("upstream", "tunnels")]
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn websocket_upgrade_to_a_redirected_destination_echoes_bytes() {
+    in_netns(Firewall::Iptables, REDIRECTED, |lab| {
+        let backend = ScriptedServer::start(
+            WEBSOCKET,
+            Script::Respond {
+                response: b"HTTP/1.1 101 Switching Protocols\r\n\
+Upgrade: websocket\r\n\
+Connection: Upgrade\r\n\r\n"
+                    .to_vec(),
+                after: After::Echo,
+            },
+        );
+        let mut client = connect(addr(WEBSOCKET));
+        client
+            .write_all(
+                format!(
+                    "GET /chat HTTP/1.1\r\nHost: {WEBSOCKET}\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .expect("send upgrade");
+        let (head, leftover) = read_head(&mut client);
+        assert_eq!(
+            head.status,
+            101,
+            "head:\n{}\n{}",
+            head.raw,
+            lab.proxy.stderr()
+        );
+        assert_eq!(head.header("upgrade").as_deref(), Some("websocket"));
+        assert!(leftover.is_empty());
+        let payload: Vec<u8> = [0x82u8, 0x80 | 4, 1, 2, 3, 4]
+            .into_iter()
+            .chain(0u8..=255)
+            .collect();
+        client.write_all(&payload).expect("send frame");
+        assert_eq!(read_exactly(&mut client, payload.len()), payload);
+        let seen = String::from_utf8_lossy(&backend.received()).to_ascii_lowercase();
+        assert!(
+            seen.starts_with("get /chat http/1.1\r\n") && seen.contains("upgrade: websocket"),
+            "backend got:\n{seen}"
+        );
+        assert_eq!(
+            metric_sum(
+                &lab.metrics(),
+                "longhaul_tunnels_total",
+                &[("upstream", "tunnels"), ("kind", "upgrade")]
+            ),
+            1.0
+        );
+    });
+}
+
+// === refusals ===
+
+/// The client gets its connection closed without a single byte.
+fn assert_refused(dst: SocketAddr, lab: &Lab) {
+    let mut client = connect(dst);
+    // The request may race the close; either way nothing may come back.
+    let _ = client.write_all(format!("GET / HTTP/1.0\r\nHost: {dst}\r\n\r\n").as_bytes());
+    let got = lab::read_to_close(&mut client);
+    assert!(
+        got.is_empty(),
+        "a refused connection to {dst} got data: {:?}\n{}",
+        String::from_utf8_lossy(&got),
+        lab.proxy.stderr()
+    );
+}
+
+#[test]
+fn destination_outside_the_allow_list_is_refused() {
+    in_netns(Firewall::Iptables, REDIRECTED, |lab| {
+        let backend = ScriptedServer::start(NOT_ALLOWED, Script::Echo);
+        assert_refused(addr(NOT_ALLOWED), lab);
+        assert_eq!(backend.accepts(), 0, "the denied destination was contacted");
+        assert_eq!(
+            metric_sum(
+                &lab.metrics(),
+                "longhaul_transparent_denied_total",
+                &[("reason", "not_allowed")]
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn direct_connection_to_the_listener_is_refused_as_not_redirected() {
+    in_netns(Firewall::Iptables, REDIRECTED, |lab| {
+        assert_refused(addr(PROXY), lab);
+        let metrics = lab.metrics();
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "longhaul_transparent_denied_total",
+                &[("reason", "not_redirected")]
+            ),
+            1.0,
+            "{metrics}"
+        );
+    });
+}
+
+#[test]
+fn redirected_connection_to_the_listener_port_is_refused_as_a_loop() {
+    // Here the rules also redirect longhaul's own port: a client going to 127.0.0.8:15001 lands
+    // on longhaul with an original destination that is longhaul itself.
+    in_netns(Firewall::Iptables, "8001:8010,15001", |lab| {
+        assert_refused(addr("127.0.0.8:15001"), lab);
+        let metrics = lab.metrics();
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "longhaul_transparent_denied_total",
+                &[("reason", "loop")]
+            ),
+            1.0,
+            "{metrics}"
+        );
+    });
+}
+
+// === namespace and backend-sim plumbing ===
+
+mod netns {
+    use std::ffi::c_int;
+    use std::process::Command;
+
+    unsafe extern "C" {
+        fn unshare(flags: c_int) -> c_int;
+        fn geteuid() -> u32;
+    }
+    const CLONE_NEWNET: c_int = 0x4000_0000;
+
+    pub fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { geteuid() == 0 }
+    }
+
+    /// Moves the calling thread into a new network namespace and brings its loopback up.
+    pub fn enter_new() -> Result<(), String> {
+        // SAFETY: unshare(CLONE_NEWNET) only changes the calling thread's namespace membership.
+        if unsafe { unshare(CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "cannot create a network namespace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let out = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .output()
+            .map_err(|e| format!("cannot run `ip`: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`ip link set lo up` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+}
+
+mod backend_sim {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+
+    use super::lab;
+
+    pub struct Stats {
+        pub connections_accepted: u64,
+        pub requests: u64,
+    }
+
+    /// `longhaul backend-sim`, the HTTP/1.0 keep-alive backend; killed on drop.
+    pub struct BackendSim {
+        child: Child,
+        reader: Option<JoinHandle<()>>,
+        stats: SocketAddr,
+    }
+
+    impl BackendSim {
+        pub fn start(listen: &str, stats: &str) -> BackendSim {
+            let mut cmd = Command::new(lab::BIN);
+            cmd.args(["backend-sim", "--listen", listen, "--stats-listen", stats])
+                .args(["--conn-cost", "0ms"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            lab::die_with_parent(&mut cmd);
+            let mut child = cmd.spawn().expect("spawn backend-sim");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let (tx, rx) = mpsc::channel();
+            let reader = thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            let mut sim = BackendSim {
+                child,
+                reader: Some(reader),
+                stats: stats.parse().expect("stats address"),
+            };
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line.starts_with("backend-sim listening on") => {}
+                other => {
+                    let _ = sim.child.kill();
+                    panic!("backend-sim on {listen} did not start: {other:?}");
+                }
+            }
+            sim
+        }
+
+        pub fn stats(&self) -> Stats {
+            let (status, body) = lab::http_get(self.stats, "/stats");
+            assert_eq!(status, 200, "GET /stats: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+            let field = |k: &str| {
+                v[k].as_u64()
+                    .unwrap_or_else(|| panic!("no {k} in stats: {body}"))
+            };
+            Stats {
+                connections_accepted: field("connections_accepted"),
+                requests: field("requests"),
+            }
+        }
+    }
+
+    impl Drop for BackendSim {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(r) = self.reader.take() {
+                let _ = r.join();
+            }
+        }
+    }
+}
+
+/// Test plumbing: the longhaul child process, scripted TCP backends, a raw-socket client.
+#[allow(dead_code)]
+mod lab {
+    use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::thread::{self, JoinHandle};
+    use std::time::{Duration, Instant};
+
+    pub const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
+    /// Every socket read or write in these tests gives up after this.
+    pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+    /// longhaul must log `longhaul started` within this (the machine may be busy compiling).
+    const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+    unsafe extern "C" {
+        fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+    }
+    const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
+    const SIGKILL: std::ffi::c_ulong = 9;
+
+    /// Children get SIGKILL if the test thread that started them dies without its Drop running.
+    pub fn die_with_parent(cmd: &mut Command) {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                Ok(())
+            });
+        }
+    }
+
+    /// A fresh directory under the system temp dir, unique per process and call.
+    pub fn temp_dir(prefix: &str) -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    /// The longhaul binary running a config; killed (and its temp dir removed) on drop.
+    pub struct Longhaul {
+        child: Child,
+        dir: PathBuf,
+        log: Arc<Mutex<Vec<String>>>,
+        reader: Option<JoinHandle<()>>,
+        pub listen: SocketAddr,
+        pub admin: SocketAddr,
+    }
+
+    impl Longhaul {
+        /// Starts longhaul (config must use `[log] format = "json"`) and waits for its start line.
+        pub fn start(config: &str) -> Longhaul {
+            let dir = temp_dir("longhaul-test");
+            let path = dir.join("proxy.toml");
+            std::fs::write(&path, config).expect("write config");
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--config")
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            die_with_parent(&mut cmd);
+            let mut child = cmd.spawn().expect("spawn longhaul");
+            let stderr = child.stderr.take().expect("piped stderr");
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let (tx, rx) = mpsc::channel();
+            let reader = {
+                let log = log.clone();
+                thread::spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        if line.contains("longhaul started") {
+                            let _ = tx.send(line.clone());
+                        }
+                        log.lock().expect("log lock").push(line);
+                    }
+                })
+            };
+            let unset: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+            let mut proxy = Longhaul {
+                child,
+                dir,
+                log,
+                reader: Some(reader),
+                listen: unset,
+                admin: unset,
+            };
+            let line = match rx.recv_timeout(START_TIMEOUT) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "longhaul did not log `longhaul started` within {START_TIMEOUT:?}; config:\n{config}\nstderr:\n{}",
+                    proxy.stderr()
+                ),
+            };
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("start line is not JSON ({e}): {line}"));
+            let field = |name: &str| -> SocketAddr {
+                v[name]
+                    .as_str()
+                    .and_then(|s| s.split(',').next())
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no `{name}` address in start line: {line}"))
+            };
+            proxy.listen = field("listen");
+            proxy.admin = field("admin");
+            proxy
+        }
+
+        /// Everything longhaul wrote to stderr so far.
+        pub fn stderr(&self) -> String {
+            self.log.lock().expect("log lock").join("\n")
+        }
+
+        /// GET /metrics on the admin listener.
+        pub fn metrics(&self) -> String {
+            let (status, body) = http_get(self.admin, "/metrics");
+            assert_eq!(status, 200, "GET /metrics: {body}");
+            body
+        }
+    }
+
+    impl Drop for Longhaul {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// What a scripted backend does after the optional HTTP exchange.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum After {
+        /// Echo every byte until the peer closes, then close.
+        Echo,
+        /// Echo one read's worth of bytes, then close.
+        EchoOnceThenClose,
+        /// Close at once.
+        Close,
+    }
+
+    #[derive(Clone, Debug)]
+    pub enum Script {
+        /// Echo every byte until the peer closes, then close.
+        Echo,
+        /// Send a banner first (a server-first protocol), then echo.
+        BannerThenEcho(Vec<u8>),
+        /// Read one HTTP request head, write `response` verbatim, then `after`.
+        Respond { response: Vec<u8>, after: After },
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        accepts: AtomicUsize,
+        peer_closed: AtomicUsize,
+        received: Mutex<Vec<u8>>,
+    }
+
+    /// A TCP server run by a script on std threads; stopped and joined on drop.
+    pub struct ScriptedServer {
+        pub addr: SocketAddr,
+        shared: Arc<Shared>,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl ScriptedServer {
+        pub fn start(addr: &str, script: Script) -> ScriptedServer {
+            let listener = TcpListener::bind(addr)
+                .unwrap_or_else(|e| panic!("bind scripted server {addr}: {e}"));
+            listener.set_nonblocking(true).expect("nonblocking");
+            let addr = listener.local_addr().expect("local addr");
+            let shared = Arc::new(Shared::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = {
+                let (shared, stop) = (shared.clone(), stop.clone());
+                thread::spawn(move || {
+                    let mut conns = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        match listener.accept() {
+                            Ok((stream, _)) => {
+                                shared.accepts.fetch_add(1, Ordering::SeqCst);
+                                let (shared, stop, script) =
+                                    (shared.clone(), stop.clone(), script.clone());
+                                conns.push(thread::spawn(move || {
+                                    serve(stream, &script, &shared, &stop)
+                                }));
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                thread::sleep(Duration::from_millis(5))
+                            }
+                            Err(_) => thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                    for c in conns {
+                        let _ = c.join();
+                    }
+                })
+            };
+            ScriptedServer {
+                addr,
+                shared,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        /// Connections accepted so far.
+        pub fn accepts(&self) -> usize {
+            self.shared.accepts.load(Ordering::SeqCst)
+        }
+
+        /// Every byte received so far, all connections, in arrival order.
+        pub fn received(&self) -> Vec<u8> {
+            self.shared.received.lock().expect("lock").clone()
+        }
+
+        /// Waits until `n` connections saw their peer close first.
+        pub fn wait_peer_closed(&self, n: usize, within: Duration) -> bool {
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if self.shared.peer_closed.load(Ordering::SeqCst) >= n {
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            false
+        }
+    }
+
+    impl Drop for ScriptedServer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    enum Got {
+        Bytes(usize),
+        Eof,
+        Stopped,
+    }
+
+    /// One read that wakes up every 50ms to notice `stop`.
+    fn read_some(stream: &mut TcpStream, buf: &mut [u8], stop: &AtomicBool) -> Got {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Got::Stopped;
+            }
+            match stream.read(buf) {
+                Ok(0) => return Got::Eof,
+                Ok(n) => return Got::Bytes(n),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Got::Eof,
+            }
+        }
+    }
+
+    fn serve(mut stream: TcpStream, script: &Script, shared: &Shared, stop: &AtomicBool) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        let mut buf = [0u8; 16 * 1024];
+        let record = |bytes: &[u8]| {
+            shared
+                .received
+                .lock()
+                .expect("lock")
+                .extend_from_slice(bytes)
+        };
+        let mut after = After::Echo;
+        match script {
+            Script::Echo => {}
+            Script::BannerThenEcho(banner) => {
+                if stream.write_all(banner).is_err() {
+                    return;
+                }
+            }
+            Script::Respond {
+                response,
+                after: then,
+            } => {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match read_some(&mut stream, &mut buf, stop) {
+                        Got::Bytes(n) => {
+                            record(&buf[..n]);
+                            head.extend_from_slice(&buf[..n]);
+                        }
+                        Got::Eof => {
+                            shared.peer_closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Got::Stopped => return,
+                    }
+                }
+                if stream.write_all(response).is_err() {
+                    return;
+                }
+                after = *then;
+                let end = head
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .expect("found")
+                    + 4;
+                let early = &head[end..];
+                if !early.is_empty() && after != After::Close {
+                    let _ = stream.write_all(early);
+                    if after == After::EchoOnceThenClose {
+                        return;
+                    }
+                }
+            }
+        }
+        if after == After::Close {
+            return;
+        }
+        loop {
+            match read_some(&mut stream, &mut buf, stop) {
+                Got::Bytes(n) => {
+                    record(&buf[..n]);
+                    if stream.write_all(&buf[..n]).is_err() || after == After::EchoOnceThenClose {
+                        return;
+                    }
+                }
+                Got::Eof => {
+                    shared.peer_closed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Got::Stopped => return,
+            }
+        }
+    }
+
+    /// A client connection with bounded reads and writes.
+    pub fn connect(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s
+    }
+
+    /// A response head: status code, raw text, headers (names lowercased).
+    #[derive(Debug)]
+    pub struct Head {
+        pub status: u16,
+        pub raw: String,
+        pub headers: Vec<(String, String)>,
+    }
+
+    impl Head {
+        pub fn header(&self, name: &str) -> Option<String> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    /// Reads up to the end of a response head; returns it and any bytes read past it.
+    pub fn read_head(stream: &mut TcpStream) -> (Head, Vec<u8>) {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            if let Some(p) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => panic!(
+                    "connection closed before a full response head: {:?}",
+                    String::from_utf8_lossy(&data)
+                ),
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "reading a response head: {e}; got so far: {:?}",
+                    String::from_utf8_lossy(&data)
+                ),
+            }
+        };
+        let raw = String::from_utf8_lossy(&data[..end]).into_owned();
+        let mut lines = raw.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line in {raw:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (
+            Head {
+                status,
+                raw,
+                headers,
+            },
+            data[end..].to_vec(),
+        )
+    }
+
+    /// Exactly `n` bytes, or a panic naming what arrived.
+    pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match stream.read(&mut out[got..]) {
+                Ok(0) => panic!("closed after {got} of {n} bytes: {:?}", &out[..got]),
+                Ok(k) => got += k,
+                Err(e) => panic!("after {got} of {n} bytes: {e}"),
+            }
+        }
+        out
+    }
+
+    /// The peer closes: the next read returns end of stream (a reset also counts as closed).
+    pub fn expect_eof(stream: &mut TcpStream) {
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("expected the connection to close, got {:?}", &buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the connection to close within {IO_TIMEOUT:?}: {e}"),
+        }
+    }
+
+    /// The bytes a client receives until the server closes (or resets) the connection.
+    pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+                Err(e) => panic!(
+                    "reading until close: {e}; got {:?}",
+                    String::from_utf8_lossy(&out)
+                ),
+            }
+        }
+    }
+
+    /// A one-shot HTTP/1.0 GET: (status, body).
+    pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = connect(addr);
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+        let data = read_to_close(&mut s);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("GET {path} from {addr}: no response head in {text:?}"));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line: {head}"));
+        (status, body.to_string())
+    }
+
+    /// The sum of every sample of `name` whose labels include `want` (0 when there is none).
+    pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .filter(|(n, labels, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    fn parse_sample(line: &str) -> Option<Sample> {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value: f64 = value.parse().ok()?;
+        let Some((name, rest)) = series.split_once('{') else {
+            return Some((series.to_string(), Vec::new(), value));
+        };
+        let body = rest.strip_suffix('}')?;
+        let mut labels = Vec::new();
+        let mut chars = body.chars().peekable();
+        loop {
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            if key.is_empty() {
+                break;
+            }
+            if chars.next() != Some('"') {
+                return None;
+            }
+            let mut val = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => val.push(chars.next()?),
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+            labels.push((key.trim_start_matches(',').trim().to_string(), val));
+            if chars.peek() == Some(&',') {
+                chars.next();
+            }
+        }
+        Some((name.to_string(), labels, value))
+    }
+}
