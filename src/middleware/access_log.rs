@@ -62,9 +62,10 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = Instant::now();
         let id = request_id::of(&req);
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let enabled = self.enabled;
+        // Copied only when a log line will be written: the request moves into the inner service.
+        let logged = self
+            .enabled
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = match fut.await {
@@ -83,7 +84,7 @@ where
                 .request_duration_seconds
                 .with_label_values(&[upstream])
                 .observe(elapsed.as_secs_f64());
-            if enabled {
+            if let Some((method, path)) = logged {
                 tracing::info!(
                     target: "longhaul::access",
                     method = %method, path = %path, status = status.as_u16(), upstream,
