@@ -143,7 +143,8 @@ impl managed::Manager for ConnManager {
                 return Err(ConnectError::Timeout(timeout));
             }
         };
-        server.record_success();
+        // Health counts exchanges, not connects: a server that accepts and then resets every
+        // request must still be ejected. `Upstream::accept` records the success.
         let probe = SockRef::from(&stream).try_clone().ok();
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))

@@ -38,6 +38,8 @@ pub struct Server {
     learned_keepalive_ms: AtomicU64,
     /// Request budget per connection the backend announced with `Keep-Alive: max=N`; 0 = none.
     learned_max_requests: AtomicU32,
+    /// The last observed idle close not yet confirmed by a second one, in ms; 0 = none.
+    unconfirmed_idle_close_ms: AtomicU64,
     /// Set once we have logged that this server does not keep connections alive.
     warned_not_reusable: AtomicBool,
     health: Health,
@@ -53,6 +55,7 @@ impl Server {
             in_flight: AtomicUsize::new(0),
             learned_keepalive_ms: AtomicU64::new(0),
             learned_max_requests: AtomicU32::new(0),
+            unconfirmed_idle_close_ms: AtomicU64::new(0),
             warned_not_reusable: AtomicBool::new(false),
             health: Health::default(),
         }
@@ -97,10 +100,17 @@ impl Server {
         }
     }
 
-    /// Records that the backend closed a connection that had been idle for `idle`.
+    /// Records that the backend closed a connection that had been idle for `idle`. One early
+    /// close proves nothing (a restart, a reaper); two closes at about the same idle time
+    /// (within a quarter) are the backend's keep-alive timer, and the shorter one is learned.
     pub fn learn_observed_idle_close(&self, idle: Duration) {
-        if idle >= MIN_OBSERVED_IDLE {
-            self.learn_keepalive(idle);
+        if idle < MIN_OBSERVED_IDLE {
+            return;
+        }
+        let ms = idle.as_millis() as u64;
+        let previous = self.unconfirmed_idle_close_ms.swap(ms, Ordering::Relaxed);
+        if previous != 0 && ms.abs_diff(previous) <= previous / 4 {
+            self.learn_keepalive(Duration::from_millis(ms.min(previous)));
         }
     }
 
