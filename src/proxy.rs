@@ -180,12 +180,11 @@ pub(crate) async fn proxy_request(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
-    if let Some(authority) = parts.uri.authority().cloned()
-        && !parts.headers.contains_key(header::HOST)
+    // RFC 9112 §3.2.2: for an absolute-form target, the target's authority is the host.
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::try_from(authority.as_str())
     {
-        if let Ok(host) = HeaderValue::try_from(authority.as_str()) {
-            parts.headers.insert(header::HOST, host);
-        }
+        parts.headers.insert(header::HOST, host);
     }
     parts.uri = origin_form(&parts.uri);
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;

@@ -203,6 +203,10 @@ fn validate_transparent(t: &TransparentConfig) -> Check {
     nonzero("transparent.detect_timeout", t.detect_timeout)?;
     nonzero("transparent.connect_timeout", t.connect_timeout)?;
     nonzero("transparent.response_timeout", t.response_timeout)?;
+    positive(
+        "transparent.max_buffered_body_bytes",
+        t.max_buffered_body_bytes,
+    )?;
     validate_pool("transparent.pool", &t.pool)?;
     if t.allow.is_empty() {
         return Err(invalid(

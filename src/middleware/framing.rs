@@ -1,5 +1,5 @@
-//! Rejects requests whose body framing is ambiguous, before anything reaches a pooled upstream
-//! connection (request smuggling, RFC 9112 §6.1 and §11.2). hyper already rejects Transfer-Encoding
+//! Rejects requests whose body framing or target host is ambiguous, before anything reaches a
+//! pooled upstream connection (request smuggling, RFC 9112 §6.1 and §11.2; Host, RFC 9112 §3.2). hyper already rejects Transfer-Encoding
 //! on HTTP/1.0, a final coding other than chunked, differing Content-Lengths, bad chunk sizes and
 //! malformed header lines; this layer rejects what hyper tolerates: a repeated or decorated
 //! `Transfer-Encoding` (`chunked, chunked`, two header lines). Rejections close the connection.
@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -27,6 +27,16 @@ pub fn ambiguity(headers: &HeaderMap) -> Option<&'static str> {
         (Some(_), None) if headers.contains_key(header::CONTENT_LENGTH) => {
             Some("Content-Length together with Transfer-Encoding")
         }
+        _ => None,
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host; any request at most one.
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Some("more than one Host header"),
+        (None, None) if req.version() == Version::HTTP_11 => Some("HTTP/1.1 request without Host"),
         _ => None,
     }
 }
@@ -65,7 +75,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match ambiguity(req.headers()) {
+        match ambiguity(req.headers()).or_else(|| host_problem(&req)) {
             None => ResponseFuture::Inner {
                 fut: self.inner.call(req),
             },
