@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Whether `CONNECT host:port` is tunnelled (only to hosts a route names).
     pub allow_connect: bool,
+    /// Threads serving traffic: 1 = one event loop (default), 0 = one per CPU core, N = N.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             allow_connect: false,
+            workers: 1,
         }
     }
 }
