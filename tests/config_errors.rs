@@ -1,0 +1,219 @@
+//! A bad proxy.toml never starts a proxy: longhaul (and `longhaul check`) exit 2 with
+//! `error: <file>:<line>: <key path>: <reason>` on stderr.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::proxy::{self, TempDir};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A valid config; each test breaks one line of it (1-based line numbers in the comments).
+const BASE: &[&str] = &[
+    "[server]",                    // 1
+    "listen = \"127.0.0.1:0\"",    // 2
+    "",                            // 3
+    "[admin]",                     // 4
+    "listen = \"127.0.0.1:0\"",    // 5
+    "",                            // 6
+    "[[upstream]]",                // 7
+    "name = \"legacy\"",           // 8
+    "servers = [\"127.0.0.1:1\"]", // 9
+    "connect_timeout = \"1s\"",    // 10
+    "response_timeout = \"5s\"",   // 11
+    "",                            // 12
+    "[upstream.pool]",             // 13
+    "max_size = 4",                // 14
+    "min_idle = 1",                // 15
+    "",                            // 16
+    "[[route]]",                   // 17
+    "host = \"*\"",                // 18
+    "upstream = \"legacy\"",       // 19
+];
+
+/// BASE with the given 1-based lines replaced.
+fn config_with(replacements: &[(usize, &str)]) -> String {
+    let mut lines: Vec<String> = BASE.iter().map(|l| l.to_string()).collect();
+    for (n, text) in replacements {
+        lines[n - 1] = text.to_string();
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Runs both `longhaul --config` and `longhaul check --config` on `text`; both must exit 2 and
+/// name the file, `line` and `key` on stderr.
+fn assert_rejected(text: &str, line: usize, key: &str) {
+    let dir = TempDir::new();
+    let path = dir.write_config(text);
+    let p = path.to_str().expect("utf-8 temp path");
+    for args in [vec!["--config", p], vec!["check", "--config", p]] {
+        let run = proxy::run(&args, RUN_TIMEOUT);
+        assert_eq!(
+            run.code,
+            Some(2),
+            "`longhaul {}` should exit 2 (None = still running after {RUN_TIMEOUT:?}).\nstderr:\n{}\nconfig:\n{text}",
+            args.join(" "),
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("longhaul started"),
+            "started with a bad config:\n{}",
+            run.stderr
+        );
+        let location = format!("{p}:{line}:");
+        assert!(
+            run.stderr.contains(&location),
+            "`longhaul {}` should point at {location}\nstderr:\n{}",
+            args.join(" "),
+            run.stderr
+        );
+        let error_line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&location))
+            .unwrap_or_default();
+        assert!(
+            error_line.contains(key),
+            "the error line should name the key {key:?}: {error_line:?}"
+        );
+    }
+}
+
+#[test]
+fn base_config_is_valid() {
+    // Guards the other tests: each one breaks exactly one thing in an otherwise valid file.
+    let dir = TempDir::new();
+    let path = dir.write_config(&config_with(&[]));
+    let run = proxy::run(&["check", "--config", path.to_str().unwrap()], RUN_TIMEOUT);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stderr:\n{}\nstdout:\n{}",
+        run.stderr,
+        run.stdout
+    );
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    assert_rejected(
+        &config_with(&[(3, "max_conections = 10")]),
+        3,
+        "max_conections",
+    );
+}
+
+#[test]
+fn bad_listen_address_is_rejected() {
+    assert_rejected(
+        &config_with(&[(2, "listen = \"127.0.0.1:99999\"")]),
+        2,
+        "server.listen",
+    );
+}
+
+#[test]
+fn unparsable_server_address_is_rejected() {
+    assert_rejected(
+        &config_with(&[(9, "servers = [\"no port here\"]")]),
+        9,
+        "upstream[0].servers",
+    );
+}
+
+#[test]
+fn route_naming_a_missing_upstream_is_rejected() {
+    assert_rejected(
+        &config_with(&[(19, "upstream = \"nope\"")]),
+        19,
+        "route[0].upstream",
+    );
+}
+
+#[test]
+fn min_idle_above_max_size_is_rejected() {
+    assert_rejected(
+        &config_with(&[(15, "min_idle = 9")]),
+        15,
+        "upstream[0].pool.min_idle",
+    );
+}
+
+#[test]
+fn zero_max_size_is_rejected() {
+    assert_rejected(
+        &config_with(&[(14, "max_size = 0"), (15, "min_idle = 0")]),
+        14,
+        "upstream[0].pool.max_size",
+    );
+}
+
+#[test]
+fn zero_timeout_is_rejected() {
+    assert_rejected(
+        &config_with(&[(10, "connect_timeout = \"0s\"")]),
+        10,
+        "connect_timeout",
+    );
+}
+
+#[test]
+fn bad_duration_string_is_rejected() {
+    assert_rejected(
+        &config_with(&[(11, "response_timeout = \"30 parsecs\"")]),
+        11,
+        "response_timeout",
+    );
+}
+
+#[test]
+fn toml_syntax_error_is_rejected() {
+    assert_rejected(&config_with(&[(14, "max_size = = 4")]), 14, "max_size");
+}
+
+#[test]
+fn wrong_value_type_is_rejected() {
+    assert_rejected(&config_with(&[(14, "max_size = \"four\"")]), 14, "max_size");
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let dir = TempDir::new();
+    let missing = dir.path().join("nope.toml");
+    let run = proxy::run(&["--config", missing.to_str().unwrap()], RUN_TIMEOUT);
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("nope.toml"),
+        "the error names the file: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn unknown_argument_exits_2() {
+    let run = proxy::run(&["--no-such-flag"], RUN_TIMEOUT);
+    assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn check_accepts_the_shipped_proxy_toml() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+    let run = proxy::run(
+        &["check", "--config", shipped.to_str().unwrap()],
+        RUN_TIMEOUT,
+    );
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stderr:\n{}\nstdout:\n{}",
+        run.stderr,
+        run.stdout
+    );
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        output.contains("legacy") && output.contains("127.0.0.1:8000"),
+        "`check` prints the effective settings:\n{output}"
+    );
+}

@@ -1,0 +1,92 @@
+//! Process lifecycle: SIGTERM drains in-flight requests and exits 0; SIGHUP reloads the config and
+//! an invalid file keeps the old one.
+
+mod support;
+
+use std::thread;
+use std::time::Duration;
+
+use support::Stopwatch;
+use support::backend::Backend;
+use support::client;
+use support::proxy::{Proxy, ProxyConfig, log_message};
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let backend = Backend::builder().delay(Duration::from_millis(700)).start();
+    let mut proxy =
+        Proxy::start(&ProxyConfig::single(&[backend.addr()]).server("drain_timeout", "\"5s\""));
+    let addr = proxy.addr;
+    let in_flight = thread::spawn(move || client::try_get10(addr, "/in-flight"));
+    assert!(
+        backend.wait_until(Duration::from_secs(3), |b| b.request_count() == 1),
+        "the request never reached the backend"
+    );
+    let started = Stopwatch::start();
+    proxy.signal("TERM");
+    let r = in_flight
+        .join()
+        .expect("client thread")
+        .expect("in-flight request survives SIGTERM");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, backend.expected_body("GET", "/in-flight"));
+    let status = proxy.stop().expect("longhaul exits after draining");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        proxy
+            .log_lines()
+            .iter()
+            .any(|v| log_message(v) == Some("longhaul stopped")),
+        "no `longhaul stopped` line:\n{}",
+        proxy.stderr_lines().join("\n")
+    );
+}
+
+#[test]
+fn sighup_with_an_invalid_config_keeps_serving() {
+    let backend = Backend::start();
+    let mut proxy = Proxy::start(&ProxyConfig::single(&[backend.addr()]));
+    assert_eq!(client::get10(proxy.addr, "/before").status, 200);
+    std::fs::write(&proxy.config_path, "[server]\nlisten = = broken\n").expect("rewrite config");
+    proxy.signal("HUP");
+    thread::sleep(Duration::from_millis(300));
+    assert!(proxy.is_running(), "an invalid reload killed the proxy");
+    let r = client::get10(proxy.addr, "/after");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.body, backend.expected_body("GET", "/after"));
+}
+
+#[test]
+fn sighup_reload_applies_new_routes() {
+    let backend = Backend::start();
+    let base = ProxyConfig::single(&[backend.addr()]);
+    let proxy = Proxy::start(&base.clone().route("old.example", "/", "legacy"));
+    let get = |host: &str| {
+        client::request(
+            proxy.addr,
+            format!("GET /r HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(get("old.example"), 200);
+    assert_eq!(get("new.example"), 404);
+
+    std::fs::write(
+        &proxy.config_path,
+        base.route("new.example", "/", "legacy").render(),
+    )
+    .expect("rewrite config");
+    proxy.signal("HUP");
+    let reloaded = support::wait_until(Duration::from_secs(3), || get("new.example") == 200);
+    assert!(reloaded, "the reloaded route never took effect");
+    assert_eq!(
+        get("old.example"),
+        404,
+        "the old route is gone after reload"
+    );
+}

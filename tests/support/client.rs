@@ -1,0 +1,191 @@
+//! A raw HTTP/1.0 / 1.1 client on std::net: sends exact bytes, reads whole responses (Content-Length,
+//! chunked or close-delimited) with read timeouts, and tells whether the server closed afterwards.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::wire::{self, WireReader};
+
+/// Default bound on every read.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body had no length and ended with the connection.
+    pub close_delimited: bool,
+    /// The body arrived chunked.
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        wire::header(&self.headers, name)
+    }
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        wire::header_all(&self.headers, name)
+    }
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One client connection.
+pub struct Client {
+    reader: WireReader,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_write_timeout(Some(READ_TIMEOUT))?;
+        Ok(Client {
+            reader: WireReader::new(stream),
+        })
+    }
+
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.reader
+            .stream()
+            .set_read_timeout(Some(timeout))
+            .expect("set read timeout");
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut s = self.reader.stream();
+        s.write_all(bytes)?;
+        s.flush()
+    }
+
+    /// Reads one response; `head` says the request was HEAD (no body follows).
+    /// Interim 1xx responses (other than 101) are skipped.
+    pub fn read_response(&mut self, head: bool) -> io::Result<Response> {
+        loop {
+            let raw = self.reader.read_head()?;
+            let (start, headers) = wire::parse_head(&raw)?;
+            let mut parts = start.splitn(3, ' ');
+            let version = parts.next().unwrap_or("").to_string();
+            let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {start:?}"),
+                )
+            })?;
+            let reason = parts.next().unwrap_or("").to_string();
+            if (100..200).contains(&status) && status != 101 {
+                continue;
+            }
+            let mut resp = Response {
+                version,
+                status,
+                reason,
+                headers,
+                body: Vec::new(),
+                close_delimited: false,
+                chunked: false,
+            };
+            if head || status == 204 || status == 304 || status == 101 {
+                return Ok(resp);
+            }
+            if wire::is_chunked(&resp.headers) {
+                resp.chunked = true;
+                resp.body = self.reader.read_chunked()?;
+            } else if let Some(n) = wire::content_length(&resp.headers)? {
+                resp.body = self.reader.read_exact_bytes(n)?;
+            } else {
+                resp.close_delimited = true;
+                resp.body = self.reader.read_to_eof()?;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Sends a request and reads its response.
+    pub fn roundtrip(&mut self, raw: &[u8]) -> io::Result<Response> {
+        self.send(raw)?;
+        self.read_response(raw.starts_with(b"HEAD "))
+    }
+
+    /// Whether the server closes (EOF or reset) within `timeout` with nothing more to read.
+    /// Returns false if the connection stays open, or if unexpected bytes arrive.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        if self.reader.buffered() > 0 {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.set_read_timeout(left);
+            match self.reader.fill() {
+                Ok(0) => return true,
+                Ok(_) => return false,
+                Err(e) if wire::is_timeout(&e) => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// The underlying socket, for raw reads and writes.
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.stream()
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = self.reader.stream().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Connects, sends `raw`, reads one response.
+pub fn try_request(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
+    Client::connect(addr)?.roundtrip(raw)
+}
+
+/// Like `try_request`, panicking with context on failure.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> Response {
+    try_request(addr, raw).unwrap_or_else(|e| {
+        panic!(
+            "request to {addr} failed: {e}\nrequest: {:?}",
+            String::from_utf8_lossy(raw)
+        )
+    })
+}
+
+/// Sends `raw` on a new connection, reads the response, then waits up to `close_wait` for the
+/// server to close; returns the response and whether it closed.
+pub fn exchange(addr: SocketAddr, raw: &[u8], close_wait: Duration) -> (Response, bool) {
+    let mut c = Client::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let r = c
+        .roundtrip(raw)
+        .unwrap_or_else(|e| panic!("request to {addr} failed: {e}"));
+    let closed = c.wait_closed(close_wait);
+    (r, closed)
+}
+
+/// A short legacy client: `GET path HTTP/1.0`, no keep-alive, one request per connection.
+pub fn get10(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.0\r\nHost: test.local\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn try_get10(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    try_request(
+        addr,
+        format!("GET {path} HTTP/1.0\r\nHost: test.local\r\n\r\n").as_bytes(),
+    )
+}

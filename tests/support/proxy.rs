@@ -1,0 +1,549 @@
+//! Runs the real `longhaul` binary as a child process with a config written to a temp dir, learns
+//! its ports from the `longhaul started` log line, keeps its stderr, and stops it on drop.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::client::{self, Response};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
+
+/// How long the proxy gets to log `longhaul started`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+// === config builder ===
+
+/// Ordered `key = value` lines of one TOML table; setting a key again replaces it.
+#[derive(Clone, Default)]
+pub struct Table(Vec<(String, String)>);
+
+impl Table {
+    pub fn set(&mut self, key: &str, value: &str) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => self.0.push((key.to_string(), value.to_string())),
+        }
+    }
+    fn render(&self, out: &mut String) {
+        for (k, v) in &self.0 {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub table: Table,
+    pub pool: Table,
+}
+
+/// A proxy.toml for tests: listen and admin on 127.0.0.1:0, JSON logs, pool `min_idle = 0` (so
+/// connection counts are exact) unless a test sets it. Values are raw TOML (quote strings).
+#[derive(Clone)]
+pub struct ProxyConfig {
+    pub server: Table,
+    pub log: Table,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<Table>,
+}
+
+impl ProxyConfig {
+    /// No upstreams yet.
+    pub fn empty() -> ProxyConfig {
+        let mut server = Table::default();
+        server.set("listen", "\"127.0.0.1:0\"");
+        let mut log = Table::default();
+        log.set("level", "\"info\"");
+        log.set("format", "\"json\"");
+        log.set("access_log", "true");
+        ProxyConfig {
+            server,
+            log,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// One upstream "legacy" (http/1.0) with the given servers.
+    pub fn single(servers: &[SocketAddr]) -> ProxyConfig {
+        ProxyConfig::empty().upstream("legacy", servers)
+    }
+
+    pub fn upstream(mut self, name: &str, servers: &[SocketAddr]) -> ProxyConfig {
+        let mut table = Table::default();
+        table.set("name", &format!("\"{name}\""));
+        let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        table.set("servers", &format!("[{}]", list.join(", ")));
+        table.set("protocol", "\"http/1.0\"");
+        let mut pool = Table::default();
+        pool.set("min_idle", "0");
+        self.upstreams.push(UpstreamConfig {
+            name: name.to_string(),
+            table,
+            pool,
+        });
+        self
+    }
+
+    pub fn server(mut self, key: &str, value: &str) -> ProxyConfig {
+        self.server.set(key, value);
+        self
+    }
+
+    /// Sets a key of the last upstream.
+    pub fn up(mut self, key: &str, value: &str) -> ProxyConfig {
+        self.upstreams
+            .last_mut()
+            .expect("an upstream")
+            .table
+            .set(key, value);
+        self
+    }
+
+    /// Sets a key of the last upstream's pool.
+    pub fn pool(mut self, key: &str, value: &str) -> ProxyConfig {
+        self.upstreams
+            .last_mut()
+            .expect("an upstream")
+            .pool
+            .set(key, value);
+        self
+    }
+
+    pub fn route(mut self, host: &str, path_prefix: &str, upstream: &str) -> ProxyConfig {
+        let mut t = Table::default();
+        t.set("host", &format!("\"{host}\""));
+        t.set("path_prefix", &format!("\"{path_prefix}\""));
+        t.set("upstream", &format!("\"{upstream}\""));
+        self.routes.push(t);
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("[server]\n");
+        self.server.render(&mut out);
+        out.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\n");
+        self.log.render(&mut out);
+        for u in &self.upstreams {
+            out.push_str("\n[[upstream]]\n");
+            u.table.render(&mut out);
+            out.push_str("\n[upstream.pool]\n");
+            u.pool.render(&mut out);
+        }
+        for r in &self.routes {
+            out.push_str("\n[[route]]\n");
+            r.render(&mut out);
+        }
+        out
+    }
+}
+
+// === temp dirs ===
+
+static DIR_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = DIR_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("longhaul-test-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// Writes `proxy.toml` with `text` and returns its path.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.0.join("proxy.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// === running the proxy ===
+
+/// A running longhaul; SIGTERM then kill on drop.
+pub struct Proxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+/// Reads a field of a JSON log line, whether flattened at the top level or under "fields".
+pub fn log_field<'a>(line: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    line.get(key)
+        .or_else(|| line.get("fields").and_then(|f| f.get(key)))
+}
+
+pub fn parse_log_line(line: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(line.trim()).ok()
+}
+
+pub fn log_message(line: &serde_json::Value) -> Option<&str> {
+    log_field(line, "message").and_then(|m| m.as_str())
+}
+
+impl Proxy {
+    pub fn start(config: &ProxyConfig) -> Proxy {
+        Proxy::start_raw(&config.render())
+    }
+
+    /// Starts longhaul with this exact config text.
+    pub fn start_raw(config_text: &str) -> Proxy {
+        let dir = TempDir::new();
+        let config_path = dir.write_config(config_text);
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn longhaul");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let keep = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut ports = None;
+        while ports.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    if let Some(v) = parse_log_line(&line) {
+                        if log_message(&v) == Some("longhaul started") {
+                            let listen = log_field(&v, "listen")
+                                .and_then(|x| x.as_str())
+                                .unwrap_or("");
+                            let admin = log_field(&v, "admin")
+                                .and_then(|x| x.as_str())
+                                .unwrap_or("");
+                            let listen = listen.split(',').next().unwrap_or("").trim().parse().ok();
+                            let admin = admin.trim().parse().ok();
+                            if let (Some(l), Some(a)) = (listen, admin) {
+                                ports = Some((l, a));
+                            } else {
+                                let _ = child.kill();
+                                let _ = child.wait();
+                                panic!(
+                                    "`longhaul started` line without usable listen/admin fields: {line}"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if ports.is_none() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Give the reader a moment to collect the last lines.
+                    thread::sleep(Duration::from_millis(100));
+                    let stderr = lines.lock().unwrap().join("\n");
+                    panic!(
+                        "longhaul exited early ({status}) before `longhaul started`.\nconfig:\n{config_text}\nstderr:\n{stderr}"
+                    );
+                }
+            }
+        }
+        let Some((addr, admin)) = ports else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = lines.lock().unwrap().join("\n");
+            panic!(
+                "longhaul did not log `longhaul started` within {START_TIMEOUT:?}.\nconfig:\n{config_text}\nstderr:\n{stderr}"
+            );
+        };
+        Proxy {
+            child: Some(child),
+            addr,
+            admin,
+            config_path,
+            lines,
+            reader: Some(reader),
+            _dir: dir,
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Stderr lines that parse as JSON.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.stderr_lines()
+            .iter()
+            .filter_map(|l| parse_log_line(l))
+            .collect()
+    }
+
+    pub fn admin_get(&self, path: &str) -> Response {
+        client::request(
+            self.admin,
+            format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes(),
+        )
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let r = self.admin_get("/metrics");
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.body_str());
+        r.body_str()
+    }
+
+    /// Sum of every series of `name` whose labels include all of `labels`; None if none matched.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_in(&self.metrics_text(), name, labels)
+    }
+
+    /// Like `metric`, 0 when no series matched (counters not yet touched).
+    pub fn metric_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metric(name, labels).unwrap_or(0.0)
+    }
+
+    /// GET /pools as JSON.
+    pub fn pools(&self) -> serde_json::Value {
+        let r = self.admin_get("/pools");
+        assert_eq!(r.status, 200, "GET /pools: {}", r.body_str());
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("/pools is not JSON ({e}): {}", r.body_str()))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal by name ("HUP", "TERM", ...) to the running proxy.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Whether the child is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits (bounded) for a JSON log line matching `pred`.
+    pub fn wait_for_log(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.log_lines().into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status; kills it if it does not exit.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let status = wait_bounded(&mut child, Duration::from_secs(10));
+        let status = match status {
+            Some(s) => Some(s),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        };
+        if let Some(r) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !r.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if r.is_finished() {
+                let _ = r.join();
+            }
+        }
+        status
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Parses Prometheus text and sums every series of `name` whose labels include `labels`.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(pair) => pair,
+            None => continue,
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let parsed = parse_labels(label_text);
+        let all = labels
+            .iter()
+            .all(|(k, v)| parsed.iter().any(|(pk, pv)| pk == k && pv == v));
+        if !all {
+            continue;
+        }
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        value.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => break,
+                other => value.push(other),
+            }
+        }
+        out.push((key.trim().to_string(), value));
+    }
+    out
+}
+
+// === one-shot runs (config errors, check) ===
+
+/// Result of running longhaul to completion.
+pub struct Run {
+    /// None when it had to be killed (did not exit in time).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs longhaul with `args`, killing it after `timeout`.
+pub fn run(args: &[&str], timeout: Duration) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn longhaul");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = match wait_bounded(&mut child, timeout) {
+        Some(status) => status.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    Run {
+        code,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
