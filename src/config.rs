@@ -318,6 +318,8 @@ pub struct TransparentConfig {
     pub max_buffered_body_bytes: usize,
     /// Listen with IP_TRANSPARENT for iptables TPROXY (needs CAP_NET_ADMIN); REDIRECT needs nothing.
     pub tproxy: bool,
+    /// Template for every destination's pool; keys left out keep the transparent defaults.
+    #[serde(deserialize_with = "transparent_pool")]
     pub pool: PoolConfig,
     pub allow: Vec<AllowRule>,
 }
@@ -333,13 +335,48 @@ impl Default for TransparentConfig {
             response_timeout: default_response_timeout(),
             max_buffered_body_bytes: default_max_buffered_body_bytes(),
             tproxy: false,
-            pool: PoolConfig {
-                max_size: 8,
-                ..PoolConfig::default()
-            },
+            pool: transparent_pool_defaults(),
             allow: Vec::new(),
         }
     }
+}
+
+/// Each destination gets a small pool: there may be many of them.
+fn transparent_pool_defaults() -> PoolConfig {
+    PoolConfig {
+        max_size: 8,
+        ..PoolConfig::default()
+    }
+}
+
+/// A `[transparent.pool]` table: the keys it sets, over the transparent defaults.
+fn transparent_pool<'de, D>(de: D) -> Result<PoolConfig, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Overrides {
+        max_size: Option<usize>,
+        min_idle: Option<usize>,
+        #[serde(default, with = "humantime_serde::option")]
+        idle_timeout: Option<Duration>,
+        #[serde(default, with = "humantime_serde::option")]
+        max_lifetime: Option<Duration>,
+        max_requests: Option<u32>,
+        #[serde(default, with = "humantime_serde::option")]
+        wait_timeout: Option<Duration>,
+    }
+    let o = Overrides::deserialize(de)?;
+    let d = transparent_pool_defaults();
+    Ok(PoolConfig {
+        max_size: o.max_size.unwrap_or(d.max_size),
+        min_idle: o.min_idle.unwrap_or(d.min_idle),
+        idle_timeout: o.idle_timeout.unwrap_or(d.idle_timeout),
+        max_lifetime: o.max_lifetime.unwrap_or(d.max_lifetime),
+        max_requests: o.max_requests.unwrap_or(d.max_requests),
+        wait_timeout: o.wait_timeout.unwrap_or(d.wait_timeout),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

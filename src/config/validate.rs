@@ -113,10 +113,10 @@ impl Config {
             if !route.path_prefix.starts_with('/') {
                 return Err(invalid(format!("{key}.path_prefix"), "must start with `/`"));
             }
-            if route.host.is_empty() || route.host[1..].contains('*') {
+            if !route.host.is_ascii() || route.host.is_empty() || route.host[1..].contains('*') {
                 return Err(invalid(
                     format!("{key}.host"),
-                    "must be an exact host, `*.suffix` or `*`",
+                    "must be an ASCII exact host, `*.suffix` or `*`",
                 ));
             }
         }

@@ -17,12 +17,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Strips hop-by-hop headers and every header the `Connection` header names.
 pub fn strip(headers: &mut HeaderMap) {
+    // Bytes, not text: a value with obs-text must still name the headers it lists.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
