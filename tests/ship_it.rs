@@ -1,0 +1,312 @@
+//! What a newcomer runs first: `longhaul demo`, the standalone backend simulator, and the logs
+//! a person (text) or a pipeline (JSON) reads. Real processes, loopback only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
+
+/// A child process killed when the test ends, whatever happens.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `longhaul backend-sim` with `args` and returns it with its (serving, stats) addresses.
+fn backend_sim(args: &[&str]) -> (Running, SocketAddr, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("backend-sim")
+        .args(["--listen", "127.0.0.1:0", "--stats-listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backend-sim");
+    let stdout = child.stdout.take().expect("piped");
+    let running = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("first line");
+    // "backend-sim listening on ADDR stats on ADDR"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        words.get(..3),
+        Some(&["backend-sim", "listening", "on"][..]),
+        "{line}"
+    );
+    let serve = words[3].parse().expect("serving address");
+    let stats = words[6].parse().expect("stats address");
+    (running, serve, stats)
+}
+
+/// Sends raw bytes and reads one response head and its Content-Length body.
+fn exchange(conn: &mut TcpStream, request: &str) -> (String, String) {
+    conn.write_all(request.as_bytes()).expect("write");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read head");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("read body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn stats(addr: SocketAddr) -> (u64, u64) {
+    let mut conn = TcpStream::connect(addr).expect("connect stats");
+    let (_, body) = exchange(&mut conn, "GET /stats HTTP/1.0\r\n\r\n");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+    (
+        v["connections_accepted"]
+            .as_u64()
+            .expect("connections_accepted"),
+        v["requests"].as_u64().expect("requests"),
+    )
+}
+
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    conn.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 1];
+    matches!(conn.read(&mut buf), Ok(0))
+}
+
+#[test]
+fn demo_runs_end_to_end_and_prints_the_comparison() {
+    let out = Command::new(BIN)
+        .args(["demo", "-n", "400", "-c", "8", "--conn-cost", "2ms"])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |label: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(label))
+            .last()
+            .unwrap_or_else(|| panic!("no `{label}` row in:\n{stdout}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let direct = row("direct to the backend");
+    let through = row("through longhaul");
+    // columns after the label: requests, backend conns, reuse, req/s, p50, p99
+    assert_eq!(direct[4], "400");
+    assert_eq!(through[2], "400");
+    assert_eq!(
+        direct[5], "400",
+        "every direct request costs a backend connection"
+    );
+    let pooled: u64 = through[3].parse().expect("backend conns");
+    assert!(
+        pooled <= 32,
+        "through longhaul the backend saw {pooled} connections for 400 requests"
+    );
+    assert!(stdout.contains("as fast"), "{stdout}");
+}
+
+#[test]
+fn backend_sim_keeps_http10_connections_alive_and_counts_them() {
+    let (_sim, addr, stats_addr) = backend_sim(&["--conn-cost", "0ms", "--body-size", "10"]);
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    for _ in 0..3 {
+        let (head, body) = exchange(
+            &mut conn,
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("keep-alive: timeout=5"),
+            "{head}"
+        );
+        assert_eq!(body.len(), 10);
+    }
+    assert_eq!(stats(stats_addr), (1, 3));
+}
+
+#[test]
+fn backend_sim_closes_after_max_requests() {
+    let (_sim, addr, _) = backend_sim(&["--conn-cost", "0ms", "--max-requests", "2"]);
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    let (first, _) = exchange(
+        &mut conn,
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert!(
+        first
+            .to_ascii_lowercase()
+            .contains("keep-alive: timeout=5, max=1"),
+        "{first}"
+    );
+    let (second, _) = exchange(
+        &mut conn,
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(2)),
+        "still open after max requests"
+    );
+}
+
+#[test]
+fn backend_sim_closes_idle_connections_after_its_keepalive_timeout() {
+    let (_sim, addr, _) = backend_sim(&["--conn-cost", "0ms", "--keepalive-timeout", "300ms"]);
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    exchange(
+        &mut conn,
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let idle = Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(3)),
+        "idle connection never closed"
+    );
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}, before its timeout"
+    );
+}
+
+#[test]
+fn backend_sim_charges_its_cost_once_per_connection() {
+    let (_sim, addr, _) = backend_sim(&["--conn-cost", "200ms"]);
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    let t = Instant::now();
+    exchange(
+        &mut conn,
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let first = t.elapsed();
+    let t = Instant::now();
+    exchange(
+        &mut conn,
+        "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let second = t.elapsed();
+    assert!(
+        first >= Duration::from_millis(190),
+        "first request took {first:?}"
+    );
+    assert!(
+        second < Duration::from_millis(150),
+        "a kept-alive request paid again: {second:?}"
+    );
+}
+
+#[test]
+fn backend_sim_answers_http11_when_asked() {
+    let (_sim, addr, _) = backend_sim(&["--conn-cost", "0ms", "--protocol", "http/1.1"]);
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    let (head, _) = exchange(&mut conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// Starts the proxy with `log` settings and returns its first stderr lines until the start line.
+fn start_lines(log: &str) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!(
+        "longhaul-ship-it-{}-{}",
+        std::process::id(),
+        log.len()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\n{log}\n\
+             [[upstream]]\nname = \"legacy\"\nservers = [\"127.0.0.1:9\"]\n[upstream.pool]\nmin_idle = 0\n"
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["--config", config.to_str().expect("utf-8 path")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn longhaul");
+    let stderr = child.stderr.take().expect("piped");
+    let _running = Running(child);
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines().take(20) {
+        let line = line.expect("stderr line");
+        let done = line.contains("longhaul started");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    lines
+}
+
+#[test]
+fn text_logs_are_readable_lines_naming_listeners_and_pools() {
+    let lines = start_lines("format = \"text\"");
+    let started = lines
+        .iter()
+        .find(|l| l.contains("longhaul started"))
+        .expect("start line");
+    assert!(
+        !started.trim_start().starts_with('{'),
+        "text log looks like JSON: {started}"
+    );
+    assert!(started.contains("listen=127.0.0.1:"), "{started}");
+    assert!(started.contains("max_size=32"), "{started}");
+    assert!(
+        !started.contains('\u{1b}'),
+        "colour codes in a non-terminal log: {started:?}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let lines = start_lines("format = \"json\"");
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    let started: serde_json::Value =
+        serde_json::from_str(lines.last().expect("a line")).expect("JSON");
+    assert_eq!(started["message"], "longhaul started");
+    assert!(
+        started["upstreams"]
+            .as_str()
+            .is_some_and(|u| u.contains("legacy")),
+        "{started}"
+    );
+}
