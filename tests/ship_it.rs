@@ -106,8 +106,7 @@ fn demo_runs_end_to_end_and_prints_the_comparison() {
     let row = |label: &str| {
         stdout
             .lines()
-            .filter(|l| l.starts_with(label))
-            .last()
+            .rfind(|l| l.starts_with(label))
             .unwrap_or_else(|| panic!("no `{label}` row in:\n{stdout}"))
             .split_whitespace()
             .map(str::to_string)
