@@ -148,8 +148,14 @@ impl App {
                 return;
             }
         };
-        if next.server != self.config.server || next.admin != self.config.admin {
-            tracing::warn!("[server] and [admin] changes take effect on restart only");
+        if next.server != self.config.server
+            || next.admin != self.config.admin
+            || next.log != self.config.log
+            || next.transparent != self.config.transparent
+        {
+            tracing::warn!(
+                "[server], [admin], [log] and [transparent] changes take effect on restart only"
+            );
         }
         let old = self.routing.load_full();
         let routing = Routing::new(&next, Some(&old));
