@@ -32,6 +32,9 @@ use crate::proxy::{Proxy, ProxyOptions};
 use crate::transparent::{Destination, Transparent};
 use timer::ClientTimer;
 
+/// hyper's own header-count limit when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Accept queue length: bursts of short connections must not be refused by the kernel.
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -194,16 +197,22 @@ pub async fn serve_client(
         let svc = stack.clone();
         async move { svc.oneshot(req).await.map_err(|e: Infallible| match e {}) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .timer(ClientTimer::new(
             settings.header_read_timeout,
             settings.client_idle_timeout,
         ))
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_head_bytes)
-        .max_headers(settings.max_headers)
         .keep_alive(settings.keepalive)
-        .half_close(true)
+        .half_close(true);
+    // hyper parses into a stack array of its default size; any explicit limit, even the same
+    // one, makes it fill a fresh array per request (callgrind: 1.4 M instructions per 2,100).
+    if settings.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(settings.max_headers);
+    }
+    let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
