@@ -483,3 +483,6 @@ impl Config {
 
 /// The shipped `proxy.toml`, compiled in so `longhaul demo` runs anywhere.
 pub const DEFAULT_CONFIG: &str = include_str!("../proxy.toml");
+
+#[cfg(test)]
+mod tests;

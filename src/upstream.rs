@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 
 pub use body::{InFlight, PooledBody};
 pub use conn::{ConnManager, ConnectError, UpstreamConn, connect_to};
-pub use server::{Server, ServerSettings};
+pub use server::{Failure, Server, ServerSettings};
 
 use crate::body::RequestBody;
 use crate::config::{Balance, Protocol, UpstreamConfig};
@@ -236,7 +236,7 @@ impl Upstream {
                 continue;
             }
             if !reused {
-                server.record_failure();
+                server.record_failure(Failure::Reset);
             }
             return Err(self.classify(server, &error));
         }

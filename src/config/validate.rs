@@ -52,13 +52,15 @@ impl Config {
             validate_upstream(&key, upstream)?;
         }
         self.validate_routes()?;
+        if let Some(t) = &self.transparent {
+            validate_transparent(t)?;
+        }
         match (&self.server.mode, &self.transparent) {
             (Mode::Transparent, None) => Err(invalid(
                 "server.mode",
                 "transparent mode needs a [transparent] table with at least one [[transparent.allow]] rule",
             )),
-            (_, Some(t)) => validate_transparent(t),
-            (Mode::Reverse, None) if self.upstream.is_empty() => Err(invalid(
+            (Mode::Reverse, _) if self.upstream.is_empty() => Err(invalid(
                 "upstream",
                 "reverse mode needs at least one [[upstream]]",
             )),
@@ -113,7 +115,11 @@ impl Config {
             if !route.path_prefix.starts_with('/') {
                 return Err(invalid(format!("{key}.path_prefix"), "must start with `/`"));
             }
-            if !route.host.is_ascii() || route.host.is_empty() || route.host[1..].contains('*') {
+            let host = &route.host;
+            let wildcard_ok = host == "*"
+                || !host.contains('*')
+                || (host.starts_with("*.") && !host[1..].contains('*'));
+            if !host.is_ascii() || host.is_empty() || !wildcard_ok {
                 return Err(invalid(
                     format!("{key}.host"),
                     "must be an ASCII exact host, `*.suffix` or `*`",
@@ -229,7 +235,10 @@ fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, Invalid> {
 
 /// A backend may be named by IP or host name; either way it needs a port.
 fn parse_server(key: &str, server: &str) -> Check {
-    if server.parse::<SocketAddr>().is_ok() {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(invalid(key, format!("`{server}` has no port (0)")));
+        }
         return Ok(());
     }
     match server.rsplit_once(':') {
@@ -245,7 +254,11 @@ fn parse_server(key: &str, server: &str) -> Check {
 
 /// Parses `10.0.0.0/8` into a network address and prefix length.
 pub fn parse_cidr(cidr: &str) -> Result<(IpAddr, u8), String> {
-    let (ip, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let (ip, len) = match cidr.split_once('/') {
+        Some((_, "")) => return Err(format!("`{cidr}` has an empty prefix length")),
+        Some(pair) => pair,
+        None => (cidr, ""),
+    };
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| format!("`{cidr}` is not a CIDR network"))?;

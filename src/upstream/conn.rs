@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use socket2::{SockRef, Socket, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::server::Server;
+use super::server::{Failure, Server};
 use crate::body::RequestBody;
 use crate::clock;
 use crate::config::TcpKeepaliveConfig;
@@ -135,11 +135,11 @@ impl managed::Manager for ConnManager {
         let stream = match tokio::time::timeout(timeout, connect(server)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                server.record_failure();
+                server.record_failure(Failure::Unreachable);
                 return Err(e);
             }
             Err(_) => {
-                server.record_failure();
+                server.record_failure(Failure::Unreachable);
                 return Err(ConnectError::Timeout(timeout));
             }
         };

@@ -9,7 +9,7 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
 use super::conn;
-use super::server::Server;
+use super::server::{Failure, Server};
 
 /// Probes `server` forever; the caller aborts the task when the server goes away.
 pub async fn run(server: Arc<Server>, path: String) {
@@ -31,7 +31,7 @@ pub async fn run(server: Arc<Server>, path: String) {
 
 fn fail(server: &Server, why: &str) {
     tracing::debug!(upstream = %server.upstream, server = %server.address, why, "health check failed");
-    server.record_failure();
+    server.record_failure(Failure::Unreachable);
 }
 
 /// One GET on its own connection; the status code it got.

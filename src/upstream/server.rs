@@ -160,9 +160,11 @@ impl Server {
         self.metrics.up.set(1);
     }
 
-    /// Counts a connect failure or reset; ejects the server after `max_failures` in a row. A
-    /// server whose ejection just ended is on probation: one more failure ejects it again, longer.
-    pub fn record_failure(&self) {
+    /// Counts a failure; ejects the server after `max_failures` in a row. A server whose
+    /// ejection just ended is on probation: one more failed *connect* (or probe) ejects it again,
+    /// longer. A reset is counted but needs the usual run: a backend that drops the odd request
+    /// must not bounce straight back out of rotation after an outage.
+    pub fn record_failure(&self, kind: Failure) {
         let failures = self
             .health
             .consecutive_failures
@@ -170,7 +172,7 @@ impl Server {
             + 1;
         let h = &self.settings.health;
         let on_probation = self.health.ejections.load(Ordering::Relaxed) > 0;
-        if failures < h.max_failures && !on_probation {
+        if failures < h.max_failures && !(on_probation && kind == Failure::Unreachable) {
             return;
         }
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
@@ -189,6 +191,15 @@ impl Server {
             ejected_for_ms = backoff.as_millis() as u64, "server ejected"
         );
     }
+}
+
+/// What went wrong with a server, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connect refused or timed out, or an active probe failed.
+    Unreachable,
+    /// The connection opened, then closed or reset before an answer.
+    Reset,
 }
 
 #[derive(Default)]
