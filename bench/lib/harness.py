@@ -778,6 +778,11 @@ def write_results(path, args, results, scs, info, started, elapsed):
           "- Scenario (c) uses wrk with a Lua script that sends `GET /bench HTTP/1.0` + `Connection: keep-alive`.",
           "- Raw per-run numbers: `%s` (with the logs and generated configs)." % args.json_out,
           ""]
+    # The targets a run does not meet are explained, with profiles, in ANALYSIS.md (by hand).
+    analysis = os.path.join(BENCH, "ANALYSIS.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            L += ["", f.read().rstrip(), ""]
     with open(path, "w") as f:
         f.write("\n".join(L))
 
