@@ -187,12 +187,7 @@ fn respond(
 }
 
 fn has_token(req: &Request<Incoming>, token: &str) -> bool {
-    req.headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    crate::middleware::hop_by_hop::connection_has(req.headers(), token)
 }
 
 async fn serve_stats(listener: TcpListener, stats: Arc<SimStats>, mut stop: watch::Receiver<bool>) {

@@ -66,14 +66,17 @@ pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
 #[derive(Debug, Clone, Copy)]
 pub struct CloseClient;
 
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
+/// Whether the `Connection` header lists `token` (case-insensitive), e.g. `close`, `upgrade`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    if connection_has(headers, "upgrade") {
         headers.get(header::UPGRADE).cloned()
     } else {
         None

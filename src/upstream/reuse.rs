@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode, Version, header};
 
+use crate::middleware::hop_by_hop::connection_has;
+
 /// Why a response leaves its connection unusable, if it does.
 pub fn not_reusable_reason(
     method: &Method,
@@ -12,14 +14,7 @@ pub fn not_reusable_reason(
     version: Version,
     headers: &HeaderMap,
 ) -> Option<&'static str> {
-    let connection = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let connection = |token: &str| connection_has(headers, token);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Some("upgraded");
     }
