@@ -1884,3 +1884,29 @@ fn systemd_analyze_security_rates_the_unit_exposure_low() {
         "unexpected output:\n{all}"
     );
 }
+
+// ---- transparent mode -------------------------------------------------------------------------
+// The iptables and nftables scripts are exercised for real in tests/transparent.rs.
+
+#[test]
+fn transparent_example_config_passes_longhaul_check() {
+    let path = root().join("deploy/transparent/transparent.toml");
+    assert_check_passes(&read(&path), "deploy/transparent/transparent.toml");
+}
+
+#[test]
+fn transparent_scripts_exclude_the_mark_the_example_config_sets() {
+    let config = parse_toml(
+        &read(&root().join("deploy/transparent/transparent.toml")),
+        "transparent.toml",
+    );
+    let mark = config["transparent"]["mark"].as_integer().expect("mark");
+    let default_mark = format!("mark=0x{mark:x}");
+    for script in ["iptables.sh", "nftables.sh"] {
+        let text = read(&root().join("deploy/transparent").join(script));
+        assert!(
+            text.contains(&default_mark),
+            "{script} should default to the example config's mark ({default_mark})"
+        );
+    }
+}
