@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub allow_connect: bool,
     /// Threads serving traffic: 1 = one event loop (default), 0 = one per CPU core, N = N.
     pub workers: usize,
+    /// A client that accepts no response bytes for this long is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             allow_connect: false,
             workers: 1,
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Client side: listeners, the accept loop under the connection limit, the hyper HTTP/1 server
 //! connection with its timeouts, the tower stack every request goes through, and graceful drain.
 
+mod stall;
 mod timer;
 
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::transparent::{Destination, Transparent};
+use stall::StallGuardedIo;
 use timer::ClientTimer;
 
 /// hyper's own header-count limit when none is set.
@@ -117,6 +119,7 @@ pub struct ClientSettings {
     pub keepalive: bool,
     pub max_head_bytes: usize,
     pub max_headers: usize,
+    pub send_timeout: Duration,
     pub proxy_options: ProxyOptions,
 }
 
@@ -128,6 +131,7 @@ impl ClientSettings {
             keepalive: s.client_keepalive,
             max_head_bytes: s.max_request_head_bytes,
             max_headers: s.max_request_headers,
+            send_timeout: s.send_timeout,
             proxy_options: ProxyOptions {
                 stall_timeout: s.body_read_timeout,
                 allow_connect: s.allow_connect,
@@ -213,7 +217,10 @@ pub async fn serve_client(
         builder.max_headers(settings.max_headers);
     }
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(
+            TokioIo::new(StallGuardedIo::new(stream, settings.send_timeout)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -336,3 +336,51 @@ fn a_thousand_idle_and_slow_clients_do_not_stop_normal_clients() {
         "the proxy kept the closed slow clients' connections"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_frees_its_pooled_connection() {
+    // A large response the client never reads: the socket buffers fill, longhaul's writes stall.
+    let backend = Backend::builder().body_size(32 * 1024 * 1024).start();
+    let proxy = Proxy::start(
+        &ProxyConfig::single(&[backend.addr()])
+            .server("send_timeout", "\"1s\"")
+            .pool("max_size", "1")
+            .pool("min_idle", "0")
+            .pool("wait_timeout", "\"10s\""),
+    );
+    let mut stalled = TcpStream::connect(proxy.addr).expect("connect");
+    stalled
+        .write_all(b"GET /big HTTP/1.0\r\nHost: test.local\r\n\r\n")
+        .expect("write");
+    // Let the response start and the buffers fill; the only pooled connection is now busy.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let clock = Stopwatch::start();
+    let r = client::get10(proxy.addr, "/after");
+    let waited = clock.elapsed();
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(
+        waited < Duration::from_secs(5),
+        "the next client waited {waited:?}: the stalled client kept the pooled connection"
+    );
+    // The stalled client's connection was closed: draining it ends well short of 32 MiB.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut received = 0usize;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stalled.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                panic!("the stalled connection is still open after {received} bytes")
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(
+        received < 32 * 1024 * 1024,
+        "the whole body arrived: {received} bytes"
+    );
+}

@@ -91,6 +91,7 @@ impl Config {
             ("server.body_read_timeout", s.body_read_timeout),
             ("server.request_timeout", s.request_timeout),
             ("server.drain_timeout", s.drain_timeout),
+            ("server.send_timeout", s.send_timeout),
         ] {
             nonzero(key, d)?;
         }
