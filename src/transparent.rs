@@ -38,6 +38,8 @@ pub struct Transparent {
     detect_timeout: Duration,
     connect_timeout: Duration,
     mark: Option<u32>,
+    /// Listening with IP_TRANSPARENT: the local address of a connection is its destination.
+    tproxy: bool,
     /// Our own listeners: a connection whose original destination is one of them is a loop.
     listeners: Vec<SocketAddr>,
 }
@@ -61,6 +63,7 @@ impl Transparent {
             detect_timeout: config.detect_timeout,
             connect_timeout: config.connect_timeout,
             mark: (config.mark != 0).then_some(config.mark),
+            tproxy: config.tproxy,
             listeners,
         });
         let weak = Arc::downgrade(&t);
@@ -85,7 +88,7 @@ impl Transparent {
         settings: &ClientSettings,
         shutdown: watch::Receiver<bool>,
     ) {
-        let dst = match orig_dst::original_destination(&stream, peer) {
+        let dst = match orig_dst::original_destination(&stream, peer, self.tproxy) {
             Ok(Some(dst)) => dst,
             Ok(None) => return deny(peer, None, "not_redirected"),
             Err(e) => {

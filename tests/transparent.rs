@@ -489,6 +489,376 @@ fn redirected_connection_to_the_listener_port_is_refused_as_a_loop() {
     });
 }
 
+// === IPv6 REDIRECT and TPROXY on a gateway ===
+
+/// Runs `body` on a thread in a fresh network namespace (loopback up) when root and `tools` are
+/// there; a body's `Err` is a reason to skip (or to fail under LONGHAUL_REQUIRE_TOOLS=1).
+fn in_own_netns(tools: &[&str], body: fn() -> Result<(), String>) {
+    if !netns::is_root() {
+        return skip("not root (network namespaces and netfilter rules need CAP_NET_ADMIN)");
+    }
+    for tool in ["ip", "bash"].iter().chain(tools) {
+        if !on_path(tool) {
+            return skip(&format!("`{tool}` is not installed"));
+        }
+    }
+    let worker = thread::spawn(move || -> Result<(), String> {
+        netns::enter_new()?;
+        body()
+    });
+    match worker.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => skip(&why),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs a command in the calling thread's namespace: Ok(stdout) or Err naming the command.
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{program} {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// deploy/transparent/iptables.sh with `args` (and IPTABLES=`iptables`); `remove` runs on drop.
+struct ScriptRules {
+    iptables: &'static str,
+    tproxy: bool,
+}
+
+impl ScriptRules {
+    fn install(iptables: &'static str, args: &[&str]) -> ScriptRules {
+        let script = Firewall::Iptables.script();
+        let stdout = run(
+            "bash",
+            &[&[script.as_str(), "install"], args].concat(),
+            &[("IPTABLES", iptables)],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            stdout.contains("redirecting tcp ports"),
+            "unexpected script output: {stdout}"
+        );
+        ScriptRules {
+            iptables,
+            tproxy: args.contains(&"--tproxy"),
+        }
+    }
+}
+
+impl Drop for ScriptRules {
+    fn drop(&mut self) {
+        let script = Firewall::Iptables.script();
+        let mut args = vec![script.as_str(), "remove"];
+        if self.tproxy {
+            args.push("--tproxy");
+        }
+        let _ = run("bash", &args, &[("IPTABLES", self.iptables)]);
+    }
+}
+
+/// `clients` threads each sending `each` one-shot HTTP/1.0 GETs to `dst`; every result.
+fn http10_burst(dst: SocketAddr, clients: usize, each: usize) -> Vec<Result<u16, String>> {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| thread::spawn(move || (0..each).map(|_| http10_get(dst)).collect::<Vec<_>>()))
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect()
+}
+
+fn assert_all_ok(results: &[Result<u16, String>], proxy: &Longhaul) {
+    let failed: Vec<_> = results.iter().filter(|r| **r != Ok(200)).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests did not get 200: {:?}\n{}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)],
+        proxy.stderr()
+    );
+}
+
+/// `requests` arrived at `sim`, each once, over at most POOL_MAX backend connections.
+fn assert_pooled(name: &str, sim: &backend_sim::BackendSim, requests: usize) {
+    let stats = sim.stats();
+    assert_eq!(
+        stats.requests, requests as u64,
+        "{name}: every request through longhaul, once"
+    );
+    assert!(
+        (1..=POOL_MAX).contains(&stats.connections_accepted),
+        "{name}: {requests} short client connections arrived over {} backend connections (pool max {POOL_MAX})",
+        stats.connections_accepted
+    );
+}
+
+/// A pool per destination, named by rule and address, that served `requests` requests each.
+fn assert_destination_metrics(proxy: &Longhaul, dests: &[(&str, &str)], requests: usize) {
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metric_sum(&metrics, "longhaul_transparent_destinations", &[]),
+        dests.len() as f64,
+        "destinations with a pool:\n{metrics}"
+    );
+    for &(rule, dst) in dests {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "longhaul_upstream_requests_total",
+                &[("upstream", rule), ("server", dst)]
+            ),
+            requests as f64,
+            "requests pooled to {dst} under rule {rule}:\n{metrics}"
+        );
+    }
+}
+
+const V6_PROXY: &str = "[::1]:15001";
+const V6_DEST_A: &str = "[fd00:99::2]:8001";
+const V6_DEST_A_STATS: &str = "[fd00:99::2]:9001";
+const V6_DEST_B: &str = "[fd00:99::3]:8001";
+const V6_DEST_B_STATS: &str = "[fd00:99::3]:9001";
+
+fn v6_config() -> String {
+    format!(
+        r#"
+[server]
+listen = "{V6_PROXY}"
+mode = "transparent"
+
+[admin]
+listen = "{ADMIN}"
+
+[log]
+level = "debug"
+format = "json"
+access_log = false
+
+[transparent]
+protocol = "http/1.0"
+mark = {MARK}
+detect_timeout = "200ms"
+connect_timeout = "2s"
+
+[transparent.pool]
+max_size = {POOL_MAX}
+idle_timeout = "30s"
+wait_timeout = "5s"
+
+[[transparent.allow]]
+name = "v6-lab"
+cidr = "fd00:99::/64"
+ports = "8001"
+"#
+    )
+}
+
+/// ip6tables REDIRECT to longhaul on [::1]: 20 one-shot requests to each of two IPv6 destinations
+/// are pooled per original destination (IP6T_SO_ORIGINAL_DST), and the metrics name both.
+#[test]
+fn ipv6_redirect_pools_per_original_destination() {
+    in_own_netns(&["ip6tables"], || {
+        for a in ["fd00:99::2/128", "fd00:99::3/128"] {
+            run("ip", &["-6", "addr", "add", a, "dev", "lo", "nodad"], &[])
+                .map_err(|e| format!("no IPv6 in the namespace: {e}"))?;
+        }
+        let proxy = Longhaul::start(&v6_config());
+        let _rules = ScriptRules::install(
+            "ip6tables",
+            &["--ports", "8001", "--proxy-port", "15001", "--mark", MARK],
+        );
+        let a = backend_sim::BackendSim::start(V6_DEST_A, V6_DEST_A_STATS);
+        let b = backend_sim::BackendSim::start(V6_DEST_B, V6_DEST_B_STATS);
+
+        const CLIENTS: usize = 4;
+        const EACH: usize = 5;
+        let (ra, rb) = thread::scope(|s| {
+            let ra = s.spawn(|| http10_burst(addr(V6_DEST_A), CLIENTS, EACH));
+            let rb = s.spawn(|| http10_burst(addr(V6_DEST_B), CLIENTS, EACH));
+            (ra.join().expect("clients"), rb.join().expect("clients"))
+        });
+        assert_all_ok(&[ra, rb].concat(), &proxy);
+        assert_pooled(V6_DEST_A, &a, CLIENTS * EACH);
+        assert_pooled(V6_DEST_B, &b, CLIENTS * EACH);
+        assert_destination_metrics(
+            &proxy,
+            &[("v6-lab", V6_DEST_A), ("v6-lab", V6_DEST_B)],
+            CLIENTS * EACH,
+        );
+        Ok(())
+    });
+}
+
+/// The gateway's end of the veth pair, and the client namespace's end.
+const GW_IF: &str = "lh-gw";
+const CLIENT_IF: &str = "lh-client";
+/// A service address on the gateway (a /32 on its loopback) that clients reach through it.
+const GW_DEST: &str = "10.200.1.1:8001";
+const GW_DEST_STATS: &str = "10.200.1.1:9001";
+
+fn tproxy_config() -> String {
+    format!(
+        r#"
+[server]
+listen = "0.0.0.0:{PROXY_PORT}"
+mode = "transparent"
+
+[admin]
+listen = "{ADMIN}"
+
+[log]
+level = "debug"
+format = "json"
+access_log = false
+
+[transparent]
+protocol = "http/1.0"
+mark = {MARK}
+tproxy = true
+detect_timeout = "200ms"
+connect_timeout = "2s"
+
+[transparent.pool]
+max_size = {POOL_MAX}
+idle_timeout = "30s"
+wait_timeout = "5s"
+
+[[transparent.allow]]
+name = "gw-dest"
+cidr = "10.200.1.1/32"
+ports = "8001"
+"#
+    )
+}
+
+/// Fails (so the test is skipped) when the kernel has no TPROXY target for iptables.
+fn tproxy_available() -> Result<(), String> {
+    let chain = "LONGHAUL_TPROXY_PROBE";
+    run("iptables", &["-t", "mangle", "-N", chain], &[])?;
+    let probe = run(
+        "iptables",
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            chain,
+            "-p",
+            "tcp",
+            "-j",
+            "TPROXY",
+            "--on-port",
+            "1",
+            "--tproxy-mark",
+            "0x1/0x1",
+        ],
+        &[],
+    );
+    let _ = run("iptables", &["-t", "mangle", "-F", chain], &[]);
+    let _ = run("iptables", &["-t", "mangle", "-X", chain], &[]);
+    probe
+        .map(drop)
+        .map_err(|e| format!("TPROXY target unavailable: {e}"))
+}
+
+/// TPROXY on a gateway: a client in its own namespace, routed through the gateway (which runs
+/// longhaul with `tproxy = true`, the backend and the --tproxy rules) over a veth pair, sends 20
+/// one-shot HTTP/1.0 requests to 10.200.1.1:8001. Forwarded packets go through mangle PREROUTING,
+/// so TPROXY hands them to longhaul's IP_TRANSPARENT listener; longhaul pools them.
+#[test]
+fn tproxy_gateway_pools_forwarded_connections() {
+    in_own_netns(&["iptables"], || {
+        tproxy_available()?;
+        // The client namespace: a thread of its own, told when its veth end is in place.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let client = thread::spawn(move || -> Result<Vec<Result<u16, String>>, String> {
+            let entered = netns::enter_new().map(|()| netns::tid());
+            let _ = tid_tx.send(entered.clone());
+            entered?;
+            go_rx
+                .recv()
+                .map_err(|_| "the gateway gave up".to_string())?;
+            run(
+                "ip",
+                &["addr", "add", "10.200.0.2/24", "dev", CLIENT_IF],
+                &[],
+            )?;
+            run("ip", &["link", "set", CLIENT_IF, "up"], &[])?;
+            run("ip", &["route", "add", "default", "via", "10.200.0.1"], &[])?;
+            Ok(http10_burst(addr(GW_DEST), 4, 5))
+        });
+        let tid = tid_rx.recv().expect("client thread reports")?.to_string();
+        run(
+            "ip",
+            &[
+                "link", "add", GW_IF, "type", "veth", "peer", "name", CLIENT_IF, "netns", &tid,
+            ],
+            &[],
+        )
+        .map_err(|e| format!("cannot create a veth pair: {e}"))?;
+        run("ip", &["addr", "add", "10.200.0.1/24", "dev", GW_IF], &[])?;
+        run("ip", &["link", "set", GW_IF, "up"], &[])?;
+        run("ip", &["addr", "add", "10.200.1.1/32", "dev", "lo"], &[])?;
+        // A real gateway tracks connections (NAT, stateful filtering, Docker). With conntrack on,
+        // SO_ORIGINAL_DST succeeds for a TPROXY connection too (it was not NATed), so the local
+        // address must be taken as the destination without asking it.
+        run(
+            "iptables",
+            &[
+                "-A",
+                "INPUT",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &[],
+        )?;
+
+        let proxy = Longhaul::start(&tproxy_config());
+        let _rules = ScriptRules::install(
+            "iptables",
+            &[
+                "--tproxy",
+                "--ports",
+                "8001",
+                "--proxy-port",
+                "15001",
+                "--mark",
+                MARK,
+            ],
+        );
+        let backend = backend_sim::BackendSim::start(GW_DEST, GW_DEST_STATS);
+        go_tx.send(()).expect("client thread waits");
+        let results = client
+            .join()
+            .expect("client thread")
+            .unwrap_or_else(|e| panic!("client namespace setup: {e}"));
+        assert_eq!(results.len(), 20);
+        assert_all_ok(&results, &proxy);
+        assert_pooled(GW_DEST, &backend, 20);
+        assert_destination_metrics(&proxy, &[("gw-dest", GW_DEST)], 20);
+        Ok(())
+    });
+}
+
 // === namespace and backend-sim plumbing ===
 
 mod netns {
@@ -498,8 +868,15 @@ mod netns {
     unsafe extern "C" {
         fn unshare(flags: c_int) -> c_int;
         fn geteuid() -> u32;
+        fn gettid() -> i32;
     }
     const CLONE_NEWNET: c_int = 0x4000_0000;
+
+    /// The calling thread's id (`ip link ... netns ID` accepts it as a pid).
+    pub fn tid() -> i32 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { gettid() }
+    }
 
     pub fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.

@@ -8,11 +8,17 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 /// The original destination of `stream`, or `None` when the connection was not redirected
-/// (it was addressed to the listener itself).
+/// (it was addressed to the listener itself). Under TPROXY nothing was rewritten: the accepted
+/// socket's local address is the destination, whatever conntrack knows about it.
 pub fn original_destination(
     stream: &TcpStream,
     peer: SocketAddr,
+    tproxy: bool,
 ) -> io::Result<Option<SocketAddr>> {
+    let local = stream.local_addr()?;
+    if tproxy {
+        return Ok(Some(canonical(local)));
+    }
     let sock = SockRef::from(stream);
     // A v4 client on a dual-stack socket shows as v4-mapped; conntrack knows it as IPv4.
     let peer_is_v4 = match peer {
@@ -24,7 +30,6 @@ pub fn original_destination(
     } else {
         sock.original_dst_v6()
     };
-    let local = stream.local_addr()?;
     match redirected {
         Ok(addr) => {
             let addr = addr
@@ -32,8 +37,8 @@ pub fn original_destination(
                 .ok_or_else(|| io::Error::other("original destination is not an IP address"))?;
             Ok((addr != local).then_some(canonical(addr)))
         }
-        // No conntrack entry: not NATed. Under TPROXY the local address is the destination.
-        Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(Some(canonical(local))),
+        // No conntrack entry at all: nothing was NATed, so nothing was redirected.
+        Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
