@@ -218,10 +218,6 @@ impl App {
             "longhaul stopped"
         );
     }
-
-    pub fn routing(&self) -> Arc<Routing> {
-        self.routing.load_full()
-    }
 }
 
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
