@@ -42,11 +42,13 @@ const CLIENT_FIRST: &str = "127.0.0.6:8005";
 /// Redirected (port 8001 is in the rules) but in no allow rule.
 const NOT_ALLOWED: &str = "127.0.0.9:8001";
 
-fn config() -> String {
-    format!(
+/// A transparent-mode config: `listen`, whether it is a TPROXY listener, and its allow rules
+/// as `(name, cidr, ports)`. Everything else is the same in every scenario.
+fn transparent_config(listen: &str, tproxy: bool, allow: &[(&str, &str, &str)]) -> String {
+    let mut text = format!(
         r#"
 [server]
-listen = "{PROXY}"
+listen = "{listen}"
 mode = "transparent"
 
 [admin]
@@ -60,6 +62,7 @@ access_log = false
 [transparent]
 protocol = "http/1.0"
 mark = {MARK}
+tproxy = {tproxy}
 detect_timeout = "200ms"
 connect_timeout = "2s"
 
@@ -67,22 +70,25 @@ connect_timeout = "2s"
 max_size = {POOL_MAX}
 idle_timeout = "30s"
 wait_timeout = "5s"
-
-[[transparent.allow]]
-name = "dest-a"
-cidr = "127.0.0.2/32"
-ports = "8001"
-
-[[transparent.allow]]
-name = "dest-b"
-cidr = "127.0.0.3/32"
-ports = "8002"
-
-[[transparent.allow]]
-name = "tunnels"
-cidr = "127.0.0.4/30"
-ports = "8003-8005"
 "#
+    );
+    for (name, cidr, ports) in allow {
+        text.push_str(&format!(
+            "\n[[transparent.allow]]\nname = \"{name}\"\ncidr = \"{cidr}\"\nports = \"{ports}\"\n"
+        ));
+    }
+    text
+}
+
+fn config() -> String {
+    transparent_config(
+        PROXY,
+        false,
+        &[
+            ("dest-a", "127.0.0.2/32", "8001"),
+            ("dest-b", "127.0.0.3/32", "8002"),
+            ("tunnels", "127.0.0.4/30", "8003-8005"),
+        ],
     )
 }
 
@@ -635,37 +641,7 @@ const V6_DEST_B: &str = "[fd00:99::3]:8001";
 const V6_DEST_B_STATS: &str = "[fd00:99::3]:9001";
 
 fn v6_config() -> String {
-    format!(
-        r#"
-[server]
-listen = "{V6_PROXY}"
-mode = "transparent"
-
-[admin]
-listen = "{ADMIN}"
-
-[log]
-level = "debug"
-format = "json"
-access_log = false
-
-[transparent]
-protocol = "http/1.0"
-mark = {MARK}
-detect_timeout = "200ms"
-connect_timeout = "2s"
-
-[transparent.pool]
-max_size = {POOL_MAX}
-idle_timeout = "30s"
-wait_timeout = "5s"
-
-[[transparent.allow]]
-name = "v6-lab"
-cidr = "fd00:99::/64"
-ports = "8001"
-"#
-    )
+    transparent_config(V6_PROXY, false, &[("v6-lab", "fd00:99::/64", "8001")])
 }
 
 /// ip6tables REDIRECT to longhaul on [::1]: 20 one-shot requests to each of two IPv6 destinations
@@ -712,37 +688,10 @@ const GW_DEST: &str = "10.200.1.1:8001";
 const GW_DEST_STATS: &str = "10.200.1.1:9001";
 
 fn tproxy_config() -> String {
-    format!(
-        r#"
-[server]
-listen = "0.0.0.0:{PROXY_PORT}"
-mode = "transparent"
-
-[admin]
-listen = "{ADMIN}"
-
-[log]
-level = "debug"
-format = "json"
-access_log = false
-
-[transparent]
-protocol = "http/1.0"
-mark = {MARK}
-tproxy = true
-detect_timeout = "200ms"
-connect_timeout = "2s"
-
-[transparent.pool]
-max_size = {POOL_MAX}
-idle_timeout = "30s"
-wait_timeout = "5s"
-
-[[transparent.allow]]
-name = "gw-dest"
-cidr = "10.200.1.1/32"
-ports = "8001"
-"#
+    transparent_config(
+        &format!("0.0.0.0:{PROXY_PORT}"),
+        true,
+        &[("gw-dest", "10.200.1.1/32", "8001")],
     )
 }
 

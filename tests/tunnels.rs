@@ -33,32 +33,33 @@ fn ws_payload() -> Vec<u8> {
 }
 
 /// A longhaul config with one upstream `ws` -> `backend` and a catch-all route.
+/// Loopback listeners and JSON logs; `upstreams` are `(name, server)` pairs, `routes` are
+/// `(host, upstream)` pairs, each upstream with no warm connections.
+fn proxy_config(
+    allow_connect: bool,
+    upstreams: &[(&str, std::net::SocketAddr)],
+    routes: &[(&str, &str)],
+) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nallow_connect = {allow_connect}\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n"
+    );
+    for (name, server) in upstreams {
+        text.push_str(&format!(
+            "\n[[upstream]]\nname = \"{name}\"\nservers = [\"{server}\"]\nprotocol = \"http/1.0\"\n\n\
+             [upstream.pool]\nmin_idle = 0\n"
+        ));
+    }
+    for (host, upstream) in routes {
+        text.push_str(&format!(
+            "\n[[route]]\nhost = \"{host}\"\nupstream = \"{upstream}\"\n"
+        ));
+    }
+    text
+}
+
 fn upgrade_config(backend: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[log]
-level = "debug"
-format = "json"
-
-[[upstream]]
-name = "ws"
-servers = ["{backend}"]
-protocol = "http/1.0"
-
-[upstream.pool]
-min_idle = 0
-
-[[route]]
-host = "*"
-upstream = "ws"
-"#
-    )
+    proxy_config(false, &[("ws", backend)], &[("*", "ws")])
 }
 
 /// Two upstreams: `tunnel` (route host "tunnel.example") and `web` (route host "*").
@@ -67,43 +68,10 @@ fn connect_config(
     tunnel: std::net::SocketAddr,
     web: std::net::SocketAddr,
 ) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-allow_connect = {allow_connect}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[log]
-level = "debug"
-format = "json"
-
-[[upstream]]
-name = "tunnel"
-servers = ["{tunnel}"]
-protocol = "http/1.0"
-
-[upstream.pool]
-min_idle = 0
-
-[[upstream]]
-name = "web"
-servers = ["{web}"]
-protocol = "http/1.0"
-
-[upstream.pool]
-min_idle = 0
-
-[[route]]
-host = "tunnel.example"
-upstream = "tunnel"
-
-[[route]]
-host = "*"
-upstream = "web"
-"#
+    proxy_config(
+        allow_connect,
+        &[("tunnel", tunnel), ("web", web)],
+        &[("tunnel.example", "tunnel"), ("*", "web")],
     )
 }
 
