@@ -22,3 +22,6 @@ pub mod sim;
 pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
+
+#[cfg(test)]
+mod test_util;

@@ -74,16 +74,7 @@ pub fn keep_alive_params(headers: &HeaderMap) -> (Option<Duration>, Option<u32>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
+    use crate::test_util::headers;
     #[test]
     fn http10_keepalive_with_length_is_reusable() {
         let h = headers(&[("connection", "keep-alive"), ("content-length", "5")]);
