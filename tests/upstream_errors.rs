@@ -84,6 +84,26 @@ fn response_timeout_gives_504() {
 }
 
 #[test]
+fn request_timeout_bounds_the_whole_request_with_504() {
+    // The backend answers nothing; response_timeout is long, the whole-request guard is short.
+    let backend = Backend::builder().never_answer().start();
+    let proxy = Proxy::start(
+        &ProxyConfig::single(&[backend.addr()])
+            .up("response_timeout", "\"30s\"")
+            .server("request_timeout", "\"400ms\""),
+    );
+    let started = Stopwatch::start();
+    let r = client::get10(proxy.addr, "/hang");
+    let elapsed = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.body_str());
+    assert!(r.body_str().contains("request_timeout"), "{}", r.body_str());
+    assert!(
+        elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(5),
+        "504 after {elapsed:?}, request_timeout is 400ms"
+    );
+}
+
+#[test]
 fn pool_wait_timeout_gives_503() {
     let backend = Backend::builder()
         .delay(Duration::from_millis(1500))
