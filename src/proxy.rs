@@ -22,6 +22,7 @@ use crate::middleware::access_log::UpstreamName;
 use crate::middleware::forwarded::UpstreamVersion;
 use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
 use crate::middleware::request_id;
+use crate::middleware::trailers::{self, AcceptsTrailers};
 use crate::route::{Router, normalize_host};
 use crate::transparent::Destination;
 use crate::upstream::Upstream;
@@ -180,6 +181,7 @@ pub(crate) async fn proxy_request(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
+    let accepts_trailers = parts.extensions.get::<AcceptsTrailers>().is_some();
     // RFC 9112 §3.2.2: for an absolute-form target, the target's authority is the host.
     if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::try_from(authority.as_str())
@@ -196,6 +198,9 @@ pub(crate) async fn proxy_request(
     let close_client = client_version == Version::HTTP_10 && body.size_hint().exact().is_none();
     if close_client {
         parts.extensions.insert(CloseClient);
+    }
+    if let Some(announced) = trailers::to_announce(accepts_trailers, &parts.headers) {
+        parts.extensions.insert(announced);
     }
     // hyper decides the client's keep-alive from the client's request only when the response
     // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.
