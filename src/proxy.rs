@@ -77,6 +77,8 @@ pub struct ProxyOptions {
     pub stall_timeout: std::time::Duration,
     /// Whether CONNECT is tunnelled (to routed upstreams only).
     pub allow_connect: bool,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -114,7 +116,7 @@ impl Service<Request<Incoming>> for Proxy {
                 Err(e) => return Ok(error_response(e.status(), &e.to_string(), &id)),
             };
             let outcome = if req.method() == Method::CONNECT {
-                upgrade::connect(&upstream, req).await
+                upgrade::connect(&upstream, req, options).await
             } else if req.extensions().get::<UpgradeRequest>().is_some() {
                 upgrade::switch_protocols(&upstream, req, options).await
             } else {
