@@ -3,7 +3,7 @@
 //! (HTTP/1.1 with `TE: trailers`); every other client gets the body without them.
 //!
 //! The backend speaks HTTP/1.1 (chunked needs it) and answers every request with `hello` and the
-//! trailer field `X-Checksum: abc`, announced in its `Trailer` header.
+//! trailer field `X-Checksum: abc`, announced in its `Trailer` header unless a test says otherwise.
 
 mod support;
 
@@ -40,6 +40,15 @@ fn trailers_in_pieces() -> Reply {
     Reply::Pieces {
         pieces: pieces.into_iter().map(String::into_bytes).collect(),
         pause: Duration::from_millis(50),
+        keep_open: true,
+    }
+}
+
+/// The response of the issue: no `Trailer` header announces the field.
+fn unannounced_trailers() -> Reply {
+    Reply::Raw {
+        bytes: format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{BODY_AND_TRAILERS}")
+            .into_bytes(),
         keep_open: true,
     }
 }
@@ -90,6 +99,26 @@ fn chunked_response_with_trailers_is_not_counted_as_not_reusable() {
         &[("reason", "not_reusable")],
     );
     assert_eq!(closed, 0.0);
+}
+
+#[test]
+fn chunked_response_with_unannounced_trailers_keeps_its_pooled_connection() {
+    let backend = backend_replying(unannounced_trailers);
+    let proxy = proxy_for(&backend);
+    for _ in 0..REQUESTS {
+        let r = client::get10(proxy.addr, "/t");
+        assert_eq!(r.body, b"hello");
+    }
+    assert_eq!(requests_per_connection(&backend), vec![REQUESTS]);
+}
+
+#[test]
+fn unannounced_trailer_fields_are_not_sent_on() {
+    // hyper writes only trailer fields the response head announced; the body still arrives whole.
+    let backend = backend_replying(unannounced_trailers);
+    let proxy = proxy_for(&backend);
+    let r = get11(&proxy, "TE: trailers\r\nConnection: TE\r\n");
+    assert_eq!((r.body.as_slice(), r.trailers.len()), (&b"hello"[..], 0));
 }
 
 #[test]
