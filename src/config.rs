@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// A client that accepts no response bytes for this long is disconnected.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// SO_KEEPALIVE on accepted client sockets: a client that vanished is noticed.
+    pub tcp_keepalive: TcpKeepaliveConfig,
+    /// An upgrade, CONNECT or raw TCP tunnel with no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +89,8 @@ impl Default for ServerConfig {
             allow_connect: false,
             workers: 1,
             send_timeout: Duration::from_secs(60),
+            tcp_keepalive: TcpKeepaliveConfig::default(),
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -232,7 +239,7 @@ impl Default for PoolConfig {
     }
 }
 
-/// SO_KEEPALIVE settings for upstream sockets.
+/// SO_KEEPALIVE settings, for client sockets (`[server]`) and backend sockets (`[upstream]`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpKeepaliveConfig {
@@ -241,6 +248,16 @@ pub struct TcpKeepaliveConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     pub retries: u32,
+}
+
+impl TcpKeepaliveConfig {
+    /// The socket option these settings describe.
+    pub fn socket_option(&self) -> socket2::TcpKeepalive {
+        socket2::TcpKeepalive::new()
+            .with_time(self.time)
+            .with_interval(self.interval)
+            .with_retries(self.retries)
+    }
 }
 
 impl Default for TcpKeepaliveConfig {

@@ -8,6 +8,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::tunnel::{TunnelEnd, TunnelKind};
+
 /// Buckets from 100 µs to 30 s: proxy overhead is sub-millisecond, backends are not.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -39,6 +41,7 @@ pub struct Metrics {
     pub upstream_server_up: IntGaugeVec,
     pub tcp_passthrough_connections_total: IntCounterVec,
     pub tunnels_total: IntCounterVec,
+    pub tunnels_closed_total: IntCounterVec,
     pub transparent_denied_total: IntCounterVec,
     pub transparent_destinations: IntGauge,
     pub config_reloads_total: IntCounterVec,
@@ -200,6 +203,12 @@ impl Metrics {
                 "Upgrade and CONNECT tunnels opened, by kind.",
                 &["upstream", "kind"],
             ),
+            tunnels_closed_total: counter_vec(
+                &r,
+                "longhaul_tunnels_closed_total",
+                "Upgrade, CONNECT and passthrough tunnels closed, by kind and reason.",
+                &["kind", "reason"],
+            ),
             transparent_denied_total: counter_vec(
                 &r,
                 "longhaul_transparent_denied_total",
@@ -224,6 +233,13 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Every kind and reason is known now: export them at 0 before the first tunnel.
+        for kind in TunnelKind::ALL {
+            for end in TunnelEnd::ALL {
+                m.tunnels_closed_total
+                    .with_label_values(&[kind.as_str(), end.as_str()]);
+            }
+        }
         m
     }
 

@@ -6,3 +6,4 @@ pub mod forwarded;
 pub mod framing;
 pub mod hop_by_hop;
 pub mod request_id;
+pub mod trailers;

@@ -22,6 +22,7 @@ use crate::middleware::access_log::UpstreamName;
 use crate::middleware::forwarded::UpstreamVersion;
 use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
 use crate::middleware::request_id;
+use crate::middleware::trailers::{self, AcceptsTrailers};
 use crate::route::{Router, normalize_host};
 use crate::transparent::Destination;
 use crate::upstream::Upstream;
@@ -76,6 +77,8 @@ pub struct ProxyOptions {
     pub stall_timeout: std::time::Duration,
     /// Whether CONNECT is tunnelled (to routed upstreams only).
     pub allow_connect: bool,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -113,7 +116,7 @@ impl Service<Request<Incoming>> for Proxy {
                 Err(e) => return Ok(error_response(e.status(), &e.to_string(), &id)),
             };
             let outcome = if req.method() == Method::CONNECT {
-                upgrade::connect(&upstream, req).await
+                upgrade::connect(&upstream, req, options).await
             } else if req.extensions().get::<UpgradeRequest>().is_some() {
                 upgrade::switch_protocols(&upstream, req, options).await
             } else {
@@ -180,6 +183,7 @@ pub(crate) async fn proxy_request(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
+    let accepts_trailers = parts.extensions.get::<AcceptsTrailers>().is_some();
     // RFC 9112 §3.2.2: for an absolute-form target, the target's authority is the host.
     if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::try_from(authority.as_str())
@@ -196,6 +200,9 @@ pub(crate) async fn proxy_request(
     let close_client = client_version == Version::HTTP_10 && body.size_hint().exact().is_none();
     if close_client {
         parts.extensions.insert(CloseClient);
+    }
+    if let Some(announced) = trailers::to_announce(accepts_trailers, &parts.headers) {
+        parts.extensions.insert(announced);
     }
     // hyper decides the client's keep-alive from the client's request only when the response
     // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::limit::ConcurrencyLimit;
@@ -22,7 +22,7 @@ use tower::util::{MapRequest, MapRequestLayer, MapResponse, MapResponseLayer};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body::ProxyBody;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TcpKeepaliveConfig};
 use crate::metrics::METRICS;
 use crate::middleware::access_log::{AccessLog, AccessLogLayer};
 use crate::middleware::forwarded::{self, ClientAddr};
@@ -120,6 +120,7 @@ pub struct ClientSettings {
     pub max_head_bytes: usize,
     pub max_headers: usize,
     pub send_timeout: Duration,
+    pub tcp_keepalive: TcpKeepaliveConfig,
     pub proxy_options: ProxyOptions,
 }
 
@@ -132,9 +133,11 @@ impl ClientSettings {
             max_head_bytes: s.max_request_head_bytes,
             max_headers: s.max_request_headers,
             send_timeout: s.send_timeout,
+            tcp_keepalive: s.tcp_keepalive.clone(),
             proxy_options: ProxyOptions {
                 stall_timeout: s.body_read_timeout,
                 allow_connect: s.allow_connect,
+                tunnel_idle_timeout: s.tunnel_idle_timeout,
             },
         }
     }
@@ -167,6 +170,12 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // A client that vanished (power loss behind a NAT) is noticed even on a silent tunnel.
+        if let Err(e) =
+            SockRef::from(&stream).set_tcp_keepalive(&settings.tcp_keepalive.socket_option())
+        {
+            tracing::debug!(client = %peer, error = %e, "cannot set TCP keepalive");
+        }
         let stack = stack.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::{Mode, TcpKeepaliveConfig, TransparentConfig};
 use crate::metrics::METRICS;
 use crate::server::{ClientSettings, Stack};
+use crate::tunnel::{self, TunnelKind};
 use crate::upstream::Upstream;
 pub use allow::AllowList;
 pub use destinations::Destinations;
@@ -104,7 +105,10 @@ impl Transparent {
         };
         match detect::detect(&stream, self.detect_timeout).await {
             Detected::Closed => {}
-            Detected::Other => self.passthrough(stream, dst, &rule).await,
+            Detected::Other => {
+                let idle = settings.proxy_options.tunnel_idle_timeout;
+                self.passthrough(stream, dst, &rule, idle).await
+            }
             Detected::Http => match self.destinations.get(dst, &rule) {
                 Ok(upstream) => {
                     let destination = Destination {
@@ -138,7 +142,7 @@ impl Transparent {
     }
 
     /// Not HTTP: splice bytes to the original destination; nothing is pooled.
-    async fn passthrough(&self, client: TcpStream, dst: SocketAddr, rule: &str) {
+    async fn passthrough(&self, client: TcpStream, dst: SocketAddr, rule: &str, idle: Duration) {
         METRICS
             .tcp_passthrough_connections_total
             .with_label_values(&[rule])
@@ -152,8 +156,8 @@ impl Transparent {
             }
             Err(_) => return tracing::debug!(destination = %dst, "passthrough connect timed out"),
         };
-        let result = crate::tunnel::splice(client, server).await;
-        tracing::debug!(destination = %dst, ?result, "passthrough closed");
+        let end = tunnel::splice(TunnelKind::Passthrough, idle, client, server).await;
+        tracing::debug!(destination = %dst, ?end, "passthrough closed");
     }
 }
 

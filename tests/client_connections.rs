@@ -252,3 +252,36 @@ fn http10_client_that_half_closes_after_sending_still_gets_the_response() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, backend.expected_body("GET", "/half"));
 }
+
+/// The `ss -tno` line of the proxy's end of the connection from `client`, if it is listed.
+fn accepted_socket_line(
+    proxy: std::net::SocketAddr,
+    client: std::net::SocketAddr,
+) -> Option<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .output()
+        .expect("run `ss` (iproute2)");
+    let (local, peer) = (proxy.to_string(), client.to_string());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(2) == Some(&local.as_str()) && fields.get(3) == Some(&peer.as_str())
+        })
+        .map(str::to_string)
+}
+
+#[test]
+fn accepted_client_socket_has_tcp_keepalive_set() {
+    let (_backend, proxy) = setup();
+    let c = Client::connect(proxy.addr).expect("connect");
+    let client = c.stream().local_addr().expect("client address");
+    let has_keepalive_timer =
+        || accepted_socket_line(proxy.addr, client).is_some_and(|l| l.contains("timer:(keepalive"));
+    assert!(
+        support::wait_until(Duration::from_secs(5), has_keepalive_timer),
+        "no keepalive timer on longhaul's end of the client connection: {:?}",
+        accepted_socket_line(proxy.addr, client)
+    );
+}

@@ -217,3 +217,24 @@ fn check_accepts_the_shipped_proxy_toml() {
         "`check` prints the effective settings:\n{output}"
     );
 }
+
+#[test]
+fn zero_tunnel_idle_timeout_is_rejected() {
+    assert_rejected(
+        &config_with(&[(3, "tunnel_idle_timeout = \"0s\"")]),
+        3,
+        "server.tunnel_idle_timeout",
+    );
+}
+
+#[test]
+fn zero_client_keepalive_retries_are_rejected() {
+    assert_rejected(
+        &config_with(&[(
+            3,
+            "tcp_keepalive = { time = \"1s\", interval = \"1s\", retries = 0 }",
+        )]),
+        3,
+        "server.tcp_keepalive.retries",
+    );
+}

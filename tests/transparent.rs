@@ -168,6 +168,16 @@ impl Drop for Rules {
 /// Runs `scenario` in a private network namespace with longhaul and the rules redirecting
 /// `ports`, or prints why it cannot (and fails instead when LONGHAUL_REQUIRE_TOOLS=1).
 fn in_netns(firewall: Firewall, ports: &'static str, scenario: fn(&Lab)) {
+    in_netns_with(firewall, ports, config, scenario);
+}
+
+/// `in_netns` with longhaul running `config()` instead of the common config.
+fn in_netns_with(
+    firewall: Firewall,
+    ports: &'static str,
+    config: fn() -> String,
+    scenario: fn(&Lab),
+) {
     if let Err(why) = prerequisites(firewall) {
         return skip(&why);
     }
@@ -369,6 +379,81 @@ fn client_first_binary_protocol_passes_through_byte_for_byte() {
             1.0
         );
     });
+}
+
+// === clients that vanish ===
+
+/// The common config with client-socket keepalive at 1 s / 1 s / 2: a silent client that stops
+/// answering is given up after about 3 s (one idle second, two unanswered probes).
+fn fast_client_keepalive_config() -> String {
+    config() + "\n[server.tcp_keepalive]\ntime = \"1s\"\ninterval = \"1s\"\nretries = 2\n"
+}
+
+/// Bound on noticing a vanished client with `fast_client_keepalive_config` (about 3 s).
+const VANISHED_BOUND: Duration = Duration::from_secs(10);
+
+/// Opens a raw TCP passthrough tunnel to an echo backend, checks that it carries bytes, then
+/// makes the client vanish as a powered-off device behind a NAT does: from now on every packet
+/// it sends (ACKs to keepalive probes included) is dropped. The client socket stays open.
+fn passthrough_whose_client_vanishes() -> (ScriptedServer, std::net::TcpStream) {
+    let backend = ScriptedServer::start(CLIENT_FIRST, Script::Echo);
+    let mut client = connect(addr(CLIENT_FIRST));
+    let payload = b"\x16\x03\x01 not http";
+    client.write_all(payload).expect("send");
+    assert_eq!(read_exactly(&mut client, payload.len()), payload);
+    let port = client
+        .local_addr()
+        .expect("client address")
+        .port()
+        .to_string();
+    run(
+        "iptables",
+        &["-I", "INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (backend, client)
+}
+
+#[test]
+fn vanished_client_of_a_passthrough_tunnel_gets_its_upstream_connection_closed() {
+    in_netns_with(
+        Firewall::Iptables,
+        REDIRECTED,
+        fast_client_keepalive_config,
+        |lab| {
+            let (backend, _client) = passthrough_whose_client_vanishes();
+            assert!(
+                backend.wait_peer_closed(1, VANISHED_BOUND),
+                "the backend connection of a vanished client stayed open\n{}",
+                lab.proxy.stderr()
+            );
+        },
+    );
+}
+
+#[test]
+fn vanished_client_of_a_passthrough_tunnel_is_counted_as_a_tunnel_error() {
+    in_netns_with(
+        Firewall::Iptables,
+        REDIRECTED,
+        fast_client_keepalive_config,
+        |lab| {
+            let (_backend, _client) = passthrough_whose_client_vanishes();
+            let closed = || {
+                metric_sum(
+                    &lab.metrics(),
+                    "longhaul_tunnels_closed_total",
+                    &[("kind", "passthrough"), ("reason", "error")],
+                )
+            };
+            assert!(
+                lab::wait_until(VANISHED_BOUND, || closed() == 1.0),
+                "{}",
+                lab.metrics()
+            );
+        },
+    );
 }
 
 #[test]

@@ -294,5 +294,187 @@ fn connect_to_a_host_no_route_names_answers_421_and_reaches_no_backend() {
     assert!(web.received().is_empty() && tunnel.received().is_empty());
 }
 
+// === tunnel_idle_timeout ===
+
+/// Short enough for a test, long enough that a busy machine still moves a byte within it.
+const TUNNEL_IDLE: &str = "1s";
+
+/// `config` with `[server] tunnel_idle_timeout` set.
+fn with_tunnel_idle_timeout(config: String, timeout: &str) -> String {
+    config.replacen(
+        "\n[admin]",
+        &format!("tunnel_idle_timeout = \"{timeout}\"\n\n[admin]"),
+        1,
+    )
+}
+
+fn echo_after_101() -> ScriptedServer {
+    ScriptedServer::start(
+        "127.0.0.1:0",
+        Script::Respond {
+            response: SWITCHING.to_vec(),
+            after: After::Echo,
+        },
+    )
+}
+
+/// A CONNECT tunnel to the `tunnel` upstream, answered 200.
+fn connect_tunnel(proxy: &Longhaul) -> std::net::TcpStream {
+    let mut client = connect(proxy.listen);
+    client
+        .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
+        .expect("send CONNECT");
+    let (head, _) = read_head(&mut client);
+    assert_eq!(head.status, 200, "response head:\n{}", head.raw);
+    client
+}
+
+fn tunnels_closed(proxy: &Longhaul, kind: &str, reason: &str) -> f64 {
+    lab::metric_sum(
+        &proxy.metrics(),
+        "longhaul_tunnels_closed_total",
+        &[("kind", kind), ("reason", reason)],
+    )
+}
+
+#[test]
+fn silent_upgrade_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
+    let backend = echo_after_101();
+    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
+    let proxy = Longhaul::start(&config);
+    let (mut client, head) = upgrade(&proxy);
+    assert_eq!(head.status, 101, "status line: {}", head.raw);
+    lab::expect_eof(&mut client);
+    assert!(
+        backend.wait_peer_closed(1, Duration::from_secs(10)),
+        "the backend side of the idle tunnel stayed open\n{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn silent_upgrade_tunnel_close_is_counted_as_idle_timeout() {
+    let backend = echo_after_101();
+    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
+    let proxy = Longhaul::start(&config);
+    let (mut client, _) = upgrade(&proxy);
+    lab::expect_eof(&mut client);
+    assert!(
+        lab::wait_until(Duration::from_secs(5), || {
+            tunnels_closed(&proxy, "upgrade", "idle_timeout") == 1.0
+        }),
+        "{}",
+        proxy.metrics()
+    );
+}
+
+#[test]
+fn silent_connect_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
+    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
+    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
+    let config = with_tunnel_idle_timeout(connect_config(true, tunnel.addr, web.addr), TUNNEL_IDLE);
+    let proxy = Longhaul::start(&config);
+    let mut client = connect_tunnel(&proxy);
+    lab::expect_eof(&mut client);
+    assert!(
+        tunnel.wait_peer_closed(1, Duration::from_secs(10)),
+        "the backend side of the idle CONNECT tunnel stayed open\n{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
+fn silent_connect_tunnel_close_is_counted_as_idle_timeout() {
+    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
+    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
+    let config = with_tunnel_idle_timeout(connect_config(true, tunnel.addr, web.addr), TUNNEL_IDLE);
+    let proxy = Longhaul::start(&config);
+    let mut client = connect_tunnel(&proxy);
+    lab::expect_eof(&mut client);
+    assert!(
+        lab::wait_until(Duration::from_secs(5), || {
+            tunnels_closed(&proxy, "connect", "idle_timeout") == 1.0
+        }),
+        "{}",
+        proxy.metrics()
+    );
+}
+
+#[test]
+fn upgrade_tunnel_with_traffic_stays_open_past_tunnel_idle_timeout() {
+    let backend = echo_after_101();
+    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
+    let proxy = Longhaul::start(&config);
+    let (mut client, _) = upgrade(&proxy);
+    // A byte each way every 200 ms for three idle timeouts: the tunnel is never silent for 1 s.
+    for round in 0..15u8 {
+        std::thread::sleep(Duration::from_millis(200));
+        client.write_all(&[round]).expect("send through the tunnel");
+        assert_eq!(read_exactly(&mut client, 1), [round], "round {round}");
+    }
+}
+
+#[test]
+fn upgrade_tunnel_closed_by_the_client_is_counted_as_client_closed() {
+    let backend = echo_after_101();
+    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let (mut client, _) = upgrade(&proxy);
+    client.shutdown(Shutdown::Write).expect("half-close");
+    lab::expect_eof(&mut client);
+    assert!(
+        lab::wait_until(Duration::from_secs(5), || {
+            tunnels_closed(&proxy, "upgrade", "client_closed") == 1.0
+        }),
+        "{}",
+        proxy.metrics()
+    );
+}
+
+#[test]
+fn upgrade_tunnel_closed_by_the_backend_is_counted_as_upstream_closed() {
+    let backend = ScriptedServer::start(
+        "127.0.0.1:0",
+        Script::Respond {
+            response: SWITCHING.to_vec(),
+            after: After::EchoOnceThenClose,
+        },
+    );
+    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let (mut client, _) = upgrade(&proxy);
+    client.write_all(b"last").expect("send");
+    assert_eq!(read_exactly(&mut client, 4), b"last");
+    client
+        .shutdown(Shutdown::Write)
+        .expect("half-close after the backend's close");
+    lab::expect_eof(&mut client);
+    assert!(
+        lab::wait_until(Duration::from_secs(5), || {
+            tunnels_closed(&proxy, "upgrade", "upstream_closed") == 1.0
+        }),
+        "{}",
+        proxy.metrics()
+    );
+}
+
+#[test]
+fn tunnel_close_series_are_exported_at_zero_before_any_tunnel() {
+    let backend = echo_after_101();
+    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let metrics = proxy.metrics();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("longhaul_tunnels_closed_total{"))
+        .collect();
+    // 3 kinds x 4 reasons, every one at 0.
+    assert_eq!(
+        (
+            series.len(),
+            series.iter().filter(|l| l.ends_with(" 0")).count()
+        ),
+        (12, 12),
+        "{metrics}"
+    );
+}
+
 #[path = "support/lab.rs"]
 mod lab;

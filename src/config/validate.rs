@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::{Config, Mode, PoolConfig, TransparentConfig, UpstreamConfig};
+use super::{Config, Mode, PoolConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig};
 
 /// A validation failure: which key, and why.
 pub struct Invalid {
@@ -92,10 +92,11 @@ impl Config {
             ("server.request_timeout", s.request_timeout),
             ("server.drain_timeout", s.drain_timeout),
             ("server.send_timeout", s.send_timeout),
+            ("server.tunnel_idle_timeout", s.tunnel_idle_timeout),
         ] {
             nonzero(key, d)?;
         }
-        Ok(())
+        validate_keepalive("server.tcp_keepalive", &s.tcp_keepalive)
     }
 
     fn validate_routes(&self) -> Check {
@@ -159,10 +160,7 @@ fn validate_upstream(key: &str, u: &UpstreamConfig) -> Check {
         u.max_buffered_body_bytes,
     )?;
     validate_pool(&format!("{key}.pool"), &u.pool)?;
-    let ka = &u.tcp_keepalive;
-    nonzero(&format!("{key}.tcp_keepalive.time"), ka.time)?;
-    nonzero(&format!("{key}.tcp_keepalive.interval"), ka.interval)?;
-    positive(&format!("{key}.tcp_keepalive.retries"), ka.retries as usize)?;
+    validate_keepalive(&format!("{key}.tcp_keepalive"), &u.tcp_keepalive)?;
     let h = &u.health;
     positive(
         &format!("{key}.health.max_failures"),
@@ -189,6 +187,12 @@ fn validate_upstream(key: &str, u: &UpstreamConfig) -> Check {
         ));
     }
     Ok(())
+}
+
+fn validate_keepalive(key: &str, ka: &TcpKeepaliveConfig) -> Check {
+    nonzero(&format!("{key}.time"), ka.time)?;
+    nonzero(&format!("{key}.interval"), ka.interval)?;
+    positive(&format!("{key}.retries"), ka.retries as usize)
 }
 
 fn validate_pool(key: &str, p: &PoolConfig) -> Check {

@@ -3,6 +3,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
+use super::trailers;
+
 /// Always connection-scoped, whether or not `Connection` names them.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -39,17 +41,20 @@ pub fn strip_request<B>(mut req: Request<B>) -> Request<B> {
     if let Some(protocol) = requested_upgrade(req.headers()) {
         req.extensions_mut().insert(UpgradeRequest(protocol));
     }
+    trailers::note_acceptance(&mut req);
     strip(req.headers_mut());
     req
 }
 
 /// The response-side mapping for `tower::util::MapResponseLayer`. A 101 keeps the `Upgrade`
-/// header and says `Connection: upgrade`: that hop is the one switching protocols.
+/// header and says `Connection: upgrade`: that hop is the one switching protocols. A `Trailer`
+/// announcement the proxy kept for this client is put back.
 pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
     let upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| resp.headers().get(header::UPGRADE).cloned())
         .flatten();
     strip(resp.headers_mut());
+    trailers::reannounce(&mut resp);
     if let Some(protocol) = upgrade {
         resp.headers_mut().insert(header::UPGRADE, protocol);
         resp.headers_mut()

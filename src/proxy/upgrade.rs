@@ -43,12 +43,14 @@ pub async fn switch_protocols(
     }
     let server_side = hyper::upgrade::on(&mut resp);
     let name = upstream.name.clone();
+    let idle = options.tunnel_idle_timeout;
     tunnel::count(&name, TunnelKind::Upgrade);
     tokio::spawn(async move {
         match tokio::try_join!(client_side, server_side) {
             Ok((client, server)) => {
-                let result = tunnel::splice(TokioIo::new(client), TokioIo::new(server)).await;
-                tracing::debug!(upstream = %name, ?result, "upgrade tunnel closed");
+                let (client, server) = (TokioIo::new(client), TokioIo::new(server));
+                let end = tunnel::splice(TunnelKind::Upgrade, idle, client, server).await;
+                tracing::debug!(upstream = %name, ?end, "upgrade tunnel closed");
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade did not complete"),
         }
@@ -61,16 +63,19 @@ pub async fn switch_protocols(
 pub async fn connect(
     upstream: &Upstream,
     mut req: Request<Incoming>,
+    options: ProxyOptions,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let server = upstream.connect_raw().await?;
     let name = upstream.name.clone();
+    let idle = options.tunnel_idle_timeout;
     tunnel::count(&name, TunnelKind::Connect);
     tokio::spawn(async move {
         match client_side.await {
             Ok(client) => {
-                let result = tunnel::splice(TokioIo::new(client), server).await;
-                tracing::debug!(upstream = %name, ?result, "CONNECT tunnel closed");
+                let client = TokioIo::new(client);
+                let end = tunnel::splice(TunnelKind::Connect, idle, client, server).await;
+                tracing::debug!(upstream = %name, ?end, "CONNECT tunnel closed");
             }
             Err(e) => tracing::debug!(upstream = %name, error = %e, "CONNECT did not complete"),
         }

@@ -72,7 +72,9 @@ impl Body for PooledBody {
         match &frame {
             None => self.release(),
             Some(Err(_)) => self.discard(CloseReason::Error),
-            Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
+            // A trailer section is the last frame: the message is complete, and hyper's server
+            // stops polling the body after it.
+            Some(Ok(f)) if f.is_trailers() || self.inner.is_end_stream() => self.release(),
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))

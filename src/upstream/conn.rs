@@ -11,7 +11,7 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use socket2::{SockRef, Socket, TcpKeepalive};
+use socket2::{SockRef, Socket};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::server::{Failure, Server};
@@ -225,12 +225,7 @@ pub async fn connect_to(
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
-    socket.set_tcp_keepalive(
-        &TcpKeepalive::new()
-            .with_time(ka.time)
-            .with_interval(ka.interval)
-            .with_retries(ka.retries),
-    )?;
+    socket.set_tcp_keepalive(&ka.socket_option())?;
     socket.set_tcp_nodelay(true)?;
     if let Some(mark) = mark {
         socket.set_mark(mark)?;

@@ -102,6 +102,13 @@ pub enum Framing {
 pub enum Reply {
     /// Write these exact bytes; then keep reading requests (`keep_open`) or close with FIN.
     Raw { bytes: Vec<u8>, keep_open: bool },
+    /// Write these byte pieces one by one with `pause` between them (a response that arrives in
+    /// separate TCP segments); then keep reading requests (`keep_open`) or close with FIN.
+    Pieces {
+        pieces: Vec<Vec<u8>>,
+        pause: Duration,
+        keep_open: bool,
+    },
     /// Sleep, then reply.
     Delayed(Duration, Box<Reply>),
     /// Close without answering (FIN, or RST when the backend is built with `rst()`).
@@ -481,6 +488,26 @@ fn perform(reply: Reply, mut stream: &TcpStream, reader: &mut WireReader, shared
         Reply::Raw { bytes, keep_open } => {
             if let Err(e) = stream.write_all(&bytes).and_then(|_| stream.flush()) {
                 return Step::Closed(Closed::Error(format!("writing response: {e}")));
+            }
+            if keep_open {
+                Step::Continue
+            } else {
+                Step::Closed(Closed::AfterResponse)
+            }
+        }
+        Reply::Pieces {
+            pieces,
+            pause,
+            keep_open,
+        } => {
+            let last = pieces.len().saturating_sub(1);
+            for (i, piece) in pieces.into_iter().enumerate() {
+                if let Err(e) = stream.write_all(&piece).and_then(|_| stream.flush()) {
+                    return Step::Closed(Closed::Error(format!("writing response: {e}")));
+                }
+                if i < last {
+                    thread::sleep(pause);
+                }
             }
             if keep_open {
                 Step::Continue

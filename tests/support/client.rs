@@ -21,6 +21,8 @@ pub struct Response {
     pub close_delimited: bool,
     /// The body arrived chunked.
     pub chunked: bool,
+    /// The trailer section of a chunked body (empty when none came).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -32,6 +34,9 @@ impl Response {
     }
     pub fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
+    }
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        wire::header(&self.trailers, name)
     }
     pub fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -93,13 +98,14 @@ impl Client {
                 body: Vec::new(),
                 close_delimited: false,
                 chunked: false,
+                trailers: Vec::new(),
             };
             if head || status == 204 || status == 304 || status == 101 {
                 return Ok(resp);
             }
             if wire::is_chunked(&resp.headers) {
                 resp.chunked = true;
-                resp.body = self.reader.read_chunked()?;
+                (resp.body, resp.trailers) = self.reader.read_chunked_with_trailers()?;
             } else if let Some(n) = wire::content_length(&resp.headers)? {
                 resp.body = self.reader.read_exact_bytes(n)?;
             } else {

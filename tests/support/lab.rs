@@ -357,6 +357,20 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A response head: status code, raw text, headers (names lowercased).
 #[derive(Debug)]
 pub struct Head {

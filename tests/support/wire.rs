@@ -9,6 +9,9 @@ use std::time::Duration;
 /// Largest head either side will accept before giving up (the proxy's limits are far below this).
 pub const MAX_HEAD: usize = 1 << 20;
 
+/// Field lines as `(name, value)` pairs, in arrival order.
+pub type Fields = Vec<(String, String)>;
+
 /// A buffered reader over a TCP stream that can hand back exact byte counts, lines and heads.
 pub struct WireReader {
     stream: TcpStream,
@@ -147,6 +150,11 @@ impl WireReader {
 
     /// Decodes a chunked body (chunk extensions ignored, trailers discarded).
     pub fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        self.read_chunked_with_trailers().map(|(body, _)| body)
+    }
+
+    /// Decodes a chunked body and its trailer section (chunk extensions ignored).
+    pub fn read_chunked_with_trailers(&mut self) -> io::Result<(Vec<u8>, Fields)> {
         let mut body = Vec::new();
         loop {
             let line = self.read_line()?;
@@ -154,15 +162,28 @@ impl WireReader {
             let size = usize::from_str_radix(size_text, 16)
                 .map_err(|_| bad(format!("bad chunk size line {line:?}")))?;
             if size == 0 {
-                // Trailer section, then the final CRLF.
-                while !self.read_line()?.is_empty() {}
-                return Ok(body);
+                return Ok((body, self.read_trailer_section()?));
             }
             body.extend(self.read_exact_bytes(size)?);
             let crlf = self.read_exact_bytes(2)?;
             if crlf != b"\r\n" {
                 return Err(bad("chunk not followed by CRLF"));
             }
+        }
+    }
+
+    /// Field lines after the last chunk, through the final empty line.
+    fn read_trailer_section(&mut self) -> io::Result<Fields> {
+        let mut fields = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            if line.is_empty() {
+                return Ok(fields);
+            }
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad trailer line {line:?}")))?;
+            fields.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
 

@@ -1,0 +1,90 @@
+//! Trailer fields on the way to the client: only an HTTP/1.1 client that sent `TE: trailers` gets
+//! them, so the fact is noted before `TE` is stripped and the backend's `Trailer` re-announced.
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, Version};
+
+/// On a request whose client accepts a trailer section (HTTP/1.1 with `TE: trailers`).
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptsTrailers;
+
+/// On a response: the backend's `Trailer` announcement, sent on to a client that accepts them.
+/// hyper writes only the trailer fields the response head announced.
+#[derive(Debug, Clone)]
+pub struct AnnouncedTrailers(Vec<HeaderValue>);
+
+/// Notes whether the client accepts trailers; called before hop-by-hop stripping removes `TE`.
+pub fn note_acceptance<B>(req: &mut Request<B>) {
+    if req.version() == Version::HTTP_11 && te_lists_trailers(req.headers()) {
+        req.extensions_mut().insert(AcceptsTrailers);
+    }
+}
+
+/// The backend's `Trailer` values, kept for a client that accepts trailers; `None` otherwise.
+pub fn to_announce(client_accepts: bool, backend: &HeaderMap) -> Option<AnnouncedTrailers> {
+    let values: Vec<HeaderValue> = backend.get_all(header::TRAILER).iter().cloned().collect();
+    (client_accepts && !values.is_empty()).then_some(AnnouncedTrailers(values))
+}
+
+/// Puts the kept announcement back after stripping.
+pub fn reannounce<B>(resp: &mut Response<B>) {
+    let Some(AnnouncedTrailers(values)) = resp.extensions_mut().remove::<AnnouncedTrailers>()
+    else {
+        return;
+    };
+    for value in values {
+        resp.headers_mut().append(header::TRAILER, value);
+    }
+}
+
+fn te_lists_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|member| member.split(|&b| b == b';').next())
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::headers;
+
+    fn request(version: Version, te: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().version(version);
+        if let Some(te) = te {
+            b = b.header(header::TE, te);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn http11_client_with_te_trailers_accepts_them() {
+        let mut req = request(Version::HTTP_11, Some("gzip, Trailers"));
+        note_acceptance(&mut req);
+        assert!(req.extensions().get::<AcceptsTrailers>().is_some());
+    }
+
+    #[test]
+    fn http11_client_without_te_trailers_does_not() {
+        let mut req = request(Version::HTTP_11, Some("gzip"));
+        note_acceptance(&mut req);
+        assert!(req.extensions().get::<AcceptsTrailers>().is_none());
+    }
+
+    #[test]
+    fn http10_client_never_accepts_trailers() {
+        let mut req = request(Version::HTTP_10, Some("trailers"));
+        note_acceptance(&mut req);
+        assert!(req.extensions().get::<AcceptsTrailers>().is_none());
+    }
+
+    #[test]
+    fn announcement_is_kept_only_for_an_accepting_client() {
+        let h = headers(&[("trailer", "X-Checksum")]);
+        assert!(to_announce(true, &h).is_some());
+        assert!(to_announce(false, &h).is_none());
+        assert!(to_announce(true, &HeaderMap::new()).is_none());
+    }
+}
