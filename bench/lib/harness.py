@@ -221,7 +221,6 @@ def longhaul_config(tmp, port, admin, backend_port, pool, idle_timeout="30s", on
 listen = ["127.0.0.1:{port}"]
 max_connections = 20000
 {workers}
-
 [admin]
 listen = "127.0.0.1:{admin}"
 
@@ -238,7 +237,7 @@ protocol = "http/1.0"
 max_size = {pool}
 idle_timeout = "{idle}"
 """.format(port=port, admin=admin, backend=backend_port, pool=pool, idle=idle_timeout,
-           workers="workers = 1" if one_loop else ""))
+           workers="workers = 1\n" if one_loop else ""))
     return path
 
 
