@@ -3,7 +3,7 @@
 #   bash bench/run.sh            full run (~15-25 min), writes bench/RESULTS.md
 #   bash bench/run.sh --quick    small counts (~2-3 min)
 # Other options go to bench/lib/harness.py (--only a5,b  --out FILE  --json-out FILE  --keep-tmp).
-# Builds longhaul in release mode, installs nginx, haproxy, ab and wrk with apt-get when missing,
+# Builds longhaul in release mode, installs nginx, haproxy, ab, wrk, valgrind and strace with apt-get when missing,
 # and runs everything on 127.0.0.1 as the current user. Every process it starts is killed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,8 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v ab      >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v wrk     >/dev/null 2>&1 || missing+=(wrk)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+command -v strace  >/dev/null 2>&1 || missing+=(strace)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

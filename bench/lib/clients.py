@@ -283,3 +283,44 @@ def slow_clients(port, n, hold_s, measure, deadline_s=60.0):
         "p50_ms": percentile(lat, 50),
         "p99_ms": percentile(lat, 99),
     }, measured
+
+
+# ---------------------------------------------------------------- silent clients ---------------------
+
+def silent_clients(port, n, measure, accepted, deadline_s=15.0):
+    """Opens n connections that send nothing, waits (at most deadline_s) until accepted() says the
+    proxy holds them all, calls measure() while they are open and silent, then closes them.
+    Returns (result dict, measure()'s value)."""
+    conns, connect_errors = [], 0
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", port))
+                conns.append(s)
+            except OSError:
+                connect_errors += 1
+                s.close()
+        end = time.monotonic() + deadline_s
+        while accepted() < len(conns) and time.monotonic() < end:
+            time.sleep(0.05)
+        held = accepted()
+        time.sleep(0.5)  # the proxy builds its per-connection state right after accept
+        value = measure()
+        # Did the proxy keep them all open? One it closed reads EOF without blocking.
+        closed = 0
+        for s in conns:
+            s.setblocking(False)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+    finally:
+        for s in conns:
+            s.close()
+    return {"clients": n, "connected": len(conns), "accepted": held, "closed_by_proxy": closed,
+            "errors": connect_errors + closed}, value
