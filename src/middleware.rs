@@ -5,4 +5,5 @@ pub mod access_log;
 pub mod forwarded;
 pub mod framing;
 pub mod hop_by_hop;
+pub mod refusal;
 pub mod request_id;
