@@ -44,8 +44,10 @@ pub struct ServerConfig {
     /// A kept-alive client connection may wait this long for its next request.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
-    /// Largest request head (request line plus headers) in bytes; 431 beyond.
+    /// Largest request head (request line plus every field line) in bytes; 431 beyond.
     pub max_request_head_bytes: usize,
+    /// Longest single line of a request head: a field line over it gets 431, the request line 414.
+    pub max_request_header_bytes: usize,
     /// Most headers a request may carry; 431 beyond.
     pub max_request_headers: usize,
     /// A request body must keep arriving: no gap between body bytes longer than this.
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             client_keepalive: true,
             client_idle_timeout: Duration::from_secs(60),
             max_request_head_bytes: 65_536,
+            max_request_header_bytes: 8192,
             max_request_headers: 100,
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
