@@ -8,24 +8,28 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use validate::parse_ports;
 
-/// A whole configuration file, after parsing and validation.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// A whole configuration file, after parsing and validation. Serializing it gives the
+/// effective configuration (`longhaul check`): every key, defaults filled in, valid input again.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstream: Vec<UpstreamConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RouteConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub transparent: Option<TransparentConfig>,
 }
 
 /// Where the proxy listens and how it treats client connections.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// One address or a list of addresses to accept clients on.
@@ -91,7 +95,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Reverse,
@@ -99,7 +103,7 @@ pub enum Mode {
 }
 
 /// The admin listener: /metrics, /healthz, /readyz, /pools and the status page.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: String,
@@ -113,7 +117,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
@@ -131,7 +135,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -139,7 +143,7 @@ pub enum LogFormat {
 }
 
 /// What longhaul speaks to a backend.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum Protocol {
     #[serde(rename = "http/1.0")]
     Http10,
@@ -156,7 +160,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
@@ -164,7 +168,7 @@ pub enum Balance {
 }
 
 /// A named group of backend servers with one pool per server.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -204,7 +208,7 @@ fn default_max_buffered_body_bytes() -> usize {
 }
 
 /// Per-server pool settings (also the template for transparent-mode destinations).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     pub max_size: usize,
@@ -236,7 +240,7 @@ impl Default for PoolConfig {
 }
 
 /// SO_KEEPALIVE settings for upstream sockets.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpKeepaliveConfig {
     #[serde(with = "humantime_serde")]
@@ -257,7 +261,7 @@ impl Default for TcpKeepaliveConfig {
 }
 
 /// Passive ejection and optional active health checks of a server.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Consecutive connect failures or resets that eject a server.
@@ -268,6 +272,7 @@ pub struct HealthConfig {
     #[serde(with = "humantime_serde")]
     pub max_ejection: Duration,
     /// Active check: GET this path on every server; none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -291,7 +296,7 @@ impl Default for HealthConfig {
 }
 
 /// Sends requests whose Host and path match to a named upstream.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default = "default_route_host")]
@@ -309,7 +314,7 @@ fn default_path_prefix() -> String {
 }
 
 /// Transparent mode: redirected connections pooled per original destination.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransparentConfig {
     pub protocol: Protocol,
@@ -386,7 +391,7 @@ where
     })
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AllowRule {
     pub name: String,
@@ -458,6 +463,15 @@ impl Config {
             reason: e.reason,
         })?;
         Ok(config)
+    }
+
+    /// The effective configuration as TOML that parses back into an equal `Config`.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut text = toml::to_string(self)?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(text)
     }
 
     /// The built-in configuration used by `longhaul demo` when no file is given.
