@@ -8,24 +8,28 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use validate::parse_ports;
 
-/// A whole configuration file, after parsing and validation.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// A whole configuration file, after parsing and validation. Serializing it gives the
+/// effective configuration (`longhaul check`): every key, defaults filled in, valid input again.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub upstream: Vec<UpstreamConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route: Vec<RouteConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub transparent: Option<TransparentConfig>,
 }
 
 /// Where the proxy listens and how it treats client connections.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// One address or a list of addresses to accept clients on.
@@ -44,8 +48,10 @@ pub struct ServerConfig {
     /// A kept-alive client connection may wait this long for its next request.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
-    /// Largest request head (request line plus headers) in bytes; 431 beyond.
+    /// Largest request head (request line plus every field line) in bytes; 431 beyond.
     pub max_request_head_bytes: usize,
+    /// Longest single line of a request head: a field line over it gets 431, the request line 414.
+    pub max_request_header_bytes: usize,
     /// Most headers a request may carry; 431 beyond.
     pub max_request_headers: usize,
     /// A request body must keep arriving: no gap between body bytes longer than this.
@@ -82,6 +88,7 @@ impl Default for ServerConfig {
             client_keepalive: true,
             client_idle_timeout: Duration::from_secs(60),
             max_request_head_bytes: 65_536,
+            max_request_header_bytes: 8192,
             max_request_headers: 100,
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
@@ -95,7 +102,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Reverse,
@@ -103,7 +110,7 @@ pub enum Mode {
 }
 
 /// The admin listener: /metrics, /healthz, /readyz, /pools and the status page.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: String,
@@ -117,7 +124,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
@@ -135,7 +142,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -143,7 +150,7 @@ pub enum LogFormat {
 }
 
 /// What longhaul speaks to a backend.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum Protocol {
     #[serde(rename = "http/1.0")]
     Http10,
@@ -160,7 +167,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
@@ -168,7 +175,7 @@ pub enum Balance {
 }
 
 /// A named group of backend servers with one pool per server.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -208,7 +215,7 @@ fn default_max_buffered_body_bytes() -> usize {
 }
 
 /// Per-server pool settings (also the template for transparent-mode destinations).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     pub max_size: usize,
@@ -240,7 +247,7 @@ impl Default for PoolConfig {
 }
 
 /// SO_KEEPALIVE settings, for client sockets (`[server]`) and backend sockets (`[upstream]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpKeepaliveConfig {
     #[serde(with = "humantime_serde")]
@@ -271,7 +278,7 @@ impl Default for TcpKeepaliveConfig {
 }
 
 /// Passive ejection and optional active health checks of a server.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Consecutive connect failures or resets that eject a server.
@@ -282,6 +289,7 @@ pub struct HealthConfig {
     #[serde(with = "humantime_serde")]
     pub max_ejection: Duration,
     /// Active check: GET this path on every server; none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -305,7 +313,7 @@ impl Default for HealthConfig {
 }
 
 /// Sends requests whose Host and path match to a named upstream.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default = "default_route_host")]
@@ -323,7 +331,7 @@ fn default_path_prefix() -> String {
 }
 
 /// Transparent mode: redirected connections pooled per original destination.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransparentConfig {
     pub protocol: Protocol,
@@ -400,7 +408,7 @@ where
     })
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AllowRule {
     pub name: String,
@@ -472,6 +480,15 @@ impl Config {
             reason: e.reason,
         })?;
         Ok(config)
+    }
+
+    /// The effective configuration as TOML that parses back into an equal `Config`.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut text = toml::to_string(self)?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(text)
     }
 
     /// The built-in configuration used by `longhaul demo` when no file is given.

@@ -1,6 +1,7 @@
 //! `longhaul demo`: a simulated legacy backend that pays for every new connection, the same short
 //! HTTP/1.0 load sent straight to it and then through longhaul, and a side-by-side table.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::app::App;
 use crate::config::Config;
 use crate::loadgen::{self, LoadReport};
+use crate::output;
 use crate::sim::{Sim, SimConfig};
 
 /// What `longhaul demo` runs.
@@ -49,14 +51,14 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     })
     .await
     .map_err(DemoError::Backend)?;
-    println!(
-        "Simulated legacy HTTP/1.0 backend on {} (each new connection costs {:?}).",
+    output::stdout(format_args!(
+        "Simulated legacy HTTP/1.0 backend on {} (each new connection costs {:?}).\n",
         sim.addr, options.conn_cost
-    );
-    println!(
-        "Sending {} short HTTP/1.0 requests, {} at a time, each on its own client connection.\n",
+    ));
+    output::stdout(format_args!(
+        "Sending {} short HTTP/1.0 requests, {} at a time, each on its own client connection.\n\n",
         options.requests, options.concurrency
-    );
+    ));
 
     let direct = measure("direct to the backend", &sim, sim.addr, &options).await?;
     let app = App::start(demo_config(sim.addr), None).await?;
@@ -64,7 +66,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let through = measure("through longhaul", &sim, proxy_addr, &options).await?;
     app.shutdown().await;
 
-    print_table(&[direct, through]);
+    output::stdout(table(&[direct, through]));
     Ok(())
 }
 
@@ -114,16 +116,20 @@ async fn measure(
     })
 }
 
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
+/// The side-by-side comparison, ready to print.
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from("\n");
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
         "{:<24} {:>9} {:>14} {:>10} {:>11} {:>9} {:>9}",
         "", "requests", "backend conns", "reuse", "req/s", "p50 ms", "p99 ms"
     );
     for row in rows {
         let r = &row.report;
         let reuse = 1.0 - row.backend_connections as f64 / r.requests.max(1) as f64;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<24} {:>9} {:>14} {:>9.1}% {:>11.0} {:>9.2} {:>9.2}",
             row.label,
             r.requests,
@@ -136,9 +142,11 @@ fn print_table(rows: &[Row]) {
     }
     if let [direct, through] = rows {
         let speedup = through.report.requests_per_second() / direct.report.requests_per_second();
-        println!(
+        let _ = writeln!(
+            out,
             "\nlonghaul served the same requests {speedup:.1}x as fast, and the backend accepted {} connections instead of {}.",
             through.backend_connections, direct.backend_connections
         );
     }
+    out
 }

@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
+pub mod output;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use longhaul::config::Config;
+use longhaul::output;
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration, print the effective settings, exit 0 or 2.
+    /// Validate the configuration, print the effective configuration as TOML, exit 0 or 2.
     Check,
     /// Show what longhaul does: the same short-connection load straight to a simulated
     /// legacy backend and through longhaul, side by side.
@@ -100,18 +101,27 @@ fn main() -> ExitCode {
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprintln!("{e}");
+        output::stderr(format_args!("{e}\n"));
         ExitCode::from(EXIT_CONFIG)
     })
 }
 
+/// The effective configuration on stdout (it passes `check` itself), then `<file>: ok` on stderr.
 fn check(path: &Path) -> ExitCode {
-    match load(path) {
-        Ok(config) => {
-            println!("{}: ok\n{config:#?}", path.display());
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match config.to_toml() {
+        Ok(text) => {
+            output::stdout(text);
+            output::stderr(format_args!("{}: ok\n", path.display()));
             ExitCode::SUCCESS
         }
-        Err(code) => code,
+        Err(e) => {
+            output::stderr(format_args!("error: cannot print the configuration: {e}\n"));
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 
@@ -126,14 +136,14 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = %e, "longhaul failed to start");
-                eprintln!("error: {e}");
+                output::stderr(format_args!("error: {e}\n"));
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
         match longhaul::app::run_until_signalled(app).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                output::stderr(format_args!("error: {e}\n"));
                 ExitCode::from(EXIT_RUNTIME)
             }
         }
@@ -177,12 +187,15 @@ fn backend_sim(args: SimArgs) -> ExitCode {
         let sim = match longhaul::sim::Sim::start(config).await {
             Ok(sim) => sim,
             Err(e) => {
-                eprintln!("error: backend-sim cannot listen: {e}");
+                output::stderr(format_args!("error: backend-sim cannot listen: {e}\n"));
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
         let stats = sim.stats_addr.map_or("-".to_string(), |a| a.to_string());
-        println!("backend-sim listening on {} stats on {stats}", sim.addr);
+        output::stdout(format_args!(
+            "backend-sim listening on {} stats on {stats}\n",
+            sim.addr
+        ));
         let _ = tokio::signal::ctrl_c().await;
         ExitCode::SUCCESS
     })
@@ -197,7 +210,7 @@ fn demo(args: DemoArgs) -> ExitCode {
     match runtime().block_on(longhaul::demo::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("demo failed: {e}");
+            output::stderr(format_args!("demo failed: {e}\n"));
             ExitCode::from(EXIT_RUNTIME)
         }
     }

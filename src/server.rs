@@ -27,6 +27,7 @@ use crate::metrics::METRICS;
 use crate::middleware::access_log::{AccessLog, AccessLogLayer};
 use crate::middleware::forwarded::{self, ClientAddr};
 use crate::middleware::framing::{FramingGuard, FramingGuardLayer};
+use crate::middleware::head_limits::{HeadLimits, HeadLimitsLayer};
 use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
@@ -75,6 +76,10 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .layer(AccessLogLayer {
             enabled: access_log,
         })
+        // An overlong request line or field line is refused before anything acts on it.
+        .layer(HeadLimitsLayer {
+            max_line_bytes: server.max_request_header_bytes,
+        })
         // Ambiguous framing is refused before it can reach a shared upstream connection.
         .layer(FramingGuardLayer)
         // Past the concurrency limit, answer 503 at once instead of queueing without bound.
@@ -109,7 +114,7 @@ type Rewrite = MapRequest<
 /// Load shedding, the concurrency limit and the request timeout.
 type Guarded = FramingGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
 /// The whole stack `stack` builds, named so it can be cloned per connection without boxing.
-pub type Stack = RequestId<AccessLog<Guarded>>;
+pub type Stack = RequestId<AccessLog<HeadLimits<Guarded>>>;
 
 /// Client connection settings, from `[server]`.
 #[derive(Clone)]
@@ -217,6 +222,10 @@ pub async fn serve_client(
             settings.client_idle_timeout,
         ))
         .header_read_timeout(settings.header_read_timeout)
+        // The whole head, however its bytes arrive: `max_header_size` bounds a head parsed
+        // complete from one read, `max_buf_size` one still incomplete. Over either, hyper
+        // answers 431 and closes the connection.
+        .max_header_size(settings.max_head_bytes)
         .max_buf_size(settings.max_head_bytes)
         .keep_alive(settings.keepalive)
         .half_close(true);

@@ -43,8 +43,9 @@ fn config_with(replacements: &[(usize, &str)]) -> String {
 }
 
 /// Runs both `longhaul --config` and `longhaul check --config` on `text`; both must exit 2 and
-/// name the file, `line` and `key` on stderr.
-fn assert_rejected(text: &str, line: usize, key: &str) {
+/// name the file, `line` and `key` on stderr. Returns the error line of `check`.
+fn assert_rejected(text: &str, line: usize, key: &str) -> String {
+    let mut last = String::new();
     let dir = TempDir::new();
     let path = dir.write_config(text);
     let p = path.to_str().expect("utf-8 temp path");
@@ -78,7 +79,9 @@ fn assert_rejected(text: &str, line: usize, key: &str) {
             error_line.contains(key),
             "the error line should name the key {key:?}: {error_line:?}"
         );
+        last = error_line.to_string();
     }
+    last
 }
 
 #[test]
@@ -139,6 +142,31 @@ fn min_idle_above_max_size_is_rejected() {
         15,
         "upstream[0].pool.min_idle",
     );
+}
+
+#[test]
+fn max_request_header_bytes_over_max_request_head_bytes_is_rejected() {
+    let error = assert_rejected(
+        &config_with(&[(3, "max_request_header_bytes = 70000")]),
+        3,
+        "server.max_request_header_bytes",
+    );
+    assert!(
+        error.ends_with(
+            "must not exceed max_request_head_bytes (65536): one line is part of the head"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn max_request_header_bytes_below_1024_is_rejected() {
+    let error = assert_rejected(
+        &config_with(&[(3, "max_request_header_bytes = 100")]),
+        3,
+        "server.max_request_header_bytes",
+    );
+    assert!(error.ends_with("must be at least 1024"), "{error}");
 }
 
 #[test]

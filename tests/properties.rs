@@ -121,6 +121,8 @@ enum Kind {
     Size,
     /// `server.max_request_head_bytes`: at least 8192.
     HeadBytes,
+    /// `server.max_request_header_bytes`: at least 1024 (and generated at most 8192, under any head).
+    LineBytes,
     /// Validated non-zero (or `>= base_ejection`).
     Duration,
     /// An ip:port listen address; errors name it without an index.
@@ -339,6 +341,7 @@ fn apply(c: &mut Config, e: &Entry) {
                 "client_keepalive" => s.client_keepalive = v.bool(),
                 "client_idle_timeout" => s.client_idle_timeout = v.dur(),
                 "max_request_head_bytes" => s.max_request_head_bytes = v.int() as usize,
+                "max_request_header_bytes" => s.max_request_header_bytes = v.int() as usize,
                 "max_request_headers" => s.max_request_headers = v.int() as usize,
                 "body_read_timeout" => s.body_read_timeout = v.dur(),
                 "request_timeout" => s.request_timeout = v.dur(),
@@ -599,6 +602,11 @@ fn server_section(transparent: bool) -> BoxedStrategy<Vec<Entry>> {
                 "max_request_head_bytes",
                 (8192u64..1 << 20).prop_map(Value::Int).boxed(),
                 Kind::HeadBytes,
+            ),
+            (
+                "max_request_header_bytes",
+                (1024u64..=8192).prop_map(Value::Int).boxed(),
+                Kind::LineBytes,
             ),
             size("max_request_headers", 1, 10_000),
             dur("body_read_timeout"),
@@ -989,6 +997,7 @@ fn mutate(doc: &Doc, pick: Index, how: Index, elem: Index, unknown: bool) -> Mut
     let (value, key, element) = match e.kind {
         Kind::Size => (Value::Int(0), path, None),
         Kind::HeadBytes => (Value::Int([0, 1, 8191, 4096][how.index(4)]), path, None),
+        Kind::LineBytes => (Value::Int([0, 1, 1023][how.index(3)]), path, None),
         Kind::Duration => {
             let z = zero_durations[how.index(zero_durations.len())];
             (Value::Dur(z.into(), Duration::ZERO), path, None)
@@ -1089,6 +1098,16 @@ proptest! {
         prop_assert!(parsed.is_ok(), "rejected:\n{}\n{:?}", r.text, parsed.err());
         let parsed = parsed.unwrap();
         prop_assert_eq!(parsed, doc.expected(), "config:\n{}", r.text);
+    }
+
+    #[test]
+    fn the_effective_config_printed_as_toml_parses_back_equal(doc in valid_doc()) {
+        // What `longhaul check` prints.
+        let config = parse(&doc.render().text).expect("a valid doc");
+        let printed = config.to_toml().expect("every valid config prints");
+        let again = parse(&printed);
+        prop_assert!(again.is_ok(), "printed:\n{}\n{:?}", printed, again.err());
+        prop_assert_eq!(again.unwrap(), config, "printed:\n{}", printed);
     }
 
     #[test]

@@ -25,6 +25,9 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
 /// hyper refuses a read buffer below this, so the request-head limit starts here.
 const MIN_HEAD_BYTES: usize = 8192;
 
+/// Below this, ordinary clients (cookies, user agents, long URLs) would be refused.
+const MIN_LINE_BYTES: usize = 1024;
+
 impl Config {
     pub(super) fn validate(&self) -> Check {
         self.validate_server()?;
@@ -83,6 +86,21 @@ impl Config {
             return Err(invalid(
                 "server.max_request_head_bytes",
                 format!("must be at least {MIN_HEAD_BYTES}"),
+            ));
+        }
+        if s.max_request_header_bytes < MIN_LINE_BYTES {
+            return Err(invalid(
+                "server.max_request_header_bytes",
+                format!("must be at least {MIN_LINE_BYTES}"),
+            ));
+        }
+        if s.max_request_header_bytes > s.max_request_head_bytes {
+            return Err(invalid(
+                "server.max_request_header_bytes",
+                format!(
+                    "must not exceed max_request_head_bytes ({}): one line is part of the head",
+                    s.max_request_head_bytes
+                ),
             ));
         }
         for (key, d) in [

@@ -4,16 +4,13 @@
 //! malformed header lines; this layer rejects what hyper tolerates: a repeated or decorated
 //! `Transfer-Encoding` (`chunked, chunked`, two header lines). Rejections close the connection.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
-use crate::error::error_response;
-use crate::middleware::request_id;
+use crate::middleware::refusal::{GuardFuture, refuse};
 
 /// Why a message's framing is ambiguous, if it is.
 pub fn ambiguity(headers: &HeaderMap) -> Option<&'static str> {
@@ -68,7 +65,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = GuardFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -76,40 +73,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match ambiguity(req.headers()).or_else(|| host_problem(&req)) {
-            None => ResponseFuture::Inner {
-                fut: self.inner.call(req),
-            },
-            Some(why) => {
-                let mut resp = error_response(StatusCode::BAD_REQUEST, why, &request_id::of(&req));
-                // The rest of this connection's bytes cannot be trusted: close it.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                ResponseFuture::Rejected { resp: Some(resp) }
-            }
-        }
-    }
-}
-
-pin_project! {
-    #[project = Projection]
-    pub enum ResponseFuture<F> {
-        Inner { #[pin] fut: F },
-        Rejected { resp: Option<Response<ProxyBody>> },
-    }
-}
-
-impl<F, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ProxyBody>, E>>,
-{
-    type Output = Result<Response<ProxyBody>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Projection::Inner { fut } => Poll::Ready(ready!(fut.poll(cx))),
-            Projection::Rejected { resp } => {
-                Poll::Ready(Ok(resp.take().expect("polled after completion")))
-            }
+            None => GuardFuture::passed(self.inner.call(req)),
+            Some(why) => GuardFuture::refused(refuse(StatusCode::BAD_REQUEST, why, &req)),
         }
     }
 }

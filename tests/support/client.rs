@@ -43,6 +43,58 @@ impl Response {
     }
 }
 
+/// How a request's bytes are written: a limit must give the same answer every way.
+#[derive(Debug, Clone, Copy)]
+pub enum Delivery {
+    /// One write.
+    AtOnce,
+    /// Writes of 1 to 4096 bytes, sizes drawn from `seed` (printed in failures to replay).
+    RandomPieces { seed: u64 },
+    /// 256-byte writes 1 ms apart: the proxy sees the head incomplete again and again.
+    Trickle,
+}
+
+impl Delivery {
+    /// Each way once, with a fresh seed for the random pieces.
+    pub fn all() -> [Delivery; 3] {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        [
+            Delivery::AtOnce,
+            Delivery::RandomPieces { seed },
+            Delivery::Trickle,
+        ]
+    }
+
+    /// The sizes of the writes that carry `len` bytes.
+    fn pieces(self, len: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        let mut state = match self {
+            Delivery::AtOnce => return vec![len],
+            Delivery::Trickle => 0,
+            Delivery::RandomPieces { seed } => seed,
+        };
+        let mut left = len;
+        while left > 0 {
+            let size = match self {
+                Delivery::Trickle => 256,
+                _ => {
+                    // xorshift64: reproducible from the seed, no dependency.
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % 4096) as usize + 1
+                }
+            };
+            sizes.push(size.min(left));
+            left -= size.min(left);
+        }
+        sizes
+    }
+}
+
 /// One client connection.
 pub struct Client {
     reader: WireReader,
@@ -70,6 +122,21 @@ impl Client {
         let mut s = self.reader.stream();
         s.write_all(bytes)?;
         s.flush()
+    }
+
+    /// Writes `bytes` the way `delivery` says. Stops at the first failed write (the proxy may
+    /// answer and close before the last piece) and returns that error.
+    pub fn send_delivered(&mut self, bytes: &[u8], delivery: Delivery) -> io::Result<()> {
+        let mut rest = bytes;
+        for size in delivery.pieces(bytes.len()) {
+            let (piece, tail) = rest.split_at(size);
+            self.send(piece)?;
+            rest = tail;
+            if matches!(delivery, Delivery::Trickle) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 
     /// Reads one response; `head` says the request was HEAD (no body follows).

@@ -547,3 +547,35 @@ pub fn run(args: &[&str], timeout: Duration) -> Run {
         stderr: err_t.join().unwrap_or_default(),
     }
 }
+
+/// Runs longhaul with `args` and its stdout a pipe whose read end is closed at once, as
+/// `longhaul ... | head -0` would; killed after `timeout`. `stdout` is always empty.
+pub fn run_with_stdout_closed(args: &[&str], timeout: Duration) -> Run {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn longhaul");
+    drop(child.stdout.take());
+    let mut err = child.stderr.take().expect("stderr");
+    let err_t = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = match wait_bounded(&mut child, timeout) {
+        Some(status) => status.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    Run {
+        code,
+        stdout: String::new(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
