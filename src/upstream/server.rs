@@ -145,12 +145,14 @@ impl Server {
         self.health.ejected_until.load(Ordering::Relaxed) <= clock::now_ms()
     }
 
-    /// True when the server is ejected right now or failed its last connect.
+    /// True when the server is in rotation (not ejected) and nothing has failed on it since
+    /// its last success.
     pub fn is_healthy(&self) -> bool {
         self.is_available() && self.health.consecutive_failures.load(Ordering::Relaxed) == 0
     }
 
-    /// A connection opened or a probe passed: the server is back in rotation for good.
+    /// A response head arrived (`Upstream::accept`) or an active probe passed; a connect alone
+    /// does not count (see `ConnManager::create`). The server is back in rotation for good.
     pub fn record_success(&self) {
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
         if self.health.ejections.swap(0, Ordering::Relaxed) > 0 {
