@@ -22,8 +22,6 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
 }
 
 /// A started proxy: where it listens, and the handle to stop it.

@@ -17,8 +17,6 @@ pub enum ProxyError {
     NoRoute,
     #[error("host `{0}` is not served here: longhaul is not an open proxy")]
     ForeignHost(String),
-    #[error("{0}")]
-    BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
     #[error("request body larger than {limit} bytes cannot be buffered for an HTTP/1.0 backend")]
@@ -65,8 +63,6 @@ pub enum ProxyError {
     },
     #[error("more than {limit} destinations are pooled and none is idle")]
     TooManyDestinations { limit: usize },
-    #[error("upstream {upstream}: the tunnel could not be opened: {cause}")]
-    Tunnel { upstream: String, cause: String },
 }
 
 impl ProxyError {
@@ -76,16 +72,14 @@ impl ProxyError {
         match self {
             NoRoute => StatusCode::NOT_FOUND,
             ForeignHost(_) => StatusCode::MISDIRECTED_REQUEST,
-            BadRequest(_) | ClientBody(_) => StatusCode::BAD_REQUEST,
+            ClientBody(_) => StatusCode::BAD_REQUEST,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             PoolTimeout { .. } | TooManyDestinations { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            NoHealthyServer { .. }
-            | Connect { .. }
-            | Reset { .. }
-            | Protocol { .. }
-            | Tunnel { .. } => StatusCode::BAD_GATEWAY,
+            NoHealthyServer { .. } | Connect { .. } | Reset { .. } | Protocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -96,7 +90,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             PoolTimeout { .. } => Some("pool_timeout"),
-            NoHealthyServer { .. } | Connect { .. } | Tunnel { .. } => Some("connect"),
+            NoHealthyServer { .. } | Connect { .. } => Some("connect"),
             ConnectTimeout { .. } | ResponseTimeout { .. } => Some("timeout"),
             Reset { .. } => Some("reset"),
             Protocol { .. } => Some("protocol"),

@@ -242,7 +242,6 @@ impl Metrics {
 #[derive(Clone)]
 pub struct UpstreamMetrics {
     pub pool_wait: Histogram,
-    pub request_duration: Histogram,
     pub retry_not_sent: IntCounter,
     pub retry_stale: IntCounter,
 }
@@ -252,7 +251,6 @@ impl UpstreamMetrics {
         let m = &*METRICS;
         UpstreamMetrics {
             pool_wait: m.pool_wait_seconds.with_label_values(&[upstream]),
-            request_duration: m.request_duration_seconds.with_label_values(&[upstream]),
             retry_not_sent: m
                 .upstream_retries_total
                 .with_label_values(&[upstream, "not_sent"]),
