@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::metrics::METRICS;
+use crate::metrics::{CloseReason, METRICS};
 use crate::proxy::{Proxy, Routing};
 use crate::server::{self, ClientSettings};
 
@@ -186,9 +186,7 @@ impl App {
         }
         let routing = self.routing.load_full();
         for upstream in &routing.upstreams {
-            for sp in &upstream.servers {
-                sp.close();
-            }
+            upstream.close_unused(None, CloseReason::Shutdown);
         }
         self.log_stopped(&routing);
     }

@@ -354,9 +354,25 @@ pub enum CloseReason {
     PeerClosed,
     NotReusable,
     Error,
+    /// A reload dropped the server: its pool was closed.
+    Removed,
+    /// longhaul is shutting down.
+    Shutdown,
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::IdleTimeout,
+        CloseReason::MaxLifetime,
+        CloseReason::MaxRequests,
+        CloseReason::PeerClosed,
+        CloseReason::NotReusable,
+        CloseReason::Error,
+        CloseReason::Removed,
+        CloseReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::IdleTimeout => "idle_timeout",
@@ -365,6 +381,8 @@ impl CloseReason {
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::NotReusable => "not_reusable",
             CloseReason::Error => "error",
+            CloseReason::Removed => "removed",
+            CloseReason::Shutdown => "shutdown",
         }
     }
 }

@@ -17,7 +17,7 @@ use tower::Service;
 use crate::body::{ProxyBody, RequestBody, StallGuard};
 use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, error_response};
-use crate::metrics::UpstreamMetrics;
+use crate::metrics::{CloseReason, UpstreamMetrics};
 use crate::middleware::access_log::UpstreamName;
 use crate::middleware::forwarded::UpstreamVersion;
 use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
@@ -64,7 +64,7 @@ impl Routing {
     pub fn retire_unused(&self, next: &Routing) {
         for old in &self.upstreams {
             let successor = next.upstreams.iter().find(|n| n.name == old.name);
-            old.close_removed(successor.map(|s| &**s));
+            old.close_unused(successor.map(|s| &**s), CloseReason::Removed);
         }
     }
 }
