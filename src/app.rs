@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::metrics::{CloseReason, METRICS};
-use crate::proxy::{Proxy, Routing};
+use crate::proxy::{Proxy, Routing, UpgradeAllowList};
 use crate::server::{self, ClientSettings};
 
 /// Why the proxy could not start or run.
@@ -45,7 +45,8 @@ impl App {
         let mut tasks = JoinSet::new();
         let settings = Arc::new(ClientSettings::from_config(&config.server));
         let limit = Arc::new(Semaphore::new(config.server.max_connections));
-        let proxy = Proxy::new(routing.clone(), settings.proxy_options);
+        let upgrades = UpgradeAllowList::new(&config.server.upgrades);
+        let proxy = Proxy::new(routing.clone(), settings.proxy_options, upgrades);
         let stack = server::stack(proxy, &config.server, config.log.access_log);
         let tproxy = config.transparent.as_ref().is_some_and(|t| t.tproxy);
         let mut listeners = Vec::new();

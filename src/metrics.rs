@@ -39,6 +39,7 @@ pub struct Metrics {
     pub upstream_server_up: IntGaugeVec,
     pub tcp_passthrough_connections_total: IntCounterVec,
     pub tunnels_total: IntCounterVec,
+    pub upgrades_refused_total: IntCounterVec,
     pub transparent_denied_total: IntCounterVec,
     pub transparent_destinations: IntGauge,
     pub config_reloads_total: IntCounterVec,
@@ -200,6 +201,12 @@ impl Metrics {
                 "Upgrade and CONNECT tunnels opened, by kind.",
                 &["upstream", "kind"],
             ),
+            upgrades_refused_total: counter_vec(
+                &r,
+                "longhaul_upgrades_refused_total",
+                "Upgrade protocols stripped from requests ([server] upgrades), by protocol.",
+                &["protocol"],
+            ),
             transparent_denied_total: counter_vec(
                 &r,
                 "longhaul_transparent_denied_total",
@@ -224,6 +231,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for protocol in UPGRADE_PROTOCOLS {
+            m.upgrades_refused_total.with_label_values(&[protocol]);
+        }
         m
     }
 
@@ -236,6 +246,22 @@ impl Metrics {
             .expect("text encoding to memory cannot fail");
         String::from_utf8(buf).expect("text format is UTF-8")
     }
+}
+
+/// The `protocol` label values of `longhaul_upgrades_refused_total`: the Upgrade tokens met in
+/// practice (IANA's registry plus `h2`), and `other` for anything else a client may send.
+pub const UPGRADE_PROTOCOLS: [&str; 6] = ["websocket", "h2c", "h2", "http", "tls", "other"];
+
+/// Counts one refused Upgrade protocol, by its name (`h2c`, `TLS`, ...; no version).
+pub fn upgrade_refused(protocol: &[u8]) {
+    let label = UPGRADE_PROTOCOLS
+        .iter()
+        .find(|known| known.as_bytes().eq_ignore_ascii_case(protocol))
+        .unwrap_or(&"other");
+    METRICS
+        .upgrades_refused_total
+        .with_label_values(&[label])
+        .inc();
 }
 
 /// Per-upstream metric children, resolved once so the request path does no label lookups.

@@ -27,6 +27,9 @@ use crate::transparent::Destination;
 use crate::upstream::Upstream;
 
 mod upgrade;
+mod upgrades;
+
+pub use upgrades::UpgradeAllowList;
 
 /// Everything a reload replaces at once: the routing table and the upstreams it points into.
 pub struct Routing {
@@ -82,11 +85,29 @@ pub struct ProxyOptions {
 pub struct Proxy {
     routing: Arc<ArcSwap<Routing>>,
     options: ProxyOptions,
+    upgrades: Arc<UpgradeAllowList>,
 }
 
 impl Proxy {
-    pub fn new(routing: Arc<ArcSwap<Routing>>, options: ProxyOptions) -> Proxy {
-        Proxy { routing, options }
+    pub fn new(
+        routing: Arc<ArcSwap<Routing>>,
+        options: ProxyOptions,
+        upgrades: UpgradeAllowList,
+    ) -> Proxy {
+        Proxy {
+            routing,
+            options,
+            upgrades: Arc::new(upgrades),
+        }
+    }
+
+    /// Keeps only the allowed protocols of an upgrade request; with none left, it is a plain one.
+    fn screen_upgrade(&self, req: &mut Request<Incoming>) {
+        if let Some(asked) = req.extensions_mut().remove::<UpgradeRequest>()
+            && let Some(kept) = self.upgrades.admit(asked)
+        {
+            req.extensions_mut().insert(kept);
+        }
     }
 }
 
@@ -99,7 +120,10 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if req.method() != Method::CONNECT {
+            self.screen_upgrade(&mut req);
+        }
         let routing = self.routing.load_full();
         let options = self.options;
         Box::pin(async move {

@@ -8,7 +8,7 @@ use hyper_util::rt::TokioIo;
 use super::{ProxyOptions, origin_form, request_body};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::middleware::hop_by_hop::UpgradeRequest;
+use crate::middleware::hop_by_hop::{HTTP2_SETTINGS, UpgradeRequest};
 use crate::tunnel::{self, TunnelKind};
 use crate::upstream::Upstream;
 
@@ -18,20 +18,26 @@ pub async fn switch_protocols(
     mut req: Request<Incoming>,
     options: ProxyOptions,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let protocol = req
+    let upgrade = req
         .extensions_mut()
         .remove::<UpgradeRequest>()
-        .expect("only called for upgrade requests")
-        .0;
+        .expect("only called for upgrade requests");
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
     parts.uri = origin_form(&parts.uri);
     // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8), whatever the upstream usually speaks.
     parts.version = Version::HTTP_11;
-    parts.headers.insert(header::UPGRADE, protocol);
+    parts.headers.insert(header::UPGRADE, upgrade.protocols);
+    let connection = match upgrade.http2_settings {
+        Some(settings) => {
+            parts.headers.insert(HTTP2_SETTINGS, settings);
+            "upgrade, HTTP2-Settings"
+        }
+        None => "upgrade",
+    };
     parts
         .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        .insert(header::CONNECTION, HeaderValue::from_static(connection));
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
     let mut resp = upstream
         .send_dedicated(Request::from_parts(parts, body))
