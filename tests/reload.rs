@@ -378,3 +378,15 @@ fn connections_of_a_server_removed_by_reload_are_counted_as_removed() {
     );
     assert_eq!(closed("idle_timeout"), 0.0);
 }
+
+#[test]
+fn sighup_sent_as_soon_as_the_proxy_is_up_reloads_it_instead_of_killing_it() {
+    // The window between "longhaul started" and the handler being installed is short: try a few.
+    let backend = Backend::start();
+    let config = ProxyConfig::single(&[backend.addr()]);
+    for attempt in 0..10 {
+        let mut proxy = Proxy::start(&config);
+        reload(&proxy, &config.render(), true);
+        assert!(proxy.is_running(), "attempt {attempt}: SIGHUP killed the proxy");
+    }
+}
