@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ProxyBody;
+use crate::metrics::ErrorKind;
 
 /// Any error a tower layer may return; classified by `rescue`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,14 +87,14 @@ impl ProxyError {
     }
 
     /// The `kind` label of `longhaul_upstream_errors_total`, for upstream-side failures.
-    pub fn upstream_kind(&self) -> Option<&'static str> {
+    pub fn upstream_kind(&self) -> Option<ErrorKind> {
         use ProxyError::*;
         match self {
-            PoolTimeout { .. } => Some("pool_timeout"),
-            NoHealthyServer { .. } | Connect { .. } => Some("connect"),
-            ConnectTimeout { .. } | ResponseTimeout { .. } => Some("timeout"),
-            Reset { .. } => Some("reset"),
-            Protocol { .. } => Some("protocol"),
+            PoolTimeout { .. } => Some(ErrorKind::PoolTimeout),
+            NoHealthyServer { .. } | Connect { .. } => Some(ErrorKind::Connect),
+            ConnectTimeout { .. } | ResponseTimeout { .. } => Some(ErrorKind::Timeout),
+            Reset { .. } => Some(ErrorKind::Reset),
+            Protocol { .. } => Some(ErrorKind::Protocol),
             _ => None,
         }
     }

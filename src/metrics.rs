@@ -1,5 +1,10 @@
 //! Every Prometheus metric longhaul exports, defined and registered in one place.
 //! Label values are bounded: upstream names, configured server addresses and fixed enums only.
+//!
+//! Every series whose labels are known when its owner is built exists at 0 from then on: global
+//! enums in `Metrics::new`, per upstream in `UpstreamMetrics::new`, per server in
+//! `ServerMetrics::new` (each enum label has an `ALL` list; `children` resolves one series per
+//! value). A new metric joins the handle that owns its labels the same way.
 
 use std::sync::LazyLock;
 
@@ -231,10 +236,33 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for protocol in UPGRADE_PROTOCOLS {
-            m.upgrades_refused_total.with_label_values(&[protocol]);
-        }
+        m.export_global_series();
         m
+    }
+
+    /// Creates, at 0, the series of the families whose labels are fixed enums: everything an
+    /// alert or a dashboard may ask for exists before the first event. Per upstream and per
+    /// server series are created by `UpstreamMetrics::new` and `ServerMetrics::new`.
+    fn export_global_series(&self) {
+        for protocol in UPGRADE_PROTOCOLS {
+            self.upgrades_refused_total.with_label_values(&[protocol]);
+        }
+        for reason in DeniedReason::ALL {
+            self.transparent_denied_total
+                .with_label_values(&[reason.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads_total.with_label_values(&[result]);
+        }
+        self.export_answered_series(NO_UPSTREAM);
+    }
+
+    /// `longhaul_requests_total` for the generated codes, and the latency histogram, of `upstream`.
+    fn export_answered_series(&self, upstream: &str) {
+        for code in GENERATED_CODES {
+            self.requests_total.with_label_values(&[upstream, code]);
+        }
+        self.request_duration_seconds.with_label_values(&[upstream]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -264,17 +292,46 @@ pub fn upgrade_refused(protocol: &[u8]) {
         .inc();
 }
 
+/// The `upstream` label of requests answered before (or without) routing: no route, shed,
+/// timed out in the stack.
+pub const NO_UPSTREAM: &str = "none";
+
+/// The statuses longhaul answers with itself when an upstream fails or is saturated: their
+/// `longhaul_requests_total` series exist at 0 for every upstream (and `none`) from the start, so
+/// 5xx rates and ratios have data before the first failure. Other codes are the backend's (or
+/// the client's) and appear when first answered.
+pub const GENERATED_CODES: [&str; 3] = ["502", "503", "504"];
+
+/// One child of `family` per value of a label enum (`fixed` labels first, the enum's last),
+/// created now: each series is exported at 0 from the moment its owner is built.
+fn children<L: Copy, const N: usize>(
+    family: &IntCounterVec,
+    fixed: &[&str],
+    values: [L; N],
+    label: fn(L) -> &'static str,
+) -> [IntCounter; N] {
+    values.map(|value| {
+        let mut labels = fixed.to_vec();
+        labels.push(label(value));
+        family.with_label_values(&labels)
+    })
+}
+
 /// Per-upstream metric children, resolved once so the request path does no label lookups.
+/// Building it exports every series of the upstream at 0 (also for a reload's new upstreams).
 #[derive(Clone)]
 pub struct UpstreamMetrics {
     pub pool_wait: Histogram,
     pub retry_not_sent: IntCounter,
     pub retry_stale: IntCounter,
+    errors: [IntCounter; ErrorKind::ALL.len()],
+    tunnels: [IntCounter; TunnelKind::ALL.len()],
 }
 
 impl UpstreamMetrics {
     pub fn new(upstream: &str) -> UpstreamMetrics {
         let m = &*METRICS;
+        m.export_answered_series(upstream);
         UpstreamMetrics {
             pool_wait: m.pool_wait_seconds.with_label_values(&[upstream]),
             retry_not_sent: m
@@ -283,15 +340,29 @@ impl UpstreamMetrics {
             retry_stale: m
                 .upstream_retries_total
                 .with_label_values(&[upstream, "stale_reused"]),
+            errors: children(
+                &m.upstream_errors_total,
+                &[upstream],
+                ErrorKind::ALL,
+                ErrorKind::as_str,
+            ),
+            tunnels: children(
+                &m.tunnels_total,
+                &[upstream],
+                TunnelKind::ALL,
+                TunnelKind::as_str,
+            ),
         }
     }
 
-    /// Counts one upstream failure of the given kind.
-    pub fn error(upstream: &str, kind: &str) {
-        METRICS
-            .upstream_errors_total
-            .with_label_values(&[upstream, kind])
-            .inc();
+    /// Counts one upstream failure answered to a client.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// Counts a tunnel that opened.
+    pub fn tunnel(&self, kind: TunnelKind) {
+        self.tunnels[kind as usize].inc();
     }
 }
 
@@ -308,6 +379,7 @@ pub struct ServerMetrics {
     pub waiters: IntGauge,
     pub up: IntGauge,
     pub keepalive_timeout: prometheus::Gauge,
+    closed: [IntCounter; CloseReason::ALL.len()],
 }
 
 impl ServerMetrics {
@@ -342,15 +414,18 @@ impl ServerMetrics {
             keepalive_timeout: m
                 .upstream_keepalive_timeout_seconds
                 .with_label_values(&labels),
+            closed: children(
+                &m.upstream_connections_closed_total,
+                &labels,
+                CloseReason::ALL,
+                CloseReason::as_str,
+            ),
         }
     }
 
     /// Counts one closed upstream connection.
     pub fn closed(&self, reason: CloseReason) {
-        METRICS
-            .upstream_connections_closed_total
-            .with_label_values(&[&self.upstream, &self.server, reason.as_str()])
-            .inc();
+        self.closed[reason as usize].inc();
     }
 
     /// Removes this server's series, when a reload drops the server.
@@ -409,6 +484,105 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::Removed => "removed",
             CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The `kind` label of `longhaul_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    PoolTimeout,
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::PoolTimeout,
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::PoolTimeout => "pool_timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// Which kind of tunnel, for the `kind` label of `longhaul_tunnels_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    Upgrade,
+    Connect,
+}
+
+impl TunnelKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [TunnelKind; 2] = [TunnelKind::Upgrade, TunnelKind::Connect];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Upgrade => "upgrade",
+            TunnelKind::Connect => "connect",
+        }
+    }
+}
+
+/// Why a redirected connection was refused (transparent mode), for
+/// `longhaul_transparent_denied_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedReason {
+    NotRedirected,
+    NoOriginalDst,
+    Loop,
+    NotAllowed,
+    TooManyDestinations,
+}
+
+impl DeniedReason {
+    pub const ALL: [DeniedReason; 5] = [
+        DeniedReason::NotRedirected,
+        DeniedReason::NoOriginalDst,
+        DeniedReason::Loop,
+        DeniedReason::NotAllowed,
+        DeniedReason::TooManyDestinations,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeniedReason::NotRedirected => "not_redirected",
+            DeniedReason::NoOriginalDst => "no_original_dst",
+            DeniedReason::Loop => "loop",
+            DeniedReason::NotAllowed => "not_allowed",
+            DeniedReason::TooManyDestinations => "too_many_destinations",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_enums_are_indexed_by_their_discriminant() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (i, k) in TunnelKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
         }
     }
 }

@@ -17,7 +17,7 @@ use tower::Service;
 use crate::body::{ProxyBody, RequestBody, StallGuard};
 use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, error_response};
-use crate::metrics::{CloseReason, UpstreamMetrics};
+use crate::metrics::CloseReason;
 use crate::middleware::access_log::UpstreamName;
 use crate::middleware::forwarded::UpstreamVersion;
 use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
@@ -147,7 +147,7 @@ impl Service<Request<Incoming>> for Proxy {
                 Ok(resp) => resp,
                 Err(e) => {
                     if let Some(kind) = e.upstream_kind() {
-                        UpstreamMetrics::error(&upstream.name, kind);
+                        upstream.metrics.error(kind);
                     }
                     tracing::warn!(upstream = %upstream.name, error = %e,
                         request_id = id.to_str().unwrap_or("-"), "request failed");

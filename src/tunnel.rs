@@ -3,24 +3,6 @@
 
 use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional};
 
-use crate::metrics::METRICS;
-
-/// Which kind of tunnel, for the `kind` label of `longhaul_tunnels_total`.
-#[derive(Debug, Clone, Copy)]
-pub enum TunnelKind {
-    Upgrade,
-    Connect,
-}
-
-impl TunnelKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TunnelKind::Upgrade => "upgrade",
-            TunnelKind::Connect => "connect",
-        }
-    }
-}
-
 /// Copies bytes both ways until either side closes; returns (client->server, server->client).
 pub async fn splice<A, B>(mut client: A, mut server: B) -> std::io::Result<(u64, u64)>
 where
@@ -28,12 +10,4 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     copy_bidirectional(&mut client, &mut server).await
-}
-
-/// Counts a tunnel that opened.
-pub fn count(upstream: &str, kind: TunnelKind) {
-    METRICS
-        .tunnels_total
-        .with_label_values(&[upstream, kind.as_str()])
-        .inc();
 }

@@ -102,7 +102,7 @@ pub struct Upstream {
     pub max_buffered_body_bytes: usize,
     pub servers: Vec<Arc<ServerPool>>,
     balancer: Balancer,
-    metrics: UpstreamMetrics,
+    pub metrics: UpstreamMetrics,
 }
 
 impl Upstream {

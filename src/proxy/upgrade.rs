@@ -8,8 +8,9 @@ use hyper_util::rt::TokioIo;
 use super::{ProxyOptions, origin_form, request_body};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::metrics::TunnelKind;
 use crate::middleware::hop_by_hop::{HTTP2_SETTINGS, UpgradeRequest};
-use crate::tunnel::{self, TunnelKind};
+use crate::tunnel;
 use crate::upstream::Upstream;
 
 /// Forwards an upgrade request on a fresh connection; on 101, splices client and backend.
@@ -49,7 +50,7 @@ pub async fn switch_protocols(
     }
     let server_side = hyper::upgrade::on(&mut resp);
     let name = upstream.name.clone();
-    tunnel::count(&name, TunnelKind::Upgrade);
+    upstream.metrics.tunnel(TunnelKind::Upgrade);
     tokio::spawn(async move {
         match tokio::try_join!(client_side, server_side) {
             Ok((client, server)) => {
@@ -71,7 +72,7 @@ pub async fn connect(
     let client_side = hyper::upgrade::on(&mut req);
     let server = upstream.connect_raw().await?;
     let name = upstream.name.clone();
-    tunnel::count(&name, TunnelKind::Connect);
+    upstream.metrics.tunnel(TunnelKind::Connect);
     tokio::spawn(async move {
         match client_side.await {
             Ok(client) => {
