@@ -217,3 +217,9 @@ fn check_accepts_the_shipped_proxy_toml() {
         "`check` prints the effective settings:\n{output}"
     );
 }
+
+#[test]
+fn upgrade_protocol_with_a_version_is_rejected() {
+    let text = config_with(&[(3, "upgrades = [\"websocket\", \"h2c/2\"]")]);
+    assert_rejected(&text, 3, "server.upgrades[1]");
+}

@@ -387,6 +387,9 @@ fn sighup_sent_as_soon_as_the_proxy_is_up_reloads_it_instead_of_killing_it() {
     for attempt in 0..10 {
         let mut proxy = Proxy::start(&config);
         reload(&proxy, &config.render(), true);
-        assert!(proxy.is_running(), "attempt {attempt}: SIGHUP killed the proxy");
+        assert!(
+            proxy.is_running(),
+            "attempt {attempt}: SIGHUP killed the proxy"
+        );
     }
 }
