@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::metrics::METRICS;
-use crate::proxy::{Proxy, Routing};
+use crate::metrics::{CloseReason, METRICS};
+use crate::proxy::{Proxy, Routing, UpgradeAllowList};
 use crate::server::{self, ClientSettings};
 
 /// Why the proxy could not start or run.
@@ -22,8 +23,6 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
 }
 
 /// A started proxy: where it listens, and the handle to stop it.
@@ -47,7 +46,8 @@ impl App {
         let mut tasks = JoinSet::new();
         let settings = Arc::new(ClientSettings::from_config(&config.server));
         let limit = Arc::new(Semaphore::new(config.server.max_connections));
-        let proxy = Proxy::new(routing.clone(), settings.proxy_options);
+        let upgrades = UpgradeAllowList::new(&config.server.upgrades);
+        let proxy = Proxy::new(routing.clone(), settings.proxy_options, upgrades);
         let stack = server::stack(proxy, &config.server, config.log.access_log);
         let tproxy = config.transparent.as_ref().is_some_and(|t| t.tproxy);
         let mut listeners = Vec::new();
@@ -188,9 +188,7 @@ impl App {
         }
         let routing = self.routing.load_full();
         for upstream in &routing.upstreams {
-            for sp in &upstream.servers {
-                sp.close();
-            }
+            upstream.close_unused(None, CloseReason::Shutdown);
         }
         self.log_stopped(&routing);
     }
@@ -220,17 +218,31 @@ impl App {
     }
 }
 
+/// The signals a running proxy obeys. Installed before `App::start` logs that it is up: until
+/// then a SIGHUP would still have its default action and kill the process instead of reloading.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
-pub async fn run_until_signalled(mut app: App) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+pub async fn run_until_signalled(mut app: App, mut signals: Signals) -> std::io::Result<()> {
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => app.reload(),
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => app.reload(),
         }
     }
     tracing::info!("shutting down: draining in-flight requests");

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Whether `CONNECT host:port` is tunnelled (only to hosts a route names).
     pub allow_connect: bool,
+    /// `Upgrade` protocols passed to the backend (names, case-insensitive); any other is
+    /// stripped and the request goes upstream as a plain one (h2c smuggling).
+    pub upgrades: Vec<String>,
     /// Threads serving traffic: 1 = one event loop (default), 0 = one per CPU core, N = N.
     pub workers: usize,
     /// A client that accepts no response bytes for this long is disconnected.
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             allow_connect: false,
+            upgrades: vec!["websocket".into()],
             workers: 1,
             send_timeout: Duration::from_secs(60),
             tcp_keepalive: TcpKeepaliveConfig::default(),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ProxyBody;
+use crate::metrics::ErrorKind;
 
 /// Any error a tower layer may return; classified by `rescue`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -17,8 +18,6 @@ pub enum ProxyError {
     NoRoute,
     #[error("host `{0}` is not served here: longhaul is not an open proxy")]
     ForeignHost(String),
-    #[error("{0}")]
-    BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
     #[error("request body larger than {limit} bytes cannot be buffered for an HTTP/1.0 backend")]
@@ -65,8 +64,6 @@ pub enum ProxyError {
     },
     #[error("more than {limit} destinations are pooled and none is idle")]
     TooManyDestinations { limit: usize },
-    #[error("upstream {upstream}: the tunnel could not be opened: {cause}")]
-    Tunnel { upstream: String, cause: String },
 }
 
 impl ProxyError {
@@ -76,30 +73,28 @@ impl ProxyError {
         match self {
             NoRoute => StatusCode::NOT_FOUND,
             ForeignHost(_) => StatusCode::MISDIRECTED_REQUEST,
-            BadRequest(_) | ClientBody(_) => StatusCode::BAD_REQUEST,
+            ClientBody(_) => StatusCode::BAD_REQUEST,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             PoolTimeout { .. } | TooManyDestinations { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            NoHealthyServer { .. }
-            | Connect { .. }
-            | Reset { .. }
-            | Protocol { .. }
-            | Tunnel { .. } => StatusCode::BAD_GATEWAY,
+            NoHealthyServer { .. } | Connect { .. } | Reset { .. } | Protocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ConnectTimeout { .. } => StatusCode::BAD_GATEWAY,
             ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// The `kind` label of `longhaul_upstream_errors_total`, for upstream-side failures.
-    pub fn upstream_kind(&self) -> Option<&'static str> {
+    pub fn upstream_kind(&self) -> Option<ErrorKind> {
         use ProxyError::*;
         match self {
-            PoolTimeout { .. } => Some("pool_timeout"),
-            NoHealthyServer { .. } | Connect { .. } | Tunnel { .. } => Some("connect"),
-            ConnectTimeout { .. } | ResponseTimeout { .. } => Some("timeout"),
-            Reset { .. } => Some("reset"),
-            Protocol { .. } => Some("protocol"),
+            PoolTimeout { .. } => Some(ErrorKind::PoolTimeout),
+            NoHealthyServer { .. } | Connect { .. } => Some(ErrorKind::Connect),
+            ConnectTimeout { .. } | ResponseTimeout { .. } => Some(ErrorKind::Timeout),
+            Reset { .. } => Some(ErrorKind::Reset),
+            Protocol { .. } => Some(ErrorKind::Protocol),
             _ => None,
         }
     }

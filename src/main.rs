@@ -132,6 +132,13 @@ fn run(path: PathBuf) -> ExitCode {
     };
     longhaul::logging::init(&config.log);
     proxy_runtime(config.server.workers).block_on(async {
+        let signals = match longhaul::app::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
         let app = match longhaul::app::App::start(config, Some(path)).await {
             Ok(app) => app,
             Err(e) => {
@@ -140,7 +147,7 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        match longhaul::app::run_until_signalled(app).await {
+        match longhaul::app::run_until_signalled(app, signals).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 output::stderr(format_args!("error: {e}\n"));

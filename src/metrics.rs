@@ -1,5 +1,10 @@
 //! Every Prometheus metric longhaul exports, defined and registered in one place.
 //! Label values are bounded: upstream names, configured server addresses and fixed enums only.
+//!
+//! Every series whose labels are known when its owner is built exists at 0 from then on: global
+//! enums in `Metrics::new`, per upstream in `UpstreamMetrics::new`, per server in
+//! `ServerMetrics::new` (each enum label has an `ALL` list; `children` resolves one series per
+//! value). A new metric joins the handle that owns its labels the same way.
 
 use std::sync::LazyLock;
 
@@ -7,8 +12,6 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::tunnel::{TunnelEnd, TunnelKind};
 
 /// Buckets from 100 µs to 30 s: proxy overhead is sub-millisecond, backends are not.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -42,6 +45,7 @@ pub struct Metrics {
     pub tcp_passthrough_connections_total: IntCounterVec,
     pub tunnels_total: IntCounterVec,
     pub tunnels_closed_total: IntCounterVec,
+    pub upgrades_refused_total: IntCounterVec,
     pub transparent_denied_total: IntCounterVec,
     pub transparent_destinations: IntGauge,
     pub config_reloads_total: IntCounterVec,
@@ -209,6 +213,12 @@ impl Metrics {
                 "Upgrade, CONNECT and passthrough tunnels closed, by kind and reason.",
                 &["kind", "reason"],
             ),
+            upgrades_refused_total: counter_vec(
+                &r,
+                "longhaul_upgrades_refused_total",
+                "Upgrade protocols stripped from requests ([server] upgrades), by protocol.",
+                &["protocol"],
+            ),
             transparent_denied_total: counter_vec(
                 &r,
                 "longhaul_transparent_denied_total",
@@ -233,14 +243,39 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        // Every kind and reason is known now: export them at 0 before the first tunnel.
+        m.export_global_series();
+        m
+    }
+
+    /// Creates, at 0, the series of the families whose labels are fixed enums: everything an
+    /// alert or a dashboard may ask for exists before the first event. Per upstream and per
+    /// server series are created by `UpstreamMetrics::new` and `ServerMetrics::new`.
+    fn export_global_series(&self) {
         for kind in TunnelKind::ALL {
             for end in TunnelEnd::ALL {
-                m.tunnels_closed_total
+                self.tunnels_closed_total
                     .with_label_values(&[kind.as_str(), end.as_str()]);
             }
         }
-        m
+        for protocol in UPGRADE_PROTOCOLS {
+            self.upgrades_refused_total.with_label_values(&[protocol]);
+        }
+        for reason in DeniedReason::ALL {
+            self.transparent_denied_total
+                .with_label_values(&[reason.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads_total.with_label_values(&[result]);
+        }
+        self.export_answered_series(NO_UPSTREAM);
+    }
+
+    /// `longhaul_requests_total` for the generated codes, and the latency histogram, of `upstream`.
+    fn export_answered_series(&self, upstream: &str) {
+        for code in GENERATED_CODES {
+            self.requests_total.with_label_values(&[upstream, code]);
+        }
+        self.request_duration_seconds.with_label_values(&[upstream]);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -254,36 +289,95 @@ impl Metrics {
     }
 }
 
+/// The `protocol` label values of `longhaul_upgrades_refused_total`: the Upgrade tokens met in
+/// practice (IANA's registry plus `h2`), and `other` for anything else a client may send.
+pub const UPGRADE_PROTOCOLS: [&str; 6] = ["websocket", "h2c", "h2", "http", "tls", "other"];
+
+/// Counts one refused Upgrade protocol, by its name (`h2c`, `TLS`, ...; no version).
+pub fn upgrade_refused(protocol: &[u8]) {
+    let label = UPGRADE_PROTOCOLS
+        .iter()
+        .find(|known| known.as_bytes().eq_ignore_ascii_case(protocol))
+        .unwrap_or(&"other");
+    METRICS
+        .upgrades_refused_total
+        .with_label_values(&[label])
+        .inc();
+}
+
+/// The `upstream` label of requests answered before (or without) routing: no route, shed,
+/// timed out in the stack.
+pub const NO_UPSTREAM: &str = "none";
+
+/// The statuses longhaul answers with itself when an upstream fails or is saturated: their
+/// `longhaul_requests_total` series exist at 0 for every upstream (and `none`) from the start, so
+/// 5xx rates and ratios have data before the first failure. Other codes are the backend's (or
+/// the client's) and appear when first answered.
+pub const GENERATED_CODES: [&str; 3] = ["502", "503", "504"];
+
+/// One child of `family` per value of a label enum (`fixed` labels first, the enum's last),
+/// created now: each series is exported at 0 from the moment its owner is built.
+fn children<L: Copy, const N: usize>(
+    family: &IntCounterVec,
+    fixed: &[&str],
+    values: [L; N],
+    label: fn(L) -> &'static str,
+) -> [IntCounter; N] {
+    values.map(|value| {
+        let mut labels = fixed.to_vec();
+        labels.push(label(value));
+        family.with_label_values(&labels)
+    })
+}
+
 /// Per-upstream metric children, resolved once so the request path does no label lookups.
+/// Building it exports every series of the upstream at 0 (also for a reload's new upstreams).
 #[derive(Clone)]
 pub struct UpstreamMetrics {
     pub pool_wait: Histogram,
-    pub request_duration: Histogram,
     pub retry_not_sent: IntCounter,
     pub retry_stale: IntCounter,
+    errors: [IntCounter; ErrorKind::ALL.len()],
+    tunnels: [IntCounter; TunnelKind::THROUGH_UPSTREAM.len()],
 }
 
 impl UpstreamMetrics {
     pub fn new(upstream: &str) -> UpstreamMetrics {
         let m = &*METRICS;
+        m.export_answered_series(upstream);
         UpstreamMetrics {
             pool_wait: m.pool_wait_seconds.with_label_values(&[upstream]),
-            request_duration: m.request_duration_seconds.with_label_values(&[upstream]),
             retry_not_sent: m
                 .upstream_retries_total
                 .with_label_values(&[upstream, "not_sent"]),
             retry_stale: m
                 .upstream_retries_total
                 .with_label_values(&[upstream, "stale_reused"]),
+            errors: children(
+                &m.upstream_errors_total,
+                &[upstream],
+                ErrorKind::ALL,
+                ErrorKind::as_str,
+            ),
+            tunnels: children(
+                &m.tunnels_total,
+                &[upstream],
+                TunnelKind::THROUGH_UPSTREAM,
+                TunnelKind::as_str,
+            ),
         }
     }
 
-    /// Counts one upstream failure of the given kind.
-    pub fn error(upstream: &str, kind: &str) {
-        METRICS
-            .upstream_errors_total
-            .with_label_values(&[upstream, kind])
-            .inc();
+    /// Counts one upstream failure answered to a client.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// Counts a tunnel that opened.
+    pub fn tunnel(&self, kind: TunnelKind) {
+        if let Some(opened) = self.tunnels.get(kind as usize) {
+            opened.inc();
+        }
     }
 }
 
@@ -300,6 +394,7 @@ pub struct ServerMetrics {
     pub waiters: IntGauge,
     pub up: IntGauge,
     pub keepalive_timeout: prometheus::Gauge,
+    closed: [IntCounter; CloseReason::ALL.len()],
 }
 
 impl ServerMetrics {
@@ -334,15 +429,18 @@ impl ServerMetrics {
             keepalive_timeout: m
                 .upstream_keepalive_timeout_seconds
                 .with_label_values(&labels),
+            closed: children(
+                &m.upstream_connections_closed_total,
+                &labels,
+                CloseReason::ALL,
+                CloseReason::as_str,
+            ),
         }
     }
 
     /// Counts one closed upstream connection.
     pub fn closed(&self, reason: CloseReason) {
-        METRICS
-            .upstream_connections_closed_total
-            .with_label_values(&[&self.upstream, &self.server, reason.as_str()])
-            .inc();
+        self.closed[reason as usize].inc();
     }
 
     /// Removes this server's series, when a reload drops the server.
@@ -372,9 +470,25 @@ pub enum CloseReason {
     PeerClosed,
     NotReusable,
     Error,
+    /// A reload dropped the server: its pool was closed.
+    Removed,
+    /// longhaul is shutting down.
+    Shutdown,
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::IdleTimeout,
+        CloseReason::MaxLifetime,
+        CloseReason::MaxRequests,
+        CloseReason::PeerClosed,
+        CloseReason::NotReusable,
+        CloseReason::Error,
+        CloseReason::Removed,
+        CloseReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::IdleTimeout => "idle_timeout",
@@ -383,6 +497,148 @@ impl CloseReason {
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::NotReusable => "not_reusable",
             CloseReason::Error => "error",
+            CloseReason::Removed => "removed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The `kind` label of `longhaul_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    PoolTimeout,
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::PoolTimeout,
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::PoolTimeout => "pool_timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// Which kind of tunnel, for the `kind` label of `longhaul_tunnels_total` (upgrade and connect,
+/// per upstream) and `longhaul_tunnels_closed_total` (all three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    Upgrade,
+    Connect,
+    Passthrough,
+}
+
+impl TunnelKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [TunnelKind; 3] = [
+        TunnelKind::Upgrade,
+        TunnelKind::Connect,
+        TunnelKind::Passthrough,
+    ];
+    /// The kinds opened through a routed upstream; passthrough is counted per allow rule in
+    /// `longhaul_tcp_passthrough_connections_total`.
+    pub const THROUGH_UPSTREAM: [TunnelKind; 2] = [TunnelKind::Upgrade, TunnelKind::Connect];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Upgrade => "upgrade",
+            TunnelKind::Connect => "connect",
+            TunnelKind::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// Why a tunnel ended, for the `reason` label of `longhaul_tunnels_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// No bytes either way for `tunnel_idle_timeout`.
+    IdleTimeout,
+    /// The client closed its side first.
+    ClientClosed,
+    /// The backend closed its side first.
+    UpstreamClosed,
+    /// A read or write failed on either side (reset, keepalive timeout, ...).
+    Error,
+}
+
+impl TunnelEnd {
+    pub const ALL: [TunnelEnd; 4] = [
+        TunnelEnd::IdleTimeout,
+        TunnelEnd::ClientClosed,
+        TunnelEnd::UpstreamClosed,
+        TunnelEnd::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelEnd::IdleTimeout => "idle_timeout",
+            TunnelEnd::ClientClosed => "client_closed",
+            TunnelEnd::UpstreamClosed => "upstream_closed",
+            TunnelEnd::Error => "error",
+        }
+    }
+}
+
+/// Why a redirected connection was refused (transparent mode), for
+/// `longhaul_transparent_denied_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedReason {
+    NotRedirected,
+    NoOriginalDst,
+    Loop,
+    NotAllowed,
+    TooManyDestinations,
+}
+
+impl DeniedReason {
+    pub const ALL: [DeniedReason; 5] = [
+        DeniedReason::NotRedirected,
+        DeniedReason::NoOriginalDst,
+        DeniedReason::Loop,
+        DeniedReason::NotAllowed,
+        DeniedReason::TooManyDestinations,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeniedReason::NotRedirected => "not_redirected",
+            DeniedReason::NoOriginalDst => "no_original_dst",
+            DeniedReason::Loop => "loop",
+            DeniedReason::NotAllowed => "not_allowed",
+            DeniedReason::TooManyDestinations => "too_many_destinations",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_enums_are_indexed_by_their_discriminant() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (i, k) in TunnelKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
         }
     }
 }

@@ -17,7 +17,7 @@ use tower::Service;
 use crate::body::{ProxyBody, RequestBody, StallGuard};
 use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, error_response};
-use crate::metrics::UpstreamMetrics;
+use crate::metrics::CloseReason;
 use crate::middleware::access_log::UpstreamName;
 use crate::middleware::forwarded::UpstreamVersion;
 use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
@@ -28,6 +28,9 @@ use crate::transparent::Destination;
 use crate::upstream::Upstream;
 
 mod upgrade;
+mod upgrades;
+
+pub use upgrades::UpgradeAllowList;
 
 /// Everything a reload replaces at once: the routing table and the upstreams it points into.
 pub struct Routing {
@@ -65,7 +68,7 @@ impl Routing {
     pub fn retire_unused(&self, next: &Routing) {
         for old in &self.upstreams {
             let successor = next.upstreams.iter().find(|n| n.name == old.name);
-            old.close_removed(successor.map(|s| &**s));
+            old.close_unused(successor.map(|s| &**s), CloseReason::Removed);
         }
     }
 }
@@ -85,11 +88,29 @@ pub struct ProxyOptions {
 pub struct Proxy {
     routing: Arc<ArcSwap<Routing>>,
     options: ProxyOptions,
+    upgrades: Arc<UpgradeAllowList>,
 }
 
 impl Proxy {
-    pub fn new(routing: Arc<ArcSwap<Routing>>, options: ProxyOptions) -> Proxy {
-        Proxy { routing, options }
+    pub fn new(
+        routing: Arc<ArcSwap<Routing>>,
+        options: ProxyOptions,
+        upgrades: UpgradeAllowList,
+    ) -> Proxy {
+        Proxy {
+            routing,
+            options,
+            upgrades: Arc::new(upgrades),
+        }
+    }
+
+    /// Keeps only the allowed protocols of an upgrade request; with none left, it is a plain one.
+    fn screen_upgrade(&self, req: &mut Request<Incoming>) {
+        if let Some(asked) = req.extensions_mut().remove::<UpgradeRequest>()
+            && let Some(kept) = self.upgrades.admit(asked)
+        {
+            req.extensions_mut().insert(kept);
+        }
     }
 }
 
@@ -102,7 +123,10 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        if req.method() != Method::CONNECT {
+            self.screen_upgrade(&mut req);
+        }
         let routing = self.routing.load_full();
         let options = self.options;
         Box::pin(async move {
@@ -126,7 +150,7 @@ impl Service<Request<Incoming>> for Proxy {
                 Ok(resp) => resp,
                 Err(e) => {
                     if let Some(kind) = e.upstream_kind() {
-                        UpstreamMetrics::error(&upstream.name, kind);
+                        upstream.metrics.error(kind);
                     }
                     tracing::warn!(upstream = %upstream.name, error = %e,
                         request_id = id.to_str().unwrap_or("-"), "request failed");

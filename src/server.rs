@@ -87,19 +87,20 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .concurrency_limit(server.max_concurrent_requests)
         // A guard on the whole request: pool wait, retries and the backend's response head.
         .timeout(server.request_timeout)
-        // Connection-scoped headers never cross the proxy, in either direction.
+        // Connection-scoped headers never cross the proxy, in either direction. Ours are added
+        // after stripping on both ways (a request runs down this list, a response up it), so a
+        // `Connection: via` from either peer cannot remove them.
         .layer(MapRequestLayer::new(
             hop_by_hop::strip_request as RequestMap,
         ))
         .layer(MapResponseLayer::new(
-            hop_by_hop::strip_response as ResponseMap,
-        ))
-        // Added after stripping, so a client-sent `Connection: via` cannot remove them.
-        .layer(MapRequestLayer::new(
-            forwarded::add_request_headers as RequestMap,
+            forwarded::add_response_headers as ResponseMap,
         ))
         .layer(MapResponseLayer::new(
-            forwarded::add_response_headers as ResponseMap,
+            hop_by_hop::strip_response as ResponseMap,
+        ))
+        .layer(MapRequestLayer::new(
+            forwarded::add_request_headers as RequestMap,
         ))
         .service(proxy)
 }
@@ -108,7 +109,7 @@ type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
 type ResponseMap = fn(http::Response<ProxyBody>) -> http::Response<ProxyBody>;
 /// Header rewriting around the proxy service.
 type Rewrite = MapRequest<
-    MapResponse<MapRequest<MapResponse<Proxy, ResponseMap>, RequestMap>, ResponseMap>,
+    MapResponse<MapResponse<MapRequest<Proxy, RequestMap>, ResponseMap>, ResponseMap>,
     RequestMap,
 >;
 /// Load shedding, the concurrency limit and the request timeout.

@@ -15,9 +15,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{Mode, TcpKeepaliveConfig, TransparentConfig};
-use crate::metrics::METRICS;
+use crate::metrics::{DeniedReason, METRICS, TunnelKind, UpstreamMetrics};
 use crate::server::{ClientSettings, Stack};
-use crate::tunnel::{self, TunnelKind};
+
+use crate::tunnel;
 use crate::upstream::Upstream;
 pub use allow::AllowList;
 pub use destinations::Destinations;
@@ -58,6 +59,7 @@ impl Transparent {
     }
 
     pub fn new(config: &TransparentConfig, listeners: Vec<SocketAddr>) -> Arc<Transparent> {
+        export_rule_series(config);
         let t = Arc::new(Transparent {
             allow: AllowList::new(&config.allow),
             destinations: Destinations::new(config.clone()),
@@ -91,17 +93,17 @@ impl Transparent {
     ) {
         let dst = match orig_dst::original_destination(&stream, peer, self.tproxy) {
             Ok(Some(dst)) => dst,
-            Ok(None) => return deny(peer, None, "not_redirected"),
+            Ok(None) => return deny(peer, None, DeniedReason::NotRedirected),
             Err(e) => {
                 tracing::debug!(client = %peer, error = %e, "no original destination");
-                return deny(peer, None, "no_original_dst");
+                return deny(peer, None, DeniedReason::NoOriginalDst);
             }
         };
         if self.is_own_listener(dst) {
-            return deny(peer, Some(dst), "loop");
+            return deny(peer, Some(dst), DeniedReason::Loop);
         }
         let Some(rule) = self.allow.allows(dst) else {
-            return deny(peer, Some(dst), "not_allowed");
+            return deny(peer, Some(dst), DeniedReason::NotAllowed);
         };
         match detect::detect(&stream, self.detect_timeout).await {
             Detected::Closed => {}
@@ -127,7 +129,7 @@ impl Transparent {
                 }
                 Err(e) => {
                     tracing::warn!(destination = %dst, error = %e, "cannot pool destination");
-                    deny(peer, Some(dst), "too_many_destinations");
+                    deny(peer, Some(dst), DeniedReason::TooManyDestinations);
                 }
             },
         }
@@ -161,10 +163,22 @@ impl Transparent {
     }
 }
 
-fn deny(peer: SocketAddr, dst: Option<SocketAddr>, reason: &str) {
+fn deny(peer: SocketAddr, dst: Option<SocketAddr>, reason: DeniedReason) {
     METRICS
         .transparent_denied_total
-        .with_label_values(&[reason])
+        .with_label_values(&[reason.as_str()])
         .inc();
-    tracing::debug!(client = %peer, destination = ?dst, reason, "redirected connection refused");
+    tracing::debug!(client = %peer, destination = ?dst, reason = reason.as_str(),
+        "redirected connection refused");
+}
+
+/// Each allow rule is the `upstream` label of its destinations: its series exist at 0 from the
+/// start (destination servers are not known until a client is redirected to one).
+fn export_rule_series(config: &TransparentConfig) {
+    for rule in &config.allow {
+        METRICS
+            .tcp_passthrough_connections_total
+            .with_label_values(&[&rule.name]);
+        UpstreamMetrics::new(&rule.name);
+    }
 }

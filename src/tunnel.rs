@@ -10,63 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, copy_bidirectional};
 use tokio::time::Instant;
 
-use crate::metrics::METRICS;
-
-/// Which kind of tunnel, for the `kind` label of `longhaul_tunnels_total` and
-/// `longhaul_tunnels_closed_total`.
-#[derive(Debug, Clone, Copy)]
-pub enum TunnelKind {
-    Upgrade,
-    Connect,
-    Passthrough,
-}
-
-impl TunnelKind {
-    pub const ALL: [TunnelKind; 3] = [
-        TunnelKind::Upgrade,
-        TunnelKind::Connect,
-        TunnelKind::Passthrough,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TunnelKind::Upgrade => "upgrade",
-            TunnelKind::Connect => "connect",
-            TunnelKind::Passthrough => "passthrough",
-        }
-    }
-}
-
-/// Why a tunnel ended, for the `reason` label of `longhaul_tunnels_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelEnd {
-    /// No bytes either way for `tunnel_idle_timeout`.
-    IdleTimeout,
-    /// The client closed its side first.
-    ClientClosed,
-    /// The backend closed its side first.
-    UpstreamClosed,
-    /// A read or write failed on either side (reset, keepalive timeout, ...).
-    Error,
-}
-
-impl TunnelEnd {
-    pub const ALL: [TunnelEnd; 4] = [
-        TunnelEnd::IdleTimeout,
-        TunnelEnd::ClientClosed,
-        TunnelEnd::UpstreamClosed,
-        TunnelEnd::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TunnelEnd::IdleTimeout => "idle_timeout",
-            TunnelEnd::ClientClosed => "client_closed",
-            TunnelEnd::UpstreamClosed => "upstream_closed",
-            TunnelEnd::Error => "error",
-        }
-    }
-}
+use crate::metrics::{METRICS, TunnelEnd, TunnelKind};
 
 /// Copies bytes both ways until both sides closed, either failed, or no byte moved for
 /// `idle_timeout`; then both sides are closed (dropped) and the end is counted.
@@ -96,14 +40,6 @@ where
         .with_label_values(&[kind.as_str(), end.as_str()])
         .inc();
     end
-}
-
-/// Counts a tunnel that opened.
-pub fn count(upstream: &str, kind: TunnelKind) {
-    METRICS
-        .tunnels_total
-        .with_label_values(&[upstream, kind.as_str()])
-        .inc();
 }
 
 #[derive(Debug, Clone, Copy)]

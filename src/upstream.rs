@@ -60,12 +60,11 @@ impl ServerPool {
     }
 
     /// Stops maintenance and closes idle connections; busy ones close when their response ends.
-    pub fn close(&self) {
+    /// Each is counted as closed for `reason` (`removed` or `shutdown`).
+    pub fn close(&self, reason: CloseReason) {
         self.tasks.iter().for_each(|t| t.abort());
-        let removed = self.pool.retain(|_, _| false).removed;
-        for conn in removed {
-            conn.retire(CloseReason::IdleTimeout);
-        }
+        self.server.close_pool(reason);
+        drop(self.pool.retain(|_, _| false));
         self.pool.close();
     }
 
@@ -103,7 +102,7 @@ pub struct Upstream {
     pub max_buffered_body_bytes: usize,
     pub servers: Vec<Arc<ServerPool>>,
     balancer: Balancer,
-    metrics: UpstreamMetrics,
+    pub metrics: UpstreamMetrics,
 }
 
 impl Upstream {
@@ -155,12 +154,13 @@ impl Upstream {
         }
     }
 
-    /// Closes the pools of servers that `next` does not carry over (after a reload).
-    pub fn close_removed(&self, next: Option<&Upstream>) {
+    /// Closes the pools of servers that `next` does not carry over (after a reload), or every
+    /// pool when there is no `next`, and removes their gauges; `reason` says why.
+    pub fn close_unused(&self, next: Option<&Upstream>, reason: CloseReason) {
         for sp in &self.servers {
             let carried = next.is_some_and(|n| n.servers.iter().any(|s| Arc::ptr_eq(s, sp)));
             if !carried {
-                sp.close();
+                sp.close(reason);
                 sp.server.metrics.remove();
             }
         }
@@ -463,4 +463,74 @@ fn error_chain(error: &hyper::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::METRICS;
+
+    /// An upstream named `name` whose one server accepts connections and holds them open.
+    async fn upstream_holding_connections(name: &str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let text = format!(
+            "[[upstream]]\nname = \"{name}\"\nservers = [\"{addr}\"]\n\n[upstream.pool]\nmin_idle = 0\n"
+        );
+        let config = Config::parse(&text, Path::new("unit.toml")).expect("valid config");
+        Upstream::new(&config.upstream[0], None, None)
+    }
+
+    fn closed(upstream: &Upstream, reason: CloseReason) -> u64 {
+        let server = upstream.servers[0].server.address.as_str();
+        METRICS
+            .upstream_connections_closed_total
+            .with_label_values(&[upstream.name.as_str(), server, reason.as_str()])
+            .get()
+    }
+
+    async fn wait_closed(upstream: &Upstream, reason: CloseReason, count: u64) -> bool {
+        for _ in 0..500 {
+            if closed(upstream, reason) == count {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn idle_connections_closed_at_shutdown_are_counted_as_shutdown() {
+        let upstream = upstream_holding_connections("unit-shutdown").await;
+        drop(upstream.servers[0].pool.get().await.expect("connects"));
+
+        upstream.close_unused(None, CloseReason::Shutdown);
+
+        assert!(wait_closed(&upstream, CloseReason::Shutdown, 1).await);
+        assert_eq!(closed(&upstream, CloseReason::IdleTimeout), 0);
+    }
+
+    #[tokio::test]
+    async fn busy_connections_of_a_closed_pool_are_counted_with_its_reason_when_they_end() {
+        let upstream = upstream_holding_connections("unit-busy-removed").await;
+        let busy = upstream.servers[0].pool.get().await.expect("connects");
+
+        upstream.close_unused(None, CloseReason::Removed);
+        drop(busy);
+
+        assert!(wait_closed(&upstream, CloseReason::Removed, 1).await);
+        assert_eq!(closed(&upstream, CloseReason::PeerClosed), 0);
+    }
 }

@@ -266,3 +266,9 @@ fn zero_client_keepalive_retries_are_rejected() {
         "server.tcp_keepalive.retries",
     );
 }
+
+#[test]
+fn upgrade_protocol_with_a_version_is_rejected() {
+    let text = config_with(&[(3, "upgrades = [\"websocket\", \"h2c/2\"]")]);
+    assert_rejected(&text, 3, "server.upgrades[1]");
+}

@@ -210,3 +210,44 @@ fn via_names_the_protocol_version_each_message_was_received_with() {
         "response from a 1.0 backend"
     );
 }
+
+#[test]
+fn backend_connection_via_does_not_remove_longhauls_via_on_the_response() {
+    // `Connection: via` names the backend's own hop: it goes, and longhaul's Via is added after.
+    let backend = Backend::builder()
+        .responder(|_| Reply::Raw {
+            bytes: backend::http10_response(
+                200,
+                &[
+                    ("Connection", "keep-alive, via"),
+                    ("Via", "1.0 backend-cache"),
+                ],
+                b"body",
+            ),
+            keep_open: true,
+        })
+        .start();
+    let proxy = Proxy::start(&ProxyConfig::single(&[backend.addr()]));
+    let r = client::get10(proxy.addr, "/via");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_all("via"), vec!["1.0 longhaul"], "{:?}", r.headers);
+}
+
+#[test]
+fn client_connection_via_does_not_remove_longhauls_via_on_the_request() {
+    let backend = Backend::start();
+    let proxy = Proxy::start(&ProxyConfig::single(&[backend.addr()]));
+    let r = client::request(
+        proxy.addr,
+        b"GET /via HTTP/1.1\r\nHost: test.local\r\nConnection: close, via\r\n\
+          Via: 1.1 client-side-proxy\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let reqs = backend.requests();
+    assert_eq!(
+        reqs[0].header_all("via"),
+        vec!["1.1 longhaul"],
+        "{:?}",
+        reqs[0].headers
+    );
+}

@@ -342,3 +342,54 @@ fn reload_drains_and_closes_the_pools_of_removed_servers() {
         "main's pool was kept"
     );
 }
+
+#[test]
+fn connections_of_a_server_removed_by_reload_are_counted_as_removed() {
+    let main = Backend::start();
+    let side = Backend::start();
+    let with_side = ProxyConfig::empty()
+        .upstream("main", &[main.addr()])
+        .upstream("side", &[side.addr()])
+        .route("side.example", "/", "side")
+        .route("*", "/", "main");
+    let proxy = Proxy::start(&with_side);
+    let r = client::request(
+        proxy.addr,
+        b"GET /pooled HTTP/1.0\r\nHost: side.example\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let without_side = ProxyConfig::empty()
+        .upstream("main", &[main.addr()])
+        .route("*", "/", "main");
+
+    reload(&proxy, &without_side.render(), true);
+
+    let side_s = side.addr().to_string();
+    let closed = |reason: &str| {
+        proxy.metric_or_zero(
+            "longhaul_upstream_connections_closed_total",
+            &[("server", side_s.as_str()), ("reason", reason)],
+        )
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(3), || closed("removed") == 1.0),
+        "closed_total{{reason=\"removed\"}} for the removed server: {}",
+        closed("removed")
+    );
+    assert_eq!(closed("idle_timeout"), 0.0);
+}
+
+#[test]
+fn sighup_sent_as_soon_as_the_proxy_is_up_reloads_it_instead_of_killing_it() {
+    // The window between "longhaul started" and the handler being installed is short: try a few.
+    let backend = Backend::start();
+    let config = ProxyConfig::single(&[backend.addr()]);
+    for attempt in 0..10 {
+        let mut proxy = Proxy::start(&config);
+        reload(&proxy, &config.render(), true);
+        assert!(
+            proxy.is_running(),
+            "attempt {attempt}: SIGHUP killed the proxy"
+        );
+    }
+}

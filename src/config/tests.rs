@@ -56,3 +56,15 @@ fn a_partial_transparent_pool_keeps_the_transparent_defaults() {
         (8, Duration::from_secs(5))
     );
 }
+
+#[test]
+fn an_upgrade_protocol_must_be_a_bare_token() {
+    let text = format!("[server]\nupgrades = [\"websocket\", \"h2c/1.0\"]\n{BASE}");
+    assert_eq!(error_of(&text), (2, "server.upgrades[1]".into()));
+}
+
+#[test]
+fn upgrades_default_to_websocket_only() {
+    let config = Config::parse(BASE, Path::new("t.toml")).expect("valid");
+    assert_eq!(config.server.upgrades, vec!["websocket".to_string()]);
+}

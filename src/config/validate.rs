@@ -103,6 +103,9 @@ impl Config {
                 ),
             ));
         }
+        for (i, protocol) in s.upgrades.iter().enumerate() {
+            upgrade_protocol(&format!("server.upgrades[{i}]"), protocol)?;
+        }
         for (key, d) in [
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.client_idle_timeout", s.client_idle_timeout),
@@ -324,6 +327,18 @@ fn positive(key: &str, value: usize) -> Check {
 fn nonzero(key: &str, d: Duration) -> Check {
     if d.is_zero() {
         return Err(invalid(key, "must be a positive duration"));
+    }
+    Ok(())
+}
+
+/// An `Upgrade` protocol name as RFC 9110 §7.8 spells it: a token, without a `/version`.
+fn upgrade_protocol(key: &str, protocol: &str) -> Check {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if protocol.is_empty() || !protocol.chars().all(is_tchar) {
+        return Err(invalid(
+            key,
+            format!("`{protocol}` is not a protocol name (a token such as \"websocket\")"),
+        ));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
 use crate::error::{BoxError, rescue};
-use crate::metrics::METRICS;
+use crate::metrics::{METRICS, NO_UPSTREAM};
 use crate::middleware::request_id;
 
 /// The upstream a response came from, set by the proxy service for logs and labels.
@@ -73,7 +73,7 @@ where
                 Err(err) => rescue(&err, &id),
             };
             let upstream = resp.extensions().get::<UpstreamName>().map(|u| u.0.clone());
-            let upstream = upstream.as_deref().unwrap_or("none");
+            let upstream = upstream.as_deref().unwrap_or(NO_UPSTREAM);
             let elapsed = started.elapsed();
             let status = resp.status();
             METRICS

@@ -5,9 +5,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, he
 
 use super::trailers;
 
+/// The settings of an h2c upgrade (RFC 9113 §3.2.1): connection-specific by definition.
+pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// Always connection-scoped, whether or not `Connection` names them.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
+    HTTP2_SETTINGS,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
@@ -31,15 +35,20 @@ pub fn strip(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol a client asked to switch to (`Connection: upgrade` + `Upgrade: x`), kept for the
-/// proxy before the headers that carried it are stripped.
+/// The protocols a client asked to switch to (`Connection: upgrade` + `Upgrade: x, y`), kept
+/// for the proxy before the headers that carried them are stripped; the proxy decides which
+/// may pass (`[server] upgrades`).
 #[derive(Debug, Clone)]
-pub struct UpgradeRequest(pub HeaderValue);
+pub struct UpgradeRequest {
+    pub protocols: HeaderValue,
+    /// `HTTP2-Settings`, which an h2c upgrade carries along.
+    pub http2_settings: Option<HeaderValue>,
+}
 
 /// The request-side mapping for `tower::util::MapRequestLayer`.
 pub fn strip_request<B>(mut req: Request<B>) -> Request<B> {
-    if let Some(protocol) = requested_upgrade(req.headers()) {
-        req.extensions_mut().insert(UpgradeRequest(protocol));
+    if let Some(upgrade) = requested_upgrade(req.headers()) {
+        req.extensions_mut().insert(upgrade);
     }
     trailers::note_acceptance(&mut req);
     strip(req.headers_mut());
@@ -80,12 +89,14 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    if connection_has(headers, "upgrade") {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+fn requested_upgrade(headers: &HeaderMap) -> Option<UpgradeRequest> {
+    if !connection_has(headers, "upgrade") {
+        return None;
     }
+    Some(UpgradeRequest {
+        protocols: headers.get(header::UPGRADE)?.clone(),
+        http2_settings: headers.get(HTTP2_SETTINGS).cloned(),
+    })
 }
 
 #[cfg(test)]
@@ -98,6 +109,7 @@ mod tests {
         let mut h = HeaderMap::new();
         for name in [
             "connection",
+            "http2-settings",
             "keep-alive",
             "proxy-connection",
             "te",

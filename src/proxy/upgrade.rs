@@ -8,8 +8,9 @@ use hyper_util::rt::TokioIo;
 use super::{ProxyOptions, origin_form, request_body};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::middleware::hop_by_hop::UpgradeRequest;
-use crate::tunnel::{self, TunnelKind};
+use crate::metrics::TunnelKind;
+use crate::middleware::hop_by_hop::{HTTP2_SETTINGS, UpgradeRequest};
+use crate::tunnel;
 use crate::upstream::Upstream;
 
 /// Forwards an upgrade request on a fresh connection; on 101, splices client and backend.
@@ -18,20 +19,26 @@ pub async fn switch_protocols(
     mut req: Request<Incoming>,
     options: ProxyOptions,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let protocol = req
+    let upgrade = req
         .extensions_mut()
         .remove::<UpgradeRequest>()
-        .expect("only called for upgrade requests")
-        .0;
+        .expect("only called for upgrade requests");
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
     parts.uri = origin_form(&parts.uri);
     // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8), whatever the upstream usually speaks.
     parts.version = Version::HTTP_11;
-    parts.headers.insert(header::UPGRADE, protocol);
+    parts.headers.insert(header::UPGRADE, upgrade.protocols);
+    let connection = match upgrade.http2_settings {
+        Some(settings) => {
+            parts.headers.insert(HTTP2_SETTINGS, settings);
+            "upgrade, HTTP2-Settings"
+        }
+        None => "upgrade",
+    };
     parts
         .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        .insert(header::CONNECTION, HeaderValue::from_static(connection));
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
     let mut resp = upstream
         .send_dedicated(Request::from_parts(parts, body))
@@ -44,7 +51,7 @@ pub async fn switch_protocols(
     let server_side = hyper::upgrade::on(&mut resp);
     let name = upstream.name.clone();
     let idle = options.tunnel_idle_timeout;
-    tunnel::count(&name, TunnelKind::Upgrade);
+    upstream.metrics.tunnel(TunnelKind::Upgrade);
     tokio::spawn(async move {
         match tokio::try_join!(client_side, server_side) {
             Ok((client, server)) => {
@@ -69,7 +76,7 @@ pub async fn connect(
     let server = upstream.connect_raw().await?;
     let name = upstream.name.clone();
     let idle = options.tunnel_idle_timeout;
-    tunnel::count(&name, TunnelKind::Connect);
+    upstream.metrics.tunnel(TunnelKind::Connect);
     tokio::spawn(async move {
         match client_side.await {
             Ok(client) => {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::clock;
 use crate::config::{Balance, HealthConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig};
 use crate::error::ProxyError;
-use crate::metrics::METRICS;
+use crate::metrics::{CloseReason, METRICS};
 use crate::upstream::Upstream;
 
 struct Entry {
@@ -70,7 +70,7 @@ impl Destinations {
         entries.retain(|_, e| {
             let keep = clock::since(e.last_used_ms) < idle || has_connections(&e.upstream);
             if !keep {
-                e.upstream.close_removed(None);
+                e.upstream.close_unused(None, CloseReason::Removed);
             }
             keep
         });
@@ -81,7 +81,7 @@ impl Destinations {
     pub fn close_all(&self) {
         let mut entries = self.entries.lock().expect("not poisoned");
         for (_, e) in entries.drain() {
-            e.upstream.close_removed(None);
+            e.upstream.close_unused(None, CloseReason::Shutdown);
         }
         METRICS.transparent_destinations.set(0);
     }
@@ -126,7 +126,7 @@ fn evict_lru_idle(entries: &mut HashMap<SocketAddr, Entry>) -> bool {
         .map(|(addr, _)| *addr);
     match victim.and_then(|addr| entries.remove(&addr)) {
         Some(entry) => {
-            entry.upstream.close_removed(None);
+            entry.upstream.close_unused(None, CloseReason::Removed);
             true
         }
         None => false,

@@ -40,15 +40,6 @@ struct ConnState {
     close_reason: AtomicU8,
 }
 
-const REASONS: [CloseReason; 6] = [
-    CloseReason::IdleTimeout,
-    CloseReason::MaxLifetime,
-    CloseReason::MaxRequests,
-    CloseReason::PeerClosed,
-    CloseReason::NotReusable,
-    CloseReason::Error,
-];
-
 impl UpstreamConn {
     /// Marks the connection busy before a request is written on it.
     pub fn start_request(&mut self) {
@@ -65,7 +56,7 @@ impl UpstreamConn {
 
     /// Records why longhaul is about to drop this connection (counted once, when it closes).
     pub fn retire(&self, reason: CloseReason) {
-        let code = REASONS.iter().position(|r| *r == reason).unwrap_or(5) as u8 + 1;
+        let code = reason as u8 + 1;
         let _ =
             self.state
                 .close_reason
@@ -195,15 +186,20 @@ async fn watch_connection(
         // (a FIN, an RST, or a stray 408 that hyper reports as an error). During an exchange, a
         // clean end means hyper saw the response refuse keep-alive, often before the proxy has
         // looked at the head; an error means the exchange broke.
-        0 => match state.idle_since_ms.load(Ordering::Relaxed) {
-            0 if result.is_err() => CloseReason::Error,
-            0 => CloseReason::NotReusable,
-            idle_since => {
+        // Unless the pool itself was closed: then it went with its pool, idle or busy.
+        0 => match (
+            server.pool_closed(),
+            state.idle_since_ms.load(Ordering::Relaxed),
+        ) {
+            (Some(reason), _) => reason,
+            (None, 0) if result.is_err() => CloseReason::Error,
+            (None, 0) => CloseReason::NotReusable,
+            (None, idle_since) => {
                 server.learn_observed_idle_close(clock::since(idle_since));
                 CloseReason::PeerClosed
             }
         },
-        code => REASONS[(code - 1) as usize],
+        code => CloseReason::ALL[(code - 1) as usize],
     };
     server.metrics.closed(reason);
 }

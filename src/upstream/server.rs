@@ -1,12 +1,12 @@
 //! One backend server as the pool sees it: its address and settings, what was learned about its
 //! keep-alive behaviour, its health (passive ejection), and its metric children.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::clock;
 use crate::config::{HealthConfig, PoolConfig, Protocol, TcpKeepaliveConfig};
-use crate::metrics::ServerMetrics;
+use crate::metrics::{CloseReason, ServerMetrics};
 
 /// Settings a server's connections are opened and reused with.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,8 @@ pub struct Server {
     unconfirmed_idle_close_ms: AtomicU64,
     /// Set once we have logged that this server does not keep connections alive.
     warned_not_reusable: AtomicBool,
+    /// Why the pool was closed (a `CloseReason` + 1; 0 = still open).
+    pool_closed: AtomicU8,
     health: Health,
 }
 
@@ -57,7 +59,22 @@ impl Server {
             learned_max_requests: AtomicU32::new(0),
             unconfirmed_idle_close_ms: AtomicU64::new(0),
             warned_not_reusable: AtomicBool::new(false),
+            pool_closed: AtomicU8::new(0),
             health: Health::default(),
+        }
+    }
+
+    /// Records that this server's pool is closing, so each of its connections, idle or still
+    /// busy, is counted with `reason` when it ends.
+    pub fn close_pool(&self, reason: CloseReason) {
+        self.pool_closed.store(reason as u8 + 1, Ordering::Relaxed);
+    }
+
+    /// Why the pool was closed, once it was.
+    pub fn pool_closed(&self) -> Option<CloseReason> {
+        match self.pool_closed.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(CloseReason::ALL[(code - 1) as usize]),
         }
     }
 
@@ -145,12 +162,14 @@ impl Server {
         self.health.ejected_until.load(Ordering::Relaxed) <= clock::now_ms()
     }
 
-    /// True when the server is ejected right now or failed its last connect.
+    /// True when the server is in rotation (not ejected) and nothing has failed on it since
+    /// its last success.
     pub fn is_healthy(&self) -> bool {
         self.is_available() && self.health.consecutive_failures.load(Ordering::Relaxed) == 0
     }
 
-    /// A connection opened or a probe passed: the server is back in rotation for good.
+    /// A response head arrived (`Upstream::accept`) or an active probe passed; a connect alone
+    /// does not count (see `ConnManager::create`). The server is back in rotation for good.
     pub fn record_success(&self) {
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
         if self.health.ejections.swap(0, Ordering::Relaxed) > 0 {
