@@ -215,6 +215,9 @@ pub(crate) async fn proxy_request(
         parts.headers.insert(header::HOST, host);
     }
     parts.uri = origin_form(&parts.uri);
+    if accepts_trailers && upstream.protocol == Protocol::Http11 {
+        trailers::ask_backend(&mut parts.headers);
+    }
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
     let req = Request::from_parts(parts, body);
     let resp = upstream.forward(req).await?;

@@ -188,3 +188,23 @@ fn trailer_section_in_pieces_reaches_a_te_trailers_client_whole() {
         "{r:?}"
     );
 }
+
+#[test]
+fn backend_is_asked_for_trailers_on_behalf_of_a_client_that_accepts_them() {
+    let backend = backend_replying(whole_response);
+    let proxy = proxy_for(&backend);
+    get11(&proxy, "TE: trailers\r\nConnection: TE\r\n");
+    let sent = &backend.requests()[0];
+    assert_eq!(
+        (sent.header("te"), sent.header("connection")),
+        (Some("trailers"), Some("te"))
+    );
+}
+
+#[test]
+fn backend_is_not_asked_for_trailers_for_a_client_without_te() {
+    let backend = backend_replying(whole_response);
+    let proxy = proxy_for(&backend);
+    get11(&proxy, "");
+    assert_eq!(backend.requests()[0].header("te"), None);
+}

@@ -20,6 +20,13 @@ pub fn note_acceptance<B>(req: &mut Request<B>) {
     }
 }
 
+/// Tells an HTTP/1.1 backend that this hop takes trailers (some send them only when asked).
+/// `TE` is hop-by-hop, so `Connection` names it (RFC 9110 §10.1.4).
+pub fn ask_backend(headers: &mut HeaderMap) {
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
+}
+
 /// The backend's `Trailer` values, kept for a client that accepts trailers; `None` otherwise.
 pub fn to_announce(client_accepts: bool, backend: &HeaderMap) -> Option<AnnouncedTrailers> {
     let values: Vec<HeaderValue> = backend.get_all(header::TRAILER).iter().cloned().collect();
