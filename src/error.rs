@@ -29,6 +29,14 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("upstream {upstream}: no free connection within {waited:?} (pool exhausted)")]
     PoolTimeout { upstream: String, waited: Duration },
+    #[error(
+        "upstream {upstream} ({server}): {waiting} requests already wait for a connection (max_waiters)"
+    )]
+    PoolFull {
+        upstream: String,
+        server: String,
+        waiting: usize,
+    },
     #[error("upstream {upstream}: every server is ejected or unreachable")]
     NoHealthyServer { upstream: String },
     #[error("upstream {upstream} ({server}): connect failed: {cause}")]
@@ -80,7 +88,9 @@ impl ProxyError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            PoolTimeout { .. } | TooManyDestinations { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PoolTimeout { .. } | PoolFull { .. } | TooManyDestinations { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             NoHealthyServer { .. }
             | Connect { .. }
             | Reset { .. }
@@ -96,10 +106,21 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             PoolTimeout { .. } => Some("pool_timeout"),
+            PoolFull { .. } => Some("pool_full"),
             NoHealthyServer { .. } | Connect { .. } | Tunnel { .. } => Some("connect"),
             ConnectTimeout { .. } | ResponseTimeout { .. } => Some("timeout"),
             Reset { .. } => Some("reset"),
             Protocol { .. } => Some("protocol"),
+            _ => None,
+        }
+    }
+
+    /// A 503 for a full pool says when to come back: a pooled connection frees up soon.
+    fn retry_after(&self) -> Option<HeaderValue> {
+        match self {
+            ProxyError::PoolTimeout { .. } | ProxyError::PoolFull { .. } => {
+                Some(HeaderValue::from_static("1"))
+            }
             _ => None,
         }
     }
@@ -108,7 +129,11 @@ impl ProxyError {
 /// The tower load-shed and timeout errors, and our own, as one client response.
 pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
     if let Some(e) = err.downcast_ref::<ProxyError>() {
-        return error_response(e.status(), &e.to_string(), request_id);
+        let mut resp = error_response(e.status(), &e.to_string(), request_id);
+        if let Some(after) = e.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, after);
+        }
+        return resp;
     }
     if err.is::<tower::load_shed::error::Overloaded>() {
         let mut resp = error_response(

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub pool_max_connections: IntGaugeVec,
     pub pool_waiters: IntGaugeVec,
     pub pool_wait_seconds: HistogramVec,
+    pub pool_rejected_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
     pub upstream_errors_total: IntCounterVec,
     pub upstream_keepalive_timeout_seconds: prometheus::GaugeVec,
@@ -169,6 +170,12 @@ impl Metrics {
                 &["upstream"],
                 POOL_WAIT_BUCKETS,
             ),
+            pool_rejected_total: counter_vec(
+                &r,
+                "longhaul_pool_rejected_total",
+                "Requests refused a pooled connection (503), by reason: queue_full or wait_timeout.",
+                &["upstream", "server", "reason"],
+            ),
             upstream_retries_total: counter_vec(
                 &r,
                 "longhaul_upstream_retries_total",
@@ -245,6 +252,7 @@ pub struct UpstreamMetrics {
     pub request_duration: Histogram,
     pub retry_not_sent: IntCounter,
     pub retry_stale: IntCounter,
+    pub retry_connect: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -259,6 +267,9 @@ impl UpstreamMetrics {
             retry_stale: m
                 .upstream_retries_total
                 .with_label_values(&[upstream, "stale_reused"]),
+            retry_connect: m
+                .upstream_retries_total
+                .with_label_values(&[upstream, "connect"]),
         }
     }
 
@@ -282,6 +293,8 @@ pub struct ServerMetrics {
     pub idle: IntGauge,
     pub busy: IntGauge,
     pub waiters: IntGauge,
+    pub rejected_queue_full: IntCounter,
+    pub rejected_wait_timeout: IntCounter,
     pub up: IntGauge,
     pub keepalive_timeout: prometheus::Gauge,
 }
@@ -314,6 +327,16 @@ impl ServerMetrics {
                 .pool_connections
                 .with_label_values(&[upstream, server, "busy"]),
             waiters: m.pool_waiters.with_label_values(&labels),
+            rejected_queue_full: m.pool_rejected_total.with_label_values(&[
+                upstream,
+                server,
+                "queue_full",
+            ]),
+            rejected_wait_timeout: m.pool_rejected_total.with_label_values(&[
+                upstream,
+                server,
+                "wait_timeout",
+            ]),
             up,
             keepalive_timeout: m
                 .upstream_keepalive_timeout_seconds
@@ -343,6 +366,11 @@ impl ServerMetrics {
             let _ = m
                 .pool_connections
                 .remove_label_values(&[&self.upstream, &self.server, state]);
+        }
+        for reason in ["queue_full", "wait_timeout"] {
+            let _ =
+                m.pool_rejected_total
+                    .remove_label_values(&[&self.upstream, &self.server, reason]);
         }
     }
 }

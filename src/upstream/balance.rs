@@ -1,5 +1,5 @@
 //! Picks the server for the next request: round robin, or least connections by the power of two
-//! random choices. Ejected servers are skipped; `None` means every server is out of rotation.
+//! random choices. Ejected servers are skipped unless every server is ejected (panic rule).
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, RandomState};
@@ -27,33 +27,60 @@ impl Balancer {
         }
     }
 
-    pub fn pick<'a>(&self, servers: &'a [Arc<ServerPool>]) -> Option<&'a ServerPool> {
-        let n = servers.len();
-        if n == 1 {
-            let only = &servers[0];
-            return only.server.is_available().then_some(&**only);
+    /// The next server: an available one other than `avoid` (the server whose connect just
+    /// failed) if there is one, else any available one. When every server is ejected, ejection
+    /// is ignored (Envoy's panic rule): sending somewhere beats sending nowhere.
+    pub fn pick<'a>(
+        &self,
+        servers: &'a [Arc<ServerPool>],
+        avoid: Option<&ServerPool>,
+    ) -> Option<&'a ServerPool> {
+        let avoided = |sp: &ServerPool| avoid.is_some_and(|a| std::ptr::eq(a, sp));
+        let available = |sp: &ServerPool| sp.server.is_available();
+        if let [only] = servers {
+            return Some(only);
         }
+        self.choose(servers, |sp| available(sp) && !avoided(sp))
+            .or_else(|| self.choose(servers, available))
+            .or_else(|| self.choose(servers, |sp| !avoided(sp)))
+            .or_else(|| self.choose(servers, |_| true))
+    }
+
+    fn choose<'a>(
+        &self,
+        servers: &'a [Arc<ServerPool>],
+        eligible: impl Fn(&ServerPool) -> bool,
+    ) -> Option<&'a ServerPool> {
         match self.strategy {
-            Strategy::RoundRobin => self.round_robin(servers),
-            Strategy::LeastConn => least_conn(servers).or_else(|| self.round_robin(servers)),
+            Strategy::RoundRobin => self.round_robin(servers, &eligible),
+            Strategy::LeastConn => {
+                least_conn(servers, &eligible).or_else(|| self.round_robin(servers, &eligible))
+            }
         }
     }
 
-    fn round_robin<'a>(&self, servers: &'a [Arc<ServerPool>]) -> Option<&'a ServerPool> {
+    fn round_robin<'a>(
+        &self,
+        servers: &'a [Arc<ServerPool>],
+        eligible: &impl Fn(&ServerPool) -> bool,
+    ) -> Option<&'a ServerPool> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..servers.len())
             .map(|i| &*servers[(start + i) % servers.len()])
-            .find(|sp| sp.server.is_available())
+            .find(|sp| eligible(sp))
     }
 }
 
-/// Two random available servers; the one with fewer requests in flight wins.
-fn least_conn(servers: &[Arc<ServerPool>]) -> Option<&ServerPool> {
+/// Two random eligible servers; the one with fewer requests in flight wins.
+fn least_conn<'a>(
+    servers: &'a [Arc<ServerPool>],
+    eligible: &impl Fn(&ServerPool) -> bool,
+) -> Option<&'a ServerPool> {
     let n = servers.len();
     let a = &*servers[random_below(n)];
     let b = &*servers[random_below(n)];
     let load = |sp: &ServerPool| sp.server.in_flight.load(Ordering::Relaxed);
-    match (a.server.is_available(), b.server.is_available()) {
+    match (eligible(a), eligible(b)) {
         (true, true) => Some(if load(b) < load(a) { b } else { a }),
         (true, false) => Some(a),
         (false, true) => Some(b),

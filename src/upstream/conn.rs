@@ -120,6 +120,13 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+impl ConnectError {
+    /// Refused, reset or timed out: nothing reached the server, so a new connect may be tried.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ConnectError::Io(_) | ConnectError::Timeout(_))
+    }
+}
+
 /// Opens and recycles connections to one server.
 pub struct ConnManager {
     pub server: Arc<Server>,
@@ -131,20 +138,9 @@ impl managed::Manager for ConnManager {
 
     async fn create(&self) -> Result<UpstreamConn, ConnectError> {
         let server = &self.server;
-        let timeout = server.settings.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, connect(server)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                server.record_failure(Failure::Unreachable);
-                return Err(e);
-            }
-            Err(_) => {
-                server.record_failure(Failure::Unreachable);
-                return Err(ConnectError::Timeout(timeout));
-            }
-        };
-        // Health counts exchanges, not connects: a server that accepts and then resets every
-        // request must still be ejected. `Upstream::accept` records the success.
+        let stream = open(server).await?;
+        // A connect only brings an ejected server back; health counts exchanges: a server that
+        // accepts and then resets every request must still be ejected (`Upstream::accept`).
         let probe = SockRef::from(&stream).try_clone().ok();
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -208,10 +204,35 @@ async fn watch_connection(
     server.metrics.closed(reason);
 }
 
-/// Opens a TCP connection to a server with its configured socket options.
+/// Opens a TCP connection for traffic and tells passive health how it went.
+pub async fn open(server: &Server) -> Result<TcpStream, ConnectError> {
+    match connect(server).await {
+        Ok(stream) => {
+            server.record_connected();
+            Ok(stream)
+        }
+        Err(e) => {
+            server.record_failure(Failure::Unreachable);
+            Err(e)
+        }
+    }
+}
+
+/// Opens a TCP connection to a server with its configured socket options, once one of the
+/// server's `max_connecting` slots is free; `connect_timeout` bounds the connect itself.
 pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
+    let _slot = server
+        .connecting
+        .acquire()
+        .await
+        .expect("the connect semaphore is never closed");
     let addr = resolve(&server.address).await?;
-    connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark).await
+    let timeout = server.settings.connect_timeout;
+    let connecting = connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
 }
 
 /// Opens a TCP connection with TCP_NODELAY, SO_KEEPALIVE and, when given, SO_MARK.

@@ -43,6 +43,8 @@ pub struct Server {
     /// Set once we have logged that this server does not keep connections alive.
     warned_not_reusable: AtomicBool,
     health: Health,
+    /// Slots for connects in progress (`max_connecting`): a burst must not flood a small backlog.
+    pub connecting: tokio::sync::Semaphore,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
             upstream: upstream.to_string(),
             address: address.to_string(),
             metrics: ServerMetrics::new(upstream, address, settings.pool.max_size),
+            connecting: tokio::sync::Semaphore::new(settings.pool.max_connecting),
             settings,
             in_flight: AtomicUsize::new(0),
             learned_keepalive_ms: AtomicU64::new(0),
@@ -150,7 +153,17 @@ impl Server {
         self.is_available() && self.health.consecutive_failures.load(Ordering::Relaxed) == 0
     }
 
-    /// A connection opened or a probe passed: the server is back in rotation for good.
+    /// A connection opened: an ejected server is back in rotation at once. It stays on
+    /// probation (failures still count towards the next ejection) until an exchange succeeds.
+    pub fn record_connected(&self) {
+        if self.health.ejected_until.swap(0, Ordering::Relaxed) > clock::now_ms() {
+            tracing::info!(upstream = %self.upstream, server = %self.address,
+                "server accepted a connection; back in rotation");
+        }
+        self.metrics.up.set(1);
+    }
+
+    /// An exchange succeeded or a probe passed: the server is back in rotation for good.
     pub fn record_success(&self) {
         self.health.consecutive_failures.store(0, Ordering::Relaxed);
         if self.health.ejections.swap(0, Ordering::Relaxed) > 0 {
