@@ -129,11 +129,7 @@ impl ProxyError {
 /// The tower load-shed and timeout errors, and our own, as one client response.
 pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
     if let Some(e) = err.downcast_ref::<ProxyError>() {
-        let mut resp = error_response(e.status(), &e.to_string(), request_id);
-        if let Some(after) = e.retry_after() {
-            resp.headers_mut().insert(header::RETRY_AFTER, after);
-        }
-        return resp;
+        return failure_response(e, request_id);
     }
     if err.is::<tower::load_shed::error::Overloaded>() {
         let mut resp = error_response(
@@ -154,6 +150,15 @@ pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
     }
     tracing::warn!(error = %err, "unclassified proxy error");
     error_response(StatusCode::BAD_GATEWAY, &err.to_string(), request_id)
+}
+
+/// The response for a `ProxyError`: its status, its text, and `Retry-After` where it helps.
+pub fn failure_response(e: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = error_response(e.status(), &e.to_string(), request_id);
+    if let Some(after) = e.retry_after() {
+        resp.headers_mut().insert(header::RETRY_AFTER, after);
+    }
+    resp
 }
 
 /// A short text/plain error: status line, cause, request id. Always closes nothing by itself.
