@@ -303,12 +303,13 @@ impl Upstream {
     /// A plain TCP connection to a server of this upstream (CONNECT tunnels).
     pub async fn connect_raw(&self) -> Result<tokio::net::TcpStream, ProxyError> {
         let mut retries = Retries::new(self.retry_window);
-        let (_, stream) = self
+        let (_, opened) = self
             .connected(&mut retries, |sp| async move {
                 conn::open(&sp.server).await.map_err(CheckoutError::Connect)
             })
             .await?;
-        Ok(stream)
+        // A tunnel's first bytes may come from either side: connected is accepted enough.
+        Ok(opened.stream)
     }
 
     fn pick(&self, avoid: Option<&ServerPool>) -> Result<&ServerPool, ProxyError> {
@@ -386,6 +387,7 @@ impl Upstream {
         server: &Arc<Server>,
         in_flight: InFlight,
     ) -> Result<Response<PooledBody>, ProxyError> {
+        conn.accepted();
         let (parts, body) = resp.into_parts();
         if let Some(why) = crate::middleware::framing::ambiguity(&parts.headers) {
             // The connection's framing is lost: whatever follows on it cannot be trusted.

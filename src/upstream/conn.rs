@@ -13,6 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, Socket, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::server::{Failure, Server};
 use crate::body::RequestBody;
@@ -29,6 +30,8 @@ pub struct UpstreamConn {
     pub served: u32,
     /// False once a response said the connection cannot carry another request.
     pub reusable: bool,
+    /// The server's `max_connecting` slot, held until it shows it accepted this connection.
+    opening: Option<OwnedSemaphorePermit>,
     state: Arc<ConnState>,
 }
 
@@ -50,6 +53,12 @@ const REASONS: [CloseReason; 6] = [
 ];
 
 impl UpstreamConn {
+    /// The server answered on this connection (or it is being reused): it was accepted, so its
+    /// `max_connecting` slot is free for the next connect.
+    pub fn accepted(&mut self) {
+        self.opening = None;
+    }
+
     /// Marks the connection busy before a request is written on it.
     pub fn start_request(&mut self) {
         self.served += 1;
@@ -138,7 +147,7 @@ impl managed::Manager for ConnManager {
 
     async fn create(&self) -> Result<UpstreamConn, ConnectError> {
         let server = &self.server;
-        let stream = open(server).await?;
+        let Opened { stream, slot } = open(server).await?;
         // A connect only brings an ejected server back; health counts exchanges: a server that
         // accepts and then resets every request must still be ejected (`Upstream::accept`).
         let probe = SockRef::from(&stream).try_clone().ok();
@@ -157,6 +166,7 @@ impl managed::Manager for ConnManager {
             probe,
             served: 0,
             reusable: true,
+            opening: Some(slot),
             state,
         })
     }
@@ -166,6 +176,7 @@ impl managed::Manager for ConnManager {
         conn: &mut UpstreamConn,
         metrics: &Metrics,
     ) -> RecycleResult<ConnectError> {
+        conn.accepted();
         if let Some(reason) = conn.expiry(&self.server, metrics) {
             conn.retire(reason);
             return Err(RecycleError::message(reason.as_str()));
@@ -204,12 +215,18 @@ async fn watch_connection(
     server.metrics.closed(reason);
 }
 
+/// A new TCP connection and the server's `max_connecting` slot it holds.
+pub struct Opened {
+    pub stream: TcpStream,
+    pub slot: OwnedSemaphorePermit,
+}
+
 /// Opens a TCP connection for traffic and tells passive health how it went.
-pub async fn open(server: &Server) -> Result<TcpStream, ConnectError> {
-    match connect(server).await {
-        Ok(stream) => {
+pub async fn open(server: &Server) -> Result<Opened, ConnectError> {
+    match connect_holding_slot(server).await {
+        Ok(opened) => {
             server.record_connected();
-            Ok(stream)
+            Ok(opened)
         }
         Err(e) => {
             server.record_failure(Failure::Unreachable);
@@ -218,19 +235,28 @@ pub async fn open(server: &Server) -> Result<TcpStream, ConnectError> {
     }
 }
 
-/// Opens a TCP connection to a server with its configured socket options, once one of the
-/// server's `max_connecting` slots is free; `connect_timeout` bounds the connect itself.
+/// Opens a TCP connection to a server (for a probe), with the slot released once connected.
 pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
-    let _slot = server
+    Ok(connect_holding_slot(server).await?.stream)
+}
+
+/// Waits for one of the server's `max_connecting` slots, then connects with the configured
+/// socket options; `connect_timeout` bounds the connect itself.
+async fn connect_holding_slot(server: &Server) -> Result<Opened, ConnectError> {
+    let slot = server
         .connecting
-        .acquire()
+        .clone()
+        .acquire_owned()
         .await
         .expect("the connect semaphore is never closed");
     let addr = resolve(&server.address).await?;
     let timeout = server.settings.connect_timeout;
     let connecting = connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark);
     match tokio::time::timeout(timeout, connecting).await {
-        Ok(result) => result,
+        Ok(stream) => Ok(Opened {
+            stream: stream?,
+            slot,
+        }),
         Err(_) => Err(ConnectError::Timeout(timeout)),
     }
 }

@@ -1,6 +1,7 @@
 //! One backend server as the pool sees it: its address and settings, what was learned about its
 //! keep-alive behaviour, its health (passive ejection), and its metric children.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -43,8 +44,10 @@ pub struct Server {
     /// Set once we have logged that this server does not keep connections alive.
     warned_not_reusable: AtomicBool,
     health: Health,
-    /// Slots for connects in progress (`max_connecting`): a burst must not flood a small backlog.
-    pub connecting: tokio::sync::Semaphore,
+    /// Slots for connections being opened (`max_connecting`): from the connect until the
+    /// server has shown it accepted (a first response head), so a burst cannot overflow a small
+    /// accept backlog whose dropped SYNs would each cost a 1 s retransmit.
+    pub connecting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -53,7 +56,7 @@ impl Server {
             upstream: upstream.to_string(),
             address: address.to_string(),
             metrics: ServerMetrics::new(upstream, address, settings.pool.max_size),
-            connecting: tokio::sync::Semaphore::new(settings.pool.max_connecting),
+            connecting: Arc::new(tokio::sync::Semaphore::new(settings.pool.max_connecting)),
             settings,
             in_flight: AtomicUsize::new(0),
             learned_keepalive_ms: AtomicU64::new(0),
