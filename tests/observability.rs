@@ -42,6 +42,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "longhaul_pool_waiters",
     "longhaul_upstream_keepalive_timeout_seconds",
     "longhaul_upstream_server_up",
+    "longhaul_pool_rejected_total",
 ];
 
 // ---------------------------------------------------------------------------------------------
