@@ -13,7 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, Socket, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::server::{Failure, Server};
 use crate::body::RequestBody;
@@ -30,8 +30,8 @@ pub struct UpstreamConn {
     pub served: u32,
     /// False once a response said the connection cannot carry another request.
     pub reusable: bool,
-    /// The server's `max_connecting` slot, held until it shows it accepted this connection.
-    opening: Option<OwnedSemaphorePermit>,
+    /// Frees the server's `max_connecting` slot when sent or dropped (see `hold_until_answered`).
+    opening: Option<oneshot::Sender<()>>,
     state: Arc<ConnState>,
 }
 
@@ -166,7 +166,7 @@ impl managed::Manager for ConnManager {
             probe,
             served: 0,
             reusable: true,
-            opening: Some(slot),
+            opening: Some(hold_until_answered(slot)),
             state,
         })
     }
@@ -213,6 +213,21 @@ async fn watch_connection(
         code => REASONS[(code - 1) as usize],
     };
     server.metrics.closed(reason);
+}
+
+/// A connected socket only shows that the kernel completed the handshake; the connection may
+/// still wait in the server's accept queue. Its slot is held until the server answers on it, but
+/// no longer than this, so a slow first response does not stall the pool's growth.
+const MAX_ACCEPT_WAIT: Duration = Duration::from_millis(250);
+
+/// Holds `slot` until the returned sender fires or is dropped, or `MAX_ACCEPT_WAIT` passes.
+fn hold_until_answered(slot: OwnedSemaphorePermit) -> oneshot::Sender<()> {
+    let (answered, wait) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(MAX_ACCEPT_WAIT, wait).await;
+        drop(slot);
+    });
+    answered
 }
 
 /// A new TCP connection and the server's `max_connecting` slot it holds.
@@ -300,4 +315,31 @@ async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
             io::Error::new(io::ErrorKind::NotFound, "no addresses"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_slot_is_freed_when_the_server_answers() {
+        let slots = Arc::new(Semaphore::new(1));
+        let answered = hold_until_answered(slots.clone().acquire_owned().await.unwrap());
+        tokio::task::yield_now().await;
+        assert_eq!(slots.available_permits(), 0, "held while unanswered");
+        let _ = answered.send(());
+        let freed = tokio::time::timeout(Duration::from_millis(1), slots.acquire()).await;
+        assert!(freed.is_ok(), "freed at once by the answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_slot_is_freed_after_max_accept_wait_without_an_answer() {
+        let slots = Arc::new(Semaphore::new(1));
+        let _answered = hold_until_answered(slots.clone().acquire_owned().await.unwrap());
+        let early = tokio::time::timeout(MAX_ACCEPT_WAIT / 2, slots.acquire()).await;
+        assert!(early.is_err(), "still held halfway through MAX_ACCEPT_WAIT");
+        let later = tokio::time::timeout(MAX_ACCEPT_WAIT, slots.acquire()).await;
+        assert!(later.is_ok(), "freed once MAX_ACCEPT_WAIT passed");
+    }
 }

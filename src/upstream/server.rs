@@ -44,9 +44,9 @@ pub struct Server {
     /// Set once we have logged that this server does not keep connections alive.
     warned_not_reusable: AtomicBool,
     health: Health,
-    /// Slots for connections being opened (`max_connecting`): from the connect until the
-    /// server has shown it accepted (a first response head), so a burst cannot overflow a small
-    /// accept backlog whose dropped SYNs would each cost a 1 s retransmit.
+    /// Slots for connections being opened (`max_connecting`): from the connect until the server
+    /// has shown it accepted (a first response head, at most 250 ms), so a burst cannot overflow
+    /// a small accept backlog whose dropped SYNs would each cost a 1 s retransmit.
     pub connecting: Arc<tokio::sync::Semaphore>,
 }
 
