@@ -102,3 +102,94 @@ fn random_below(n: usize) -> usize {
         (x % n as u64) as usize
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthConfig, PoolConfig, Protocol, TcpKeepaliveConfig};
+    use crate::upstream::server::{Failure, Server, ServerSettings};
+    use std::time::Duration;
+
+    /// Pools for servers nobody connects to (min_idle 0), ejected on their first failure.
+    fn servers(n: usize) -> Vec<Arc<ServerPool>> {
+        let settings = ServerSettings {
+            protocol: Protocol::Http10,
+            connect_timeout: Duration::from_secs(1),
+            pool: PoolConfig {
+                min_idle: 0,
+                ..PoolConfig::default()
+            },
+            tcp_keepalive: TcpKeepaliveConfig::default(),
+            health: HealthConfig {
+                max_failures: 1,
+                base_ejection: Duration::from_secs(60),
+                ..HealthConfig::default()
+            },
+            mark: None,
+        };
+        (0..n)
+            .map(|i| {
+                let address = format!("192.0.2.1:{}", 1000 + i);
+                Arc::new(ServerPool::new(Server::new(
+                    "balance-test",
+                    &address,
+                    settings.clone(),
+                )))
+            })
+            .collect()
+    }
+
+    fn address(sp: Option<&ServerPool>) -> &str {
+        sp.map(|sp| sp.server.address.as_str()).unwrap_or("none")
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_to_another_server_whatever_the_strategy() {
+        let list = servers(3);
+        for strategy in [Strategy::RoundRobin, Strategy::LeastConn] {
+            let balancer = Balancer::new(strategy);
+            for _ in 0..50 {
+                let failed = balancer.pick(&list, None).expect("a server");
+                let retry = balancer.pick(&list, Some(failed));
+                assert_ne!(address(retry), failed.server.address, "{strategy:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ejected_servers_are_skipped_while_another_is_available() {
+        let list = servers(3);
+        list[0].server.record_failure(Failure::Unreachable);
+        list[1].server.record_failure(Failure::Unreachable);
+        let balancer = Balancer::new(Strategy::RoundRobin);
+        for _ in 0..10 {
+            assert_eq!(address(balancer.pick(&list, None)), "192.0.2.1:1002");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_every_server_ejected_ejection_is_ignored() {
+        let list = servers(2);
+        list.iter()
+            .for_each(|sp| sp.server.record_failure(Failure::Unreachable));
+        assert!(list.iter().all(|sp| !sp.server.is_available()));
+        let balancer = Balancer::new(Strategy::LeastConn);
+        let picked: std::collections::BTreeSet<&str> = (0..50)
+            .map(|_| address(balancer.pick(&list, None)))
+            .collect();
+        assert_eq!(
+            picked.into_iter().collect::<Vec<_>>(),
+            ["192.0.2.1:1000", "192.0.2.1:1001"]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_every_server_ejected_a_retry_still_prefers_another_one() {
+        let list = servers(2);
+        list.iter()
+            .for_each(|sp| sp.server.record_failure(Failure::Unreachable));
+        let balancer = Balancer::new(Strategy::RoundRobin);
+        let retry = balancer.pick(&list, Some(&list[0]));
+        assert_eq!(address(retry), "192.0.2.1:1001");
+    }
+}
