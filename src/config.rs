@@ -190,6 +190,9 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A request that never reached a backend (its connects failed) is retried this long.
+    #[serde(default = "default_retry_window", with = "humantime_serde")]
+    pub retry_window: Duration,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
     #[serde(default = "default_max_buffered_body_bytes")]
@@ -208,8 +211,12 @@ fn default_protocol() -> Protocol {
 fn default_balance() -> Balance {
     Balance::RoundRobin
 }
+/// Longer than two SYN retransmits (1 s, then 2 s more): a full accept backlog only delays.
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_secs(3)
+}
+pub(crate) fn default_retry_window() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_response_timeout() -> Duration {
     Duration::from_secs(30)
@@ -235,6 +242,10 @@ pub struct PoolConfig {
     /// Waiting for a free connection, then 503.
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// Requests queued for a free connection; past it, 503 at once.
+    pub max_waiters: usize,
+    /// Connections being opened to the server at once.
+    pub max_connecting: usize,
 }
 
 impl Default for PoolConfig {
@@ -245,7 +256,9 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(600),
             max_requests: 1000,
-            wait_timeout: Duration::from_millis(500),
+            wait_timeout: Duration::from_secs(5),
+            max_waiters: 1024,
+            max_connecting: 4,
         }
     }
 }
@@ -399,6 +412,8 @@ where
         max_requests: Option<u32>,
         #[serde(default, with = "humantime_serde::option")]
         wait_timeout: Option<Duration>,
+        max_waiters: Option<usize>,
+        max_connecting: Option<usize>,
     }
     let o = Overrides::deserialize(de)?;
     let d = transparent_pool_defaults();
@@ -409,6 +424,8 @@ where
         max_lifetime: o.max_lifetime.unwrap_or(d.max_lifetime),
         max_requests: o.max_requests.unwrap_or(d.max_requests),
         wait_timeout: o.wait_timeout.unwrap_or(d.wait_timeout),
+        max_waiters: o.max_waiters.unwrap_or(d.max_waiters),
+        max_connecting: o.max_connecting.unwrap_or(d.max_connecting),
     })
 }
 

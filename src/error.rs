@@ -28,6 +28,14 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("upstream {upstream}: no free connection within {waited:?} (pool exhausted)")]
     PoolTimeout { upstream: String, waited: Duration },
+    #[error(
+        "upstream {upstream} ({server}): {waiting} requests already wait for a connection (max_waiters)"
+    )]
+    PoolFull {
+        upstream: String,
+        server: String,
+        waiting: usize,
+    },
     #[error("upstream {upstream}: every server is ejected or unreachable")]
     NoHealthyServer { upstream: String },
     #[error("upstream {upstream} ({server}): connect failed: {cause}")]
@@ -77,7 +85,9 @@ impl ProxyError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            PoolTimeout { .. } | TooManyDestinations { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PoolTimeout { .. } | PoolFull { .. } | TooManyDestinations { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             NoHealthyServer { .. } | Connect { .. } | Reset { .. } | Protocol { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -91,10 +101,21 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             PoolTimeout { .. } => Some(ErrorKind::PoolTimeout),
+            PoolFull { .. } => Some(ErrorKind::PoolFull),
             NoHealthyServer { .. } | Connect { .. } => Some(ErrorKind::Connect),
             ConnectTimeout { .. } | ResponseTimeout { .. } => Some(ErrorKind::Timeout),
             Reset { .. } => Some(ErrorKind::Reset),
             Protocol { .. } => Some(ErrorKind::Protocol),
+            _ => None,
+        }
+    }
+
+    /// A 503 for a full pool says when to come back: a pooled connection frees up soon.
+    fn retry_after(&self) -> Option<HeaderValue> {
+        match self {
+            ProxyError::PoolTimeout { .. } | ProxyError::PoolFull { .. } => {
+                Some(HeaderValue::from_static("1"))
+            }
             _ => None,
         }
     }
@@ -103,7 +124,7 @@ impl ProxyError {
 /// The tower load-shed and timeout errors, and our own, as one client response.
 pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
     if let Some(e) = err.downcast_ref::<ProxyError>() {
-        return error_response(e.status(), &e.to_string(), request_id);
+        return failure_response(e, request_id);
     }
     if err.is::<tower::load_shed::error::Overloaded>() {
         let mut resp = error_response(
@@ -124,6 +145,15 @@ pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
     }
     tracing::warn!(error = %err, "unclassified proxy error");
     error_response(StatusCode::BAD_GATEWAY, &err.to_string(), request_id)
+}
+
+/// The response for a `ProxyError`: its status, its text, and `Retry-After` where it helps.
+pub fn failure_response(e: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let mut resp = error_response(e.status(), &e.to_string(), request_id);
+    if let Some(after) = e.retry_after() {
+        resp.headers_mut().insert(header::RETRY_AFTER, after);
+    }
+    resp
 }
 
 /// A short text/plain error: status line, cause, request id. Always closes nothing by itself.

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub pool_max_connections: IntGaugeVec,
     pub pool_waiters: IntGaugeVec,
     pub pool_wait_seconds: HistogramVec,
+    pub pool_rejected_total: IntCounterVec,
     pub upstream_retries_total: IntCounterVec,
     pub upstream_errors_total: IntCounterVec,
     pub upstream_keepalive_timeout_seconds: prometheus::GaugeVec,
@@ -175,6 +176,12 @@ impl Metrics {
                 "Time to obtain a pooled upstream connection.",
                 &["upstream"],
                 POOL_WAIT_BUCKETS,
+            ),
+            pool_rejected_total: counter_vec(
+                &r,
+                "longhaul_pool_rejected_total",
+                "Requests refused a pooled connection (503), by reason: queue_full or wait_timeout.",
+                &["upstream", "server", "reason"],
             ),
             upstream_retries_total: counter_vec(
                 &r,
@@ -339,6 +346,7 @@ pub struct UpstreamMetrics {
     pub retry_stale: IntCounter,
     errors: [IntCounter; ErrorKind::ALL.len()],
     tunnels: [IntCounter; TunnelKind::THROUGH_UPSTREAM.len()],
+    pub retry_connect: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -365,6 +373,9 @@ impl UpstreamMetrics {
                 TunnelKind::THROUGH_UPSTREAM,
                 TunnelKind::as_str,
             ),
+            retry_connect: m
+                .upstream_retries_total
+                .with_label_values(&[upstream, "connect"]),
         }
     }
 
@@ -392,6 +403,8 @@ pub struct ServerMetrics {
     pub idle: IntGauge,
     pub busy: IntGauge,
     pub waiters: IntGauge,
+    pub rejected_queue_full: IntCounter,
+    pub rejected_wait_timeout: IntCounter,
     pub up: IntGauge,
     pub keepalive_timeout: prometheus::Gauge,
     closed: [IntCounter; CloseReason::ALL.len()],
@@ -425,6 +438,16 @@ impl ServerMetrics {
                 .pool_connections
                 .with_label_values(&[upstream, server, "busy"]),
             waiters: m.pool_waiters.with_label_values(&labels),
+            rejected_queue_full: m.pool_rejected_total.with_label_values(&[
+                upstream,
+                server,
+                "queue_full",
+            ]),
+            rejected_wait_timeout: m.pool_rejected_total.with_label_values(&[
+                upstream,
+                server,
+                "wait_timeout",
+            ]),
             up,
             keepalive_timeout: m
                 .upstream_keepalive_timeout_seconds
@@ -457,6 +480,11 @@ impl ServerMetrics {
             let _ = m
                 .pool_connections
                 .remove_label_values(&[&self.upstream, &self.server, state]);
+        }
+        for reason in ["queue_full", "wait_timeout"] {
+            let _ =
+                m.pool_rejected_total
+                    .remove_label_values(&[&self.upstream, &self.server, reason]);
         }
     }
 }
@@ -507,6 +535,7 @@ impl CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     PoolTimeout,
+    PoolFull,
     Connect,
     Timeout,
     Reset,
@@ -515,8 +544,9 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in declaration order (`kind as usize` indexes it).
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::PoolTimeout,
+        ErrorKind::PoolFull,
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Reset,
@@ -526,6 +556,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::PoolTimeout => "pool_timeout",
+            ErrorKind::PoolFull => "pool_full",
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Reset => "reset",

@@ -16,7 +16,7 @@ use tower::Service;
 
 use crate::body::{ProxyBody, RequestBody, StallGuard};
 use crate::config::{Config, Protocol};
-use crate::error::{BoxError, ProxyError, error_response};
+use crate::error::{BoxError, ProxyError, failure_response};
 use crate::metrics::CloseReason;
 use crate::middleware::access_log::UpstreamName;
 use crate::middleware::forwarded::UpstreamVersion;
@@ -137,7 +137,7 @@ impl Service<Request<Incoming>> for Proxy {
             };
             let (upstream, name) = match selected {
                 Ok(found) => found,
-                Err(e) => return Ok(error_response(e.status(), &e.to_string(), &id)),
+                Err(e) => return Ok(failure_response(&e, &id)),
             };
             let outcome = if req.method() == Method::CONNECT {
                 upgrade::connect(&upstream, req, options).await
@@ -154,7 +154,7 @@ impl Service<Request<Incoming>> for Proxy {
                     }
                     tracing::warn!(upstream = %upstream.name, error = %e,
                         request_id = id.to_str().unwrap_or("-"), "request failed");
-                    error_response(e.status(), &e.to_string(), &id)
+                    failure_response(&e, &id)
                 }
             };
             resp.extensions_mut().insert(UpstreamName(name));

@@ -6,13 +6,16 @@ mod body;
 mod conn;
 mod health;
 mod maintain;
+mod queue;
+mod retry;
 mod reuse;
 mod server;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Manager, Object, Pool, PoolError, QueueMode};
+use deadpool::managed::{Manager, Object, Pool, QueueMode};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
@@ -26,11 +29,15 @@ use crate::config::{Balance, Protocol, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::metrics::{CloseReason, UpstreamMetrics};
 use balance::Balancer;
+use queue::{CheckoutError, WaitQueue};
+use retry::Retries;
 
 /// A server and its pool.
 pub struct ServerPool {
     pub server: Arc<Server>,
     pub pool: Pool<ConnManager>,
+    /// Requests waiting for a connection of this pool.
+    queue: WaitQueue,
     /// Pool upkeep and, when configured, active health checks; aborted with the pool.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -53,6 +60,7 @@ impl ServerPool {
             tasks.push(tokio::spawn(health::run(server.clone(), path)));
         }
         ServerPool {
+            queue: WaitQueue::new(server.settings.pool.max_waiters),
             server,
             pool,
             tasks,
@@ -75,7 +83,7 @@ impl ServerPool {
         PoolUsage {
             idle: status.available,
             busy,
-            waiters: status.waiting,
+            waiters: self.queue.waiting(),
         }
     }
 }
@@ -92,14 +100,13 @@ pub struct PoolUsage {
     pub waiters: usize,
 }
 
-/// Retries on a connection that failed without sending anything are bounded by this.
-const MAX_ATTEMPTS: usize = 4;
-
 pub struct Upstream {
     pub name: String,
     pub protocol: Protocol,
     pub response_timeout: Duration,
     pub max_buffered_body_bytes: usize,
+    /// Failed connects are retried this long (`[upstream] retry_window`).
+    retry_window: Duration,
     pub servers: Vec<Arc<ServerPool>>,
     balancer: Balancer,
     pub metrics: UpstreamMetrics,
@@ -145,6 +152,7 @@ impl Upstream {
             protocol: config.protocol,
             response_timeout: config.response_timeout,
             max_buffered_body_bytes: config.max_buffered_body_bytes,
+            retry_window: config.retry_window,
             balancer: Balancer::new(match config.balance {
                 Balance::RoundRobin => balance::Strategy::RoundRobin,
                 Balance::LeastConn => balance::Strategy::LeastConn,
@@ -167,28 +175,18 @@ impl Upstream {
     }
 
     /// Sends `req` to a server and returns its response, retrying only where that is safe:
-    /// always when hyper hands the request back unsent, and once for an idempotent request
-    /// with a replayable body when a reused connection closed before any response byte.
+    /// failed connects within `retry_window` (nothing was sent), always when hyper hands the
+    /// request back unsent, and once for an idempotent request with a replayable body when a
+    /// reused connection closed before any response byte.
     pub async fn forward(
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let mut req = self.prepare(req);
         let mut replay = Replay::capture(&req);
-        let mut attempt = 0;
+        let mut retries = Retries::new(self.retry_window);
         loop {
-            attempt += 1;
-            let sp = self.pick()?;
-            let mut conn = match self.checkout(sp).await {
-                Ok(conn) => conn,
-                Err(e @ (ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }))
-                    if attempt < MAX_ATTEMPTS.min(self.servers.len()) =>
-                {
-                    tracing::debug!(error = %e, "connect failed, trying the next server");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let (sp, mut conn) = self.connected(&mut retries, |sp| self.checkout(sp)).await?;
             let reused = conn.served > 0;
             conn.start_request();
             let server = &sp.server;
@@ -218,7 +216,7 @@ impl Upstream {
             conn.retire(CloseReason::PeerClosed);
             drop(Object::take(conn));
             if let Some(unsent) = failure.take_message()
-                && attempt < MAX_ATTEMPTS
+                && retries.after_unsent()
             {
                 self.metrics.retry_not_sent.inc();
                 req = unsent;
@@ -242,19 +240,52 @@ impl Upstream {
         }
     }
 
+    /// Picks a server and gets a connection to it with `open`. A connect that was refused,
+    /// reset or timed out reached nothing, so it is retried (on another server first, if there
+    /// is one) while `retries` allows; any other failure is final.
+    async fn connected<'a, T, F>(
+        &'a self,
+        retries: &mut Retries,
+        mut open: impl FnMut(&'a ServerPool) -> F,
+    ) -> Result<(&'a ServerPool, T), ProxyError>
+    where
+        F: Future<Output = Result<T, CheckoutError>>,
+    {
+        let mut failed = None;
+        loop {
+            let sp = self.pick(failed)?;
+            let error = match open(sp).await {
+                Ok(opened) => return Ok((sp, opened)),
+                Err(CheckoutError::Connect(e)) if e.is_retriable() => e,
+                Err(other) => return Err(self.checkout_error(&sp.server, other)),
+            };
+            let Some(delay) = retries.after_connect_failure() else {
+                return Err(self.connect_error(&sp.server, error));
+            };
+            tracing::debug!(upstream = %self.name, server = %sp.server.address, error = %error,
+                retry_in_ms = delay.as_millis() as u64, "connect failed; retrying");
+            self.metrics.retry_connect.inc();
+            failed = Some(sp);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Sends one request on a connection of its own, outside the pool (upgrades): the
     /// connection ends with this exchange or becomes a tunnel.
     pub async fn send_dedicated(
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let sp = self.pick()?;
-        let mut conn = sp
-            .pool
-            .manager()
-            .create()
-            .await
-            .map_err(|e| self.connect_error(&sp.server, e))?;
+        let mut retries = Retries::new(self.retry_window);
+        let (sp, mut conn) = self
+            .connected(&mut retries, |sp| async move {
+                sp.pool
+                    .manager()
+                    .create()
+                    .await
+                    .map_err(CheckoutError::Connect)
+            })
+            .await?;
         conn.retire(CloseReason::NotReusable);
         conn.start_request();
         sp.server.metrics.requests_new.inc();
@@ -271,21 +302,19 @@ impl Upstream {
 
     /// A plain TCP connection to a server of this upstream (CONNECT tunnels).
     pub async fn connect_raw(&self) -> Result<tokio::net::TcpStream, ProxyError> {
-        let sp = self.pick()?;
-        let server = &sp.server;
-        match tokio::time::timeout(server.settings.connect_timeout, conn::connect(server)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(self.connect_error(server, e)),
-            Err(_) => Err(self.connect_error(
-                server,
-                ConnectError::Timeout(server.settings.connect_timeout),
-            )),
-        }
+        let mut retries = Retries::new(self.retry_window);
+        let (_, opened) = self
+            .connected(&mut retries, |sp| async move {
+                conn::open(&sp.server).await.map_err(CheckoutError::Connect)
+            })
+            .await?;
+        // A tunnel's first bytes may come from either side: connected is accepted enough.
+        Ok(opened.stream)
     }
 
-    fn pick(&self) -> Result<&ServerPool, ProxyError> {
+    fn pick(&self, avoid: Option<&ServerPool>) -> Result<&ServerPool, ProxyError> {
         self.balancer
-            .pick(&self.servers)
+            .pick(&self.servers, avoid)
             .ok_or_else(|| ProxyError::NoHealthyServer {
                 upstream: self.name.clone(),
             })
@@ -319,23 +348,33 @@ impl Upstream {
         req
     }
 
-    async fn checkout(&self, sp: &ServerPool) -> Result<Object<ConnManager>, ProxyError> {
+    async fn checkout(&self, sp: &ServerPool) -> Result<Object<ConnManager>, CheckoutError> {
         let started = Instant::now();
-        let waited = || started.elapsed();
-        let result = sp.pool.get().await;
-        self.metrics.pool_wait.observe(waited().as_secs_f64());
-        result.map_err(|e| match e {
-            PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => ProxyError::PoolTimeout {
+        let result = sp.queue.checkout(&sp.pool, &sp.server.metrics).await;
+        self.metrics
+            .pool_wait
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn checkout_error(&self, server: &Server, e: CheckoutError) -> ProxyError {
+        match e {
+            CheckoutError::Connect(e) => self.connect_error(server, e),
+            CheckoutError::QueueFull { waiting } => ProxyError::PoolFull {
                 upstream: self.name.clone(),
-                waited: waited(),
+                server: server.address.clone(),
+                waiting,
             },
-            PoolError::Backend(e) => self.connect_error(&sp.server, e),
-            other => ProxyError::Connect {
+            CheckoutError::WaitTimeout => ProxyError::PoolTimeout {
                 upstream: self.name.clone(),
-                server: sp.server.address.clone(),
-                cause: other.to_string(),
+                waited: server.settings.pool.wait_timeout,
             },
-        })
+            CheckoutError::Unavailable(cause) => ProxyError::Connect {
+                upstream: self.name.clone(),
+                server: server.address.clone(),
+                cause,
+            },
+        }
     }
 
     /// Checks a response head, learns what the backend announced, and wraps the body so the
@@ -348,6 +387,7 @@ impl Upstream {
         server: &Arc<Server>,
         in_flight: InFlight,
     ) -> Result<Response<PooledBody>, ProxyError> {
+        conn.accepted();
         let (parts, body) = resp.into_parts();
         if let Some(why) = crate::middleware::framing::ambiguity(&parts.headers) {
             // The connection's framing is lost: whatever follows on it cannot be trusted.

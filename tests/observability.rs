@@ -43,6 +43,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "longhaul_upstream_keepalive_timeout_seconds",
     "longhaul_upstream_server_up",
     "longhaul_upgrades_refused_total",
+    "longhaul_pool_rejected_total",
 ];
 
 // ---------------------------------------------------------------------------------------------

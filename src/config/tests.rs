@@ -68,3 +68,46 @@ fn upgrades_default_to_websocket_only() {
     let config = Config::parse(BASE, Path::new("t.toml")).expect("valid");
     assert_eq!(config.server.upgrades, vec!["websocket".to_string()]);
 }
+
+#[test]
+fn a_burst_waits_and_a_failed_connect_is_retried_by_default() {
+    let config = Config::parse(BASE, Path::new("t.toml")).expect("valid");
+    let u = &config.upstream[0];
+    assert_eq!(
+        (u.connect_timeout, u.retry_window),
+        (Duration::from_secs(3), Duration::from_secs(3))
+    );
+    assert_eq!(
+        (
+            u.pool.wait_timeout,
+            u.pool.max_waiters,
+            u.pool.max_connecting
+        ),
+        (Duration::from_secs(5), 1024, 4)
+    );
+}
+
+#[test]
+fn max_connecting_must_be_positive() {
+    let text = format!("{BASE}[upstream.pool]\nmax_connecting = 0\n");
+    assert_eq!(
+        error_of(&text),
+        (5, "upstream[0].pool.max_connecting".into())
+    );
+}
+
+#[test]
+fn retry_window_must_be_positive() {
+    let text = format!("{BASE}retry_window = \"0s\"\n");
+    assert_eq!(error_of(&text), (4, "upstream[0].retry_window".into()));
+}
+
+#[test]
+fn a_transparent_pool_takes_the_queue_keys() {
+    let text = format!(
+        "{BASE}[transparent]\n[transparent.pool]\nmax_waiters = 7\nmax_connecting = 2\n[[transparent.allow]]\nname = \"n\"\ncidr = \"10.0.0.0/8\"\nports = \"80\"\n"
+    );
+    let config = Config::parse(&text, Path::new("t.toml")).expect("valid");
+    let pool = config.transparent.expect("table").pool;
+    assert_eq!((pool.max_waiters, pool.max_connecting), (7, 2));
+}

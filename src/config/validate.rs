@@ -175,6 +175,7 @@ fn validate_upstream(key: &str, u: &UpstreamConfig) -> Check {
         parse_server(&format!("{key}.servers[{i}]"), server)?;
     }
     nonzero(&format!("{key}.connect_timeout"), u.connect_timeout)?;
+    nonzero(&format!("{key}.retry_window"), u.retry_window)?;
     nonzero(&format!("{key}.response_timeout"), u.response_timeout)?;
     positive(
         &format!("{key}.max_buffered_body_bytes"),
@@ -227,7 +228,8 @@ fn validate_pool(key: &str, p: &PoolConfig) -> Check {
     positive(&format!("{key}.max_requests"), p.max_requests as usize)?;
     nonzero(&format!("{key}.idle_timeout"), p.idle_timeout)?;
     nonzero(&format!("{key}.max_lifetime"), p.max_lifetime)?;
-    nonzero(&format!("{key}.wait_timeout"), p.wait_timeout)
+    nonzero(&format!("{key}.wait_timeout"), p.wait_timeout)?;
+    positive(&format!("{key}.max_connecting"), p.max_connecting)
 }
 
 fn validate_transparent(t: &TransparentConfig) -> Check {

@@ -101,6 +101,7 @@ impl Destinations {
             protocol: t.protocol,
             balance: Balance::RoundRobin,
             connect_timeout: t.connect_timeout,
+            retry_window: crate::config::default_retry_window(),
             response_timeout: t.response_timeout,
             max_buffered_body_bytes: t.max_buffered_body_bytes,
             pool,

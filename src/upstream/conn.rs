@@ -13,6 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, Socket};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::server::{Failure, Server};
 use crate::body::RequestBody;
@@ -29,6 +30,8 @@ pub struct UpstreamConn {
     pub served: u32,
     /// False once a response said the connection cannot carry another request.
     pub reusable: bool,
+    /// Frees the server's `max_connecting` slot when sent or dropped (see `hold_until_answered`).
+    opening: Option<oneshot::Sender<()>>,
     state: Arc<ConnState>,
 }
 
@@ -41,6 +44,12 @@ struct ConnState {
 }
 
 impl UpstreamConn {
+    /// The server answered on this connection (or it is being reused): it was accepted, so its
+    /// `max_connecting` slot is free for the next connect.
+    pub fn accepted(&mut self) {
+        self.opening = None;
+    }
+
     /// Marks the connection busy before a request is written on it.
     pub fn start_request(&mut self) {
         self.served += 1;
@@ -111,6 +120,13 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+impl ConnectError {
+    /// Refused, reset or timed out: nothing reached the server, so a new connect may be tried.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ConnectError::Io(_) | ConnectError::Timeout(_))
+    }
+}
+
 /// Opens and recycles connections to one server.
 pub struct ConnManager {
     pub server: Arc<Server>,
@@ -122,20 +138,9 @@ impl managed::Manager for ConnManager {
 
     async fn create(&self) -> Result<UpstreamConn, ConnectError> {
         let server = &self.server;
-        let timeout = server.settings.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, connect(server)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                server.record_failure(Failure::Unreachable);
-                return Err(e);
-            }
-            Err(_) => {
-                server.record_failure(Failure::Unreachable);
-                return Err(ConnectError::Timeout(timeout));
-            }
-        };
-        // Health counts exchanges, not connects: a server that accepts and then resets every
-        // request must still be ejected. `Upstream::accept` records the success.
+        let Opened { stream, slot } = open(server).await?;
+        // A connect only brings an ejected server back; health counts exchanges: a server that
+        // accepts and then resets every request must still be ejected (`Upstream::accept`).
         let probe = SockRef::from(&stream).try_clone().ok();
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -152,6 +157,7 @@ impl managed::Manager for ConnManager {
             probe,
             served: 0,
             reusable: true,
+            opening: Some(hold_until_answered(slot)),
             state,
         })
     }
@@ -161,6 +167,7 @@ impl managed::Manager for ConnManager {
         conn: &mut UpstreamConn,
         metrics: &Metrics,
     ) -> RecycleResult<ConnectError> {
+        conn.accepted();
         if let Some(reason) = conn.expiry(&self.server, metrics) {
             conn.retire(reason);
             return Err(RecycleError::message(reason.as_str()));
@@ -204,10 +211,65 @@ async fn watch_connection(
     server.metrics.closed(reason);
 }
 
-/// Opens a TCP connection to a server with its configured socket options.
+/// A connected socket only shows that the kernel completed the handshake; the connection may
+/// still wait in the server's accept queue. Its slot is held until the server answers on it, but
+/// no longer than this, so a slow first response does not stall the pool's growth.
+const MAX_ACCEPT_WAIT: Duration = Duration::from_millis(250);
+
+/// Holds `slot` until the returned sender fires or is dropped, or `MAX_ACCEPT_WAIT` passes.
+fn hold_until_answered(slot: OwnedSemaphorePermit) -> oneshot::Sender<()> {
+    let (answered, wait) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(MAX_ACCEPT_WAIT, wait).await;
+        drop(slot);
+    });
+    answered
+}
+
+/// A new TCP connection and the server's `max_connecting` slot it holds.
+pub struct Opened {
+    pub stream: TcpStream,
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Opens a TCP connection for traffic and tells passive health how it went.
+pub async fn open(server: &Server) -> Result<Opened, ConnectError> {
+    match connect_holding_slot(server).await {
+        Ok(opened) => {
+            server.record_connected();
+            Ok(opened)
+        }
+        Err(e) => {
+            server.record_failure(Failure::Unreachable);
+            Err(e)
+        }
+    }
+}
+
+/// Opens a TCP connection to a server (for a probe), with the slot released once connected.
 pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
+    Ok(connect_holding_slot(server).await?.stream)
+}
+
+/// Waits for one of the server's `max_connecting` slots, then connects with the configured
+/// socket options; `connect_timeout` bounds the connect itself.
+async fn connect_holding_slot(server: &Server) -> Result<Opened, ConnectError> {
+    let slot = server
+        .connecting
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the connect semaphore is never closed");
     let addr = resolve(&server.address).await?;
-    connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark).await
+    let timeout = server.settings.connect_timeout;
+    let connecting = connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(stream) => Ok(Opened {
+            stream: stream?,
+            slot,
+        }),
+        Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
 }
 
 /// Opens a TCP connection with TCP_NODELAY, SO_KEEPALIVE and, when given, SO_MARK.
@@ -244,4 +306,31 @@ async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
             io::Error::new(io::ErrorKind::NotFound, "no addresses"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_slot_is_freed_when_the_server_answers() {
+        let slots = Arc::new(Semaphore::new(1));
+        let answered = hold_until_answered(slots.clone().acquire_owned().await.unwrap());
+        tokio::task::yield_now().await;
+        assert_eq!(slots.available_permits(), 0, "held while unanswered");
+        let _ = answered.send(());
+        let freed = tokio::time::timeout(Duration::from_millis(1), slots.acquire()).await;
+        assert!(freed.is_ok(), "freed at once by the answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_slot_is_freed_after_max_accept_wait_without_an_answer() {
+        let slots = Arc::new(Semaphore::new(1));
+        let _answered = hold_until_answered(slots.clone().acquire_owned().await.unwrap());
+        let early = tokio::time::timeout(MAX_ACCEPT_WAIT / 2, slots.acquire()).await;
+        assert!(early.is_err(), "still held halfway through MAX_ACCEPT_WAIT");
+        let later = tokio::time::timeout(MAX_ACCEPT_WAIT, slots.acquire()).await;
+        assert!(later.is_ok(), "freed once MAX_ACCEPT_WAIT passed");
+    }
 }

@@ -1,6 +1,7 @@
 //! One backend server as the pool sees it: its address and settings, what was learned about its
 //! keep-alive behaviour, its health (passive ejection), and its metric children.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct Server {
     /// Why the pool was closed (a `CloseReason` + 1; 0 = still open).
     pool_closed: AtomicU8,
     health: Health,
+    /// Slots for connections being opened (`max_connecting`): from the connect until the server
+    /// has shown it accepted (a first response head, at most 250 ms), so a burst cannot overflow
+    /// a small accept backlog whose dropped SYNs would each cost a 1 s retransmit.
+    pub connecting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -53,6 +58,7 @@ impl Server {
             upstream: upstream.to_string(),
             address: address.to_string(),
             metrics: ServerMetrics::new(upstream, address, settings.pool.max_size),
+            connecting: Arc::new(tokio::sync::Semaphore::new(settings.pool.max_connecting)),
             settings,
             in_flight: AtomicUsize::new(0),
             learned_keepalive_ms: AtomicU64::new(0),
@@ -166,6 +172,16 @@ impl Server {
     /// its last success.
     pub fn is_healthy(&self) -> bool {
         self.is_available() && self.health.consecutive_failures.load(Ordering::Relaxed) == 0
+    }
+
+    /// A connection opened: an ejected server is back in rotation at once. It stays on
+    /// probation (failures still count towards the next ejection) until an exchange succeeds.
+    pub fn record_connected(&self) {
+        if self.health.ejected_until.swap(0, Ordering::Relaxed) > clock::now_ms() {
+            tracing::info!(upstream = %self.upstream, server = %self.address,
+                "server accepted a connection; back in rotation");
+        }
+        self.metrics.up.set(1);
     }
 
     /// A response head arrived (`Upstream::accept`) or an active probe passed; a connect alone

@@ -236,6 +236,24 @@ impl BackendBuilder {
 
     pub fn start(self) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend listener");
+        self.serve(listener)
+    }
+
+    /// Starts on a chosen address, e.g. where a stopped backend listened (a restart); retries
+    /// the bind for up to 3 s while the port is still in use.
+    pub fn start_on(self, addr: SocketAddr) -> Backend {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => panic!("binding {addr}: {e}"),
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.serve(listener)
+    }
+
+    fn serve(self, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().expect("backend local addr");
         let shared = Arc::new(Shared {
             behaviour: self,

@@ -7,7 +7,9 @@
 pub mod backend;
 pub mod client;
 pub mod faults;
+pub mod lab;
 pub mod proxy;
+pub mod real_servers;
 pub mod wire;
 
 use std::time::{Duration, Instant};

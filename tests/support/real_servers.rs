@@ -1,0 +1,235 @@
+//! Real servers and load tools the issue names: Python's `http.server`, Apache httpd on a config
+//! of its own in a temp dir (started and stopped with `-k`), and `ab` with its report parsed.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::lab;
+
+/// Whether `tool` is on PATH; if not, says the test is skipped (or fails under
+/// LONGHAUL_REQUIRE_TOOLS=1, as in CI).
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("LONGHAUL_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("LONGHAUL_REQUIRE_TOOLS=1 but `{tool}` is not installed");
+        }
+        eprintln!("skipped: `{tool}` is not installed");
+    }
+    found
+}
+
+/// Whether something accepts connections on `addr` right now.
+pub fn accepting(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+fn wait_accepting(addr: SocketAddr, what: &str) {
+    assert!(
+        super::wait_until(Duration::from_secs(10), || accepting(addr)),
+        "{what} never accepted connections on {addr}"
+    );
+}
+
+/// A document root with `index.html` (`hello\n`).
+fn docroot(dir: &Path) -> PathBuf {
+    let root = dir.join("htdocs");
+    std::fs::create_dir_all(&root).expect("create docroot");
+    std::fs::write(root.join("index.html"), "hello\n").expect("write index.html");
+    root
+}
+
+// === python3 -m http.server ===
+
+/// `python3 -m http.server` (HTTP/1.0, one connection per request, listen backlog 5) serving
+/// a temp dir; killed on drop.
+pub struct PythonHttpServer {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl PythonHttpServer {
+    pub fn start(addr: SocketAddr) -> PythonHttpServer {
+        let dir = lab::temp_dir("longhaul-python-http");
+        let root = docroot(&dir);
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "http.server", &addr.port().to_string()])
+            .args(["--bind", &addr.ip().to_string()])
+            .arg("--directory")
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        lab::die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawn python3 -m http.server");
+        wait_accepting(addr, "python3 -m http.server");
+        PythonHttpServer { child, addr, dir }
+    }
+}
+
+impl Drop for PythonHttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// === Apache httpd ===
+
+/// Apache httpd (mpm_event) on a minimal config in a temp dir, serving `index.html`. Started
+/// with `apache2 -f CONF -k start`; stopped with `-k stop` on `stop` and on drop.
+pub struct Apache {
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    conf: PathBuf,
+}
+
+const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+
+impl Apache {
+    pub fn start(addr: SocketAddr) -> Apache {
+        let dir = lab::temp_dir("longhaul-apache");
+        let root = docroot(&dir);
+        let conf = dir.join("httpd.conf");
+        let d = dir.display();
+        let text = format!(
+            "ServerRoot \"{d}\"\n\
+             DefaultRuntimeDir \"{d}\"\n\
+             PidFile \"{d}/httpd.pid\"\n\
+             ErrorLog \"{d}/error.log\"\n\
+             LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n\
+             LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n\
+             Listen {addr}\n\
+             ServerName {ip}\n\
+             User nobody\n\
+             Group nogroup\n\
+             KeepAlive On\n\
+             DocumentRoot \"{root}\"\n\
+             <Directory \"{root}\">\n  Require all granted\n</Directory>\n",
+            ip = addr.ip(),
+            root = root.display(),
+        );
+        std::fs::write(&conf, text).expect("write httpd.conf");
+        let apache = Apache { addr, dir, conf };
+        apache.run_start();
+        apache
+    }
+
+    fn control(&self, action: &str) {
+        let out = Command::new("apache2")
+            .arg("-f")
+            .arg(&self.conf)
+            .args(["-k", action])
+            .output()
+            .expect("run apache2");
+        assert!(
+            out.status.success(),
+            "apache2 -k {action}: {}\n{}\nerror.log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.error_log()
+        );
+    }
+
+    fn run_start(&self) {
+        self.control("start");
+        wait_accepting(self.addr, "apache2");
+    }
+
+    /// `apache2 -k start` again; returns once it accepts connections.
+    pub fn start_again(&self) {
+        self.run_start();
+    }
+
+    /// `apache2 -k stop`; returns once the master process is gone.
+    pub fn stop(&self) {
+        let Some(pid) = self.pid() else { return };
+        self.control("stop");
+        let gone = super::wait_until(Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(gone, "apache2 (pid {pid}) did not stop");
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("httpd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("apache2")
+                .arg("-f")
+                .arg(&self.conf)
+                .args(["-k", "stop"])
+                .output();
+            super::wait_until(Duration::from_secs(10), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// === ab ===
+
+/// What `ab` reported.
+#[derive(Debug)]
+pub struct AbReport {
+    pub complete: u64,
+    pub failed: u64,
+    /// "Non-2xx responses" (ab prints the line only when there are some).
+    pub non_2xx: u64,
+    pub text: String,
+}
+
+/// Runs `ab -n requests -c concurrency url` and parses its report.
+pub fn ab(requests: u32, concurrency: u32, url: &str) -> AbReport {
+    let out = Command::new("ab")
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-c",
+            &concurrency.to_string(),
+            url,
+        ])
+        .output()
+        .expect("run ab");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ab exited with {}:\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    AbReport {
+        complete: field("Complete requests:").expect("ab printed `Complete requests`"),
+        failed: field("Failed requests:").expect("ab printed `Failed requests`"),
+        non_2xx: field("Non-2xx responses:").unwrap_or(0),
+        text,
+    }
+}
