@@ -88,8 +88,10 @@ fn check_prints_every_default_with_durations_as_strings() {
     assert_eq!(server["max_request_head_bytes"].as_integer(), Some(65_536));
     assert_eq!(server["max_request_header_bytes"].as_integer(), Some(8192));
     let upstream = &printed["upstream"][0];
-    assert_eq!(upstream["connect_timeout"].as_str(), Some("1s"));
-    assert_eq!(upstream["pool"]["wait_timeout"].as_str(), Some("500ms"));
+    assert_eq!(upstream["connect_timeout"].as_str(), Some("3s"));
+    assert_eq!(upstream["retry_window"].as_str(), Some("3s"));
+    assert_eq!(upstream["pool"]["wait_timeout"].as_str(), Some("5s"));
+    assert_eq!(upstream["pool"]["max_waiters"].as_integer(), Some(1024));
     assert_eq!(upstream["health"]["max_ejection"].as_str(), Some("30s"));
 }
 
