@@ -44,6 +44,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "longhaul_upstream_server_up",
     "longhaul_upgrades_refused_total",
     "longhaul_pool_rejected_total",
+    "longhaul_tunnels_closed_total",
 ];
 
 // ---------------------------------------------------------------------------------------------
