@@ -19,6 +19,7 @@ use super::*;
 struct Scripted {
     pieces: VecDeque<Vec<u8>>,
     written: Vec<u8>,
+    writes: usize,
     write_error_after: Option<usize>,
 }
 
@@ -55,6 +56,7 @@ impl AsyncWrite for Scripted {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.writes += 1;
         if let Some(limit) = self.write_error_after {
             if self.written.len() >= limit {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -373,22 +375,24 @@ fn get_parts(uri: &str, version: Version) -> http::request::Parts {
     req.into_parts().0
 }
 
-async fn written<B>(parts: &http::request::Parts, body: B) -> (Result<(), Error>, Vec<u8>)
+/// The result, the bytes written and the number of write calls.
+async fn written<B>(parts: &http::request::Parts, body: B) -> (Result<(), Error>, Vec<u8>, usize)
 where
     B: http_body::Body,
     B::Error: Into<crate::error::BoxError>,
 {
     let mut io = Scripted::default();
     let result = write_request(&mut io, &RequestHead::from_parts(parts), body).await;
-    (result, io.written)
+    (result, io.written, io.writes)
 }
 
 #[tokio::test]
 async fn a_request_without_a_body_has_no_framing_header() {
     let parts = get_parts("http://b/p?q=1", Version::HTTP_11);
-    let (result, wire) = written(&parts, Empty::<Bytes>::new()).await;
+    let (result, wire, writes) = written(&parts, Empty::<Bytes>::new()).await;
     result.unwrap();
     assert_eq!(wire, b"GET /p?q=1 HTTP/1.1\r\nhost: b\r\n\r\n");
+    assert_eq!(writes, 1);
 }
 
 #[tokio::test]
@@ -398,12 +402,13 @@ async fn a_known_length_body_gets_content_length_in_the_same_buffer() {
     parts
         .headers
         .insert("content-length", "999".parse().unwrap());
-    let (result, wire) = written(&parts, Full::new(Bytes::from_static(b"abc"))).await;
+    let (result, wire, writes) = written(&parts, Full::new(Bytes::from_static(b"abc"))).await;
     result.unwrap();
     assert_eq!(
         wire,
         b"POST /up HTTP/1.1\r\nhost: b\r\ncontent-length: 3\r\n\r\nabc"
     );
+    assert_eq!(writes, 1, "head and a small body go out in one write");
 }
 
 /// A body of unknown length made of the given frames.
@@ -440,7 +445,7 @@ async fn an_http11_body_of_unknown_length_is_chunked_with_its_trailers() {
     parts.method = Method::PUT;
     let mut trailers = HeaderMap::new();
     trailers.insert("x-sum", "7".parse().unwrap());
-    let (result, wire) = written(
+    let (result, wire, writes) = written(
         &parts,
         streamed(&[b"hello", b"", b"0123456789abcdef"], Some(trailers)),
     )
@@ -451,17 +456,21 @@ async fn an_http11_body_of_unknown_length_is_chunked_with_its_trailers() {
         String::from_utf8_lossy(&wire),
         String::from_utf8_lossy(expected)
     );
+    assert_eq!(
+        writes, 1,
+        "frames that are ready at once are gathered into one write"
+    );
 }
 
 #[tokio::test]
 async fn an_http10_body_of_unknown_length_is_refused_before_any_byte() {
     let mut parts = get_parts("/s", Version::HTTP_10);
     parts.method = Method::POST;
-    let (result, wire) = written(&parts, streamed(&[b"x"], None)).await;
+    let (result, wire, writes) = written(&parts, streamed(&[b"x"], None)).await;
     let err = result.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::UnframeableBody), "{err:?}");
     assert!(err.is_unsent());
-    assert_eq!(wire, b"");
+    assert_eq!((wire.len(), writes), (0, 0));
 }
 
 #[tokio::test]
@@ -469,11 +478,12 @@ async fn a_large_body_is_written_after_the_head_without_copying_into_it() {
     let mut parts = get_parts("/big", Version::HTTP_11);
     parts.method = Method::POST;
     let big = Bytes::from(vec![b'z'; 100_000]);
-    let (result, wire) = written(&parts, Full::new(big)).await;
+    let (result, wire, writes) = written(&parts, Full::new(big)).await;
     result.unwrap();
     let head = b"POST /big HTTP/1.1\r\nhost: b\r\ncontent-length: 100000\r\n\r\n";
     assert_eq!(&wire[..head.len()], head);
     assert_eq!(wire.len(), head.len() + 100_000);
+    assert_eq!(writes, 2, "the head, then the body from its own buffer");
 }
 
 #[tokio::test]
@@ -517,7 +527,7 @@ async fn a_body_shorter_than_its_declared_length_is_an_error() {
     parts.method = Method::POST;
     let mut body = streamed(&[b"ab"], None);
     body.1 = Some(5);
-    let (result, _) = written(&parts, body).await;
+    let (result, _, _) = written(&parts, body).await;
     let err = result.unwrap_err();
     assert!(
         matches!(
