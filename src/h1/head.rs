@@ -38,9 +38,7 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(HEAD_BUF_START.min(limits.max_head_bytes));
     let mut started = false;
     loop {
-        while let Some(parts) =
-            parse_head(&mut buf, limits.max_headers).map_err(|k| Error::reading(k, true))?
-        {
+        while let Some(parts) = parse_head(&mut buf, limits).map_err(|k| Error::reading(k, true))? {
             if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
@@ -73,13 +71,19 @@ pub async fn read_response<S: AsyncRead + Unpin>(
 }
 
 /// One complete head from the front of `buf`, which then holds what follows it.
-fn parse_head(buf: &mut BytesMut, max_headers: usize) -> Result<Option<Parts>, ErrorKind> {
+fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, ErrorKind> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut response = httparse::Response::new(&mut fields);
     let len = match response.parse(buf)? {
+        // A read may bring more than the limit when the allocator rounds the buffer up.
+        httparse::Status::Complete(len) if len > limits.max_head_bytes => {
+            return Err(ErrorKind::HeadTooLarge {
+                limit: limits.max_head_bytes,
+            });
+        }
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
