@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod h1;
 pub mod loadgen;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,125 @@
+//! Reads a response head with `httparse` into `http::response::Parts`: a bounded, per-exchange
+//! buffer, interim 1xx responses skipped (101 returned), header values sliced without copying.
+
+use bytes::{Bytes, BytesMut};
+use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{Error, ErrorKind, ResponseBody, response_framing};
+
+/// The read buffer's first allocation: most response heads fit in one read of this.
+pub(super) const HEAD_BUF_START: usize = 4 * 1024;
+
+/// Bounds on what a backend may send in one response head (and in a trailer section).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest head, status line to empty line, in bytes (64 KiB by default).
+    pub max_head_bytes: usize,
+    /// The most header fields in a head or in a trailer section (100 by default, as hyper).
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Reads the final response head to a request with `method`; the body follows on `io`.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    mut io: S,
+    method: &Method,
+    limits: &Limits,
+) -> Result<(Parts, ResponseBody<S>), Error> {
+    let mut buf = BytesMut::with_capacity(HEAD_BUF_START.min(limits.max_head_bytes));
+    let mut started = false;
+    loop {
+        while let Some(parts) = parse_head(&mut buf, limits).map_err(|k| Error::reading(k, true))? {
+            if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            let framing = response_framing(method, parts.status, parts.version, &parts.headers)
+                .map_err(|k| Error::reading(k, true))?;
+            let body = ResponseBody::new(io, buf, framing, method, &parts, limits);
+            return Ok((parts, body));
+        }
+        if buf.len() >= limits.max_head_bytes {
+            let limit = limits.max_head_bytes;
+            return Err(Error::reading(ErrorKind::HeadTooLarge { limit }, true));
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity().min(limits.max_head_bytes - buf.len()));
+        }
+        let n = io
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::reading(e.into(), started))?;
+        if n == 0 {
+            let kind = if started {
+                ErrorKind::IncompleteHead
+            } else {
+                ErrorKind::ClosedBeforeResponse
+            };
+            return Err(Error::reading(kind, started));
+        }
+        started = true;
+    }
+}
+
+/// One complete head from the front of `buf`, which then holds what follows it.
+fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, ErrorKind> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(buf)? {
+        // A read may bring more than the limit when the allocator rounds the buffer up.
+        httparse::Status::Complete(len) if len > limits.max_head_bytes => {
+            return Err(ErrorKind::HeadTooLarge {
+                limit: limits.max_head_bytes,
+            });
+        }
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let code = response.code.expect("a complete head has a status");
+    let status = StatusCode::from_u16(code).map_err(|_| ErrorKind::BadStatus(code))?;
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let mut spans = Vec::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| ErrorKind::BadHeader("invalid field name"))?;
+        let start = field.value.as_ptr() as usize - base;
+        spans.push((name, start, start + field.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let headers = header_map(&head, spans)?;
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(parts))
+}
+
+/// The header map, each value a slice of the head's own bytes.
+fn header_map(
+    head: &Bytes,
+    spans: Vec<(HeaderName, usize, usize)>,
+) -> Result<HeaderMap, ErrorKind> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| ErrorKind::BadHeader("invalid field value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
