@@ -18,11 +18,8 @@ mod error;
 mod framing;
 mod head;
 mod request;
-// `upstream::reuse` is private to `upstream`, which another change owns right now; compiled here
-// from the same file so the rules stay in one place. Once it is `pub(crate)`, `use` it instead.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "upstream/reuse.rs"]
-mod reuse;
+
+use crate::upstream::reuse;
 
 pub use body::{ResponseBody, Reuse};
 pub use error::{Error, ErrorKind};

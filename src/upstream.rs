@@ -8,7 +8,7 @@ mod health;
 mod maintain;
 mod queue;
 mod retry;
-mod reuse;
+pub(crate) mod reuse;
 mod server;
 
 use std::future::Future;
