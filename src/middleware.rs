@@ -4,8 +4,8 @@
 pub mod access_log;
 pub mod forwarded;
 pub mod framing;
+pub mod guard;
 pub mod head_limits;
 pub mod hop_by_hop;
-pub mod refusal;
 pub mod request_id;
 pub mod trailers;

@@ -26,8 +26,7 @@ use crate::config::{ServerConfig, TcpKeepaliveConfig};
 use crate::metrics::METRICS;
 use crate::middleware::access_log::{AccessLog, AccessLogLayer};
 use crate::middleware::forwarded::{self, ClientAddr};
-use crate::middleware::framing::{FramingGuard, FramingGuardLayer};
-use crate::middleware::head_limits::{HeadLimits, HeadLimitsLayer};
+use crate::middleware::guard::{RequestGuard, RequestGuardLayer};
 use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
@@ -76,12 +75,11 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .layer(AccessLogLayer {
             enabled: access_log,
         })
-        // An overlong request line or field line is refused before anything acts on it.
-        .layer(HeadLimitsLayer {
+        // An overlong request line or field line, or ambiguous framing, is refused before
+        // anything acts on it, above all before it can reach a shared upstream connection.
+        .layer(RequestGuardLayer {
             max_line_bytes: server.max_request_header_bytes,
         })
-        // Ambiguous framing is refused before it can reach a shared upstream connection.
-        .layer(FramingGuardLayer)
         // Past the concurrency limit, answer 503 at once instead of queueing without bound.
         .load_shed()
         .concurrency_limit(server.max_concurrent_requests)
@@ -112,10 +110,10 @@ type Rewrite = MapRequest<
     MapResponse<MapResponse<MapRequest<Proxy, RequestMap>, ResponseMap>, ResponseMap>,
     RequestMap,
 >;
-/// Load shedding, the concurrency limit and the request timeout.
-type Guarded = FramingGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
+/// The request guard, load shedding, the concurrency limit and the request timeout.
+type Guarded = RequestGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
 /// The whole stack `stack` builds, named so it can be cloned per connection without boxing.
-pub type Stack = RequestId<AccessLog<HeadLimits<Guarded>>>;
+pub type Stack = RequestId<AccessLog<Guarded>>;
 
 /// Client connection settings, from `[server]`.
 #[derive(Clone)]

@@ -1,16 +1,10 @@
-//! Rejects requests whose body framing or target host is ambiguous, before anything reaches a
-//! pooled upstream connection (request smuggling, RFC 9112 §6.1 and §11.2; Host, RFC 9112 §3.2). hyper already rejects Transfer-Encoding
-//! on HTTP/1.0, a final coding other than chunked, differing Content-Lengths, bad chunk sizes and
-//! malformed header lines; this layer rejects what hyper tolerates: a repeated or decorated
-//! `Transfer-Encoding` (`chunked, chunked`, two header lines). Rejections close the connection.
+//! Which messages have ambiguous body framing or target host (request smuggling, RFC 9112 §6.1 and
+//! §11.2; Host, RFC 9112 §3.2). hyper already rejects Transfer-Encoding on HTTP/1.0, a final coding
+//! other than chunked, differing Content-Lengths, bad chunk sizes and malformed header lines; these
+//! checks catch what hyper tolerates: a repeated or decorated `Transfer-Encoding` (`chunked,
+//! chunked`, two header lines). `guard` refuses such requests; `upstream` such responses.
 
-use std::task::{Context, Poll};
-
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version, header};
-use tower::{Layer, Service};
-
-use crate::body::ProxyBody;
-use crate::middleware::refusal::{GuardFuture, refuse};
+use http::{HeaderMap, HeaderValue, Request, Version, header};
 
 /// Why a message's framing is ambiguous, if it is.
 pub fn ambiguity(headers: &HeaderMap) -> Option<&'static str> {
@@ -29,7 +23,7 @@ pub fn ambiguity(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host; any request at most one.
-fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+pub fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => Some("more than one Host header"),
@@ -42,41 +36,6 @@ fn is_exactly_chunked(value: &HeaderValue) -> bool {
     value
         .to_str()
         .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
-}
-
-#[derive(Clone, Default)]
-pub struct FramingGuardLayer;
-
-impl<S> Layer<S> for FramingGuardLayer {
-    type Service = FramingGuard<S>;
-    fn layer(&self, inner: S) -> FramingGuard<S> {
-        FramingGuard { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct FramingGuard<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for FramingGuard<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>>,
-{
-    type Response = Response<ProxyBody>;
-    type Error = S::Error;
-    type Future = GuardFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match ambiguity(req.headers()).or_else(|| host_problem(&req)) {
-            None => GuardFuture::passed(self.inner.call(req)),
-            Some(why) => GuardFuture::refused(refuse(StatusCode::BAD_REQUEST, why, &req)),
-        }
-    }
 }
 
 #[cfg(test)]

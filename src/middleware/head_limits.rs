@@ -1,14 +1,8 @@
-//! Refuses a request whose request line (414) or any one field line (431) is longer than
-//! `max_request_header_bytes`, measured on the request as hyper parsed it, before it goes anywhere.
+//! Whether a request line (414) or any one field line (431) is longer than
+//! `max_request_header_bytes`, measured on the request as hyper parsed it; `guard` refuses it.
 //! The whole head is bounded by hyper itself (`max_header_size` in `server`), however it arrived.
 
-use std::task::{Context, Poll};
-
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use tower::{Layer, Service};
-
-use crate::body::ProxyBody;
-use crate::middleware::refusal::{GuardFuture, refuse};
+use http::{HeaderMap, Method, StatusCode, Uri};
 
 /// `HTTP/1.0` and `HTTP/1.1` are both this long.
 const VERSION_LEN: usize = "HTTP/1.1".len();
@@ -68,48 +62,6 @@ pub fn line_problem(
             ))
         }
         _ => None,
-    }
-}
-
-#[derive(Clone)]
-pub struct HeadLimitsLayer {
-    /// `[server] max_request_header_bytes`.
-    pub max_line_bytes: usize,
-}
-
-impl<S> Layer<S> for HeadLimitsLayer {
-    type Service = HeadLimits<S>;
-    fn layer(&self, inner: S) -> HeadLimits<S> {
-        HeadLimits {
-            inner,
-            max_line_bytes: self.max_line_bytes,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct HeadLimits<S> {
-    inner: S,
-    max_line_bytes: usize,
-}
-
-impl<S, B> Service<Request<B>> for HeadLimits<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>>,
-{
-    type Response = Response<ProxyBody>;
-    type Error = S::Error;
-    type Future = GuardFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match line_problem(req.method(), req.uri(), req.headers(), self.max_line_bytes) {
-            None => GuardFuture::passed(self.inner.call(req)),
-            Some((status, why)) => GuardFuture::refused(refuse(status, &why, &req)),
-        }
     }
 }
 
