@@ -514,43 +514,16 @@ pub struct Run {
 
 /// Runs longhaul with `args`, killing it after `timeout`.
 pub fn run(args: &[&str], timeout: Duration) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn longhaul");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let code = match wait_bounded(&mut child, timeout) {
-        Some(status) => status.code(),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    };
-    Run {
-        code,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
+    run_to_end(args, timeout, true)
 }
 
 /// Runs longhaul with `args` and its stdout a pipe whose read end is closed at once, as
 /// `longhaul ... | head -0` would; killed after `timeout`. `stdout` is always empty.
 pub fn run_with_stdout_closed(args: &[&str], timeout: Duration) -> Run {
+    run_to_end(args, timeout, false)
+}
+
+fn run_to_end(args: &[&str], timeout: Duration, read_stdout: bool) -> Run {
     let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
@@ -558,13 +531,14 @@ pub fn run_with_stdout_closed(args: &[&str], timeout: Duration) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn longhaul");
-    drop(child.stdout.take());
-    let mut err = child.stderr.take().expect("stderr");
-    let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let out = child.stdout.take().expect("stdout");
+    let out_t = if read_stdout {
+        Some(read_all(out))
+    } else {
+        drop(out); // the read end closes now: the child's writes meet a broken pipe
+        None
+    };
+    let err_t = read_all(child.stderr.take().expect("stderr"));
     let code = match wait_bounded(&mut child, timeout) {
         Some(status) => status.code(),
         None => {
@@ -575,7 +549,18 @@ pub fn run_with_stdout_closed(args: &[&str], timeout: Duration) -> Run {
     };
     Run {
         code,
-        stdout: String::new(),
+        stdout: out_t
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
     }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_all(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    })
 }
