@@ -188,10 +188,6 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize)
         transparent,
     } = serving;
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            _ = shutdown.changed() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
@@ -204,6 +200,13 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize)
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // The slot is taken after accepting: a loop holding a free slot while its own listener
+        // is quiet would starve a client queued on another worker's listener. Past the limit,
+        // each worker holds at most this one connection; the rest wait in the kernel backlog.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.changed() => return,
         };
         tracing::debug!(worker, client = %peer, "client connection accepted");
         // A client that vanished (power loss behind a NAT) is noticed even on a silent tunnel.

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use support::backend::Backend;
-use support::client;
+use support::client::{self, Client};
 use support::proxy::{Proxy, ProxyConfig, log_field, log_message};
 
 /// Logs each accepted client connection with the worker that accepted it.
@@ -178,4 +178,22 @@ fn with_two_workers_sigterm_drains_in_flight_requests_on_every_worker() {
     assert_eq!(ok, sent, "in-flight requests answered after SIGTERM");
     let status = proxy.stop().expect("longhaul exits after draining");
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn with_two_workers_one_free_connection_slot_serves_a_client_on_either_worker() {
+    let backend = Backend::start();
+    let proxy = Proxy::start(&two_workers(&backend).server("max_connections", "1"));
+    // One slot, two listeners: each client must be served whichever worker the kernel picks,
+    // not wait for the other worker's listener to see a connection.
+    let statuses: Vec<u16> = (0..32)
+        .map(|i| {
+            let mut c = Client::connect(proxy.addr).expect("connect");
+            c.set_read_timeout(Duration::from_secs(3));
+            let request = format!("GET /one-slot/{i} HTTP/1.0\r\nHost: test.local\r\n\r\n");
+            c.roundtrip(request.as_bytes()).map_or(0, |r| r.status)
+        })
+        .collect();
+    assert_eq!(statuses, vec![200; 32]);
+    assert_eq!(accepting_workers(&proxy), BTreeSet::from([0, 1]));
 }
