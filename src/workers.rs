@@ -155,3 +155,33 @@ fn register(
         .map(|s| TcpListener::from_std(s).map_err(|source| WorkerError::Start { worker, source }))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_0_is_one_port_every_worker_binds() {
+        let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listeners = Listeners::bind(&[configured], 3, false).expect("bind");
+        let port = listeners.addrs[0].port();
+        let ports: Vec<Vec<u16>> = listeners
+            .sockets
+            .iter()
+            .map(|w| w.iter().map(|s| s.local_addr().unwrap().port()).collect())
+            .collect();
+        assert_eq!(ports, vec![vec![port]; 3]);
+    }
+
+    #[test]
+    fn an_address_already_taken_without_reuseport_is_a_bind_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        match Listeners::bind(&[addr], 2, false) {
+            Err(WorkerError::Bind { addr: at, source }) => {
+                assert_eq!((at, source.kind()), (addr, std::io::ErrorKind::AddrInUse));
+            }
+            other => panic!("expected a bind error, got {:?}", other.map(|l| l.addrs)),
+        }
+    }
+}
