@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::metrics::{CloseReason, METRICS};
 use crate::proxy::{Proxy, Routing, UpgradeAllowList};
-use crate::server::{self, ClientSettings};
+use crate::server::{self, ClientSettings, Serving};
+use crate::workers::{Listeners, WorkerError, Workers};
 
 /// Why the proxy could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
 }
 
 /// A started proxy: where it listens, and the handle to stop it.
@@ -34,6 +37,7 @@ pub struct App {
     routing: Arc<ArcSwap<Routing>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    workers: Workers,
     limit: Arc<Semaphore>,
     transparent: Option<Arc<crate::transparent::Transparent>>,
 }
@@ -50,27 +54,21 @@ impl App {
         let proxy = Proxy::new(routing.clone(), settings.proxy_options, upgrades);
         let stack = server::stack(proxy, &config.server, config.log.access_log);
         let tproxy = config.transparent.as_ref().is_some_and(|t| t.tproxy);
-        let mut listeners = Vec::new();
-        for addr in config.listen_addrs() {
-            let listener = server::bind_with(addr, tproxy)
-                .map_err(|source| AppError::Bind { addr, source })?;
-            listeners.push(listener);
-        }
-        let listen: Vec<SocketAddr> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("bound"))
-            .collect();
+        let listeners = Listeners::bind(
+            &config.listen_addrs(),
+            config.server.workers.count(),
+            tproxy,
+        )?;
+        let listen = listeners.addrs.clone();
         let transparent = crate::transparent::Transparent::for_config(&config, &listen);
-        for listener in listeners {
-            tasks.spawn(server::accept_loop(
-                listener,
-                stack.clone(),
-                settings.clone(),
-                limit.clone(),
-                shutdown_rx.clone(),
-                transparent.clone(),
-            ));
-        }
+        let serving = Serving {
+            stack,
+            settings,
+            limit: limit.clone(),
+            shutdown: shutdown_rx.clone(),
+            transparent: transparent.clone(),
+        };
+        let workers = Workers::start(listeners, &serving)?;
         let admin_addr: SocketAddr = config.admin.listen.parse().expect("validated");
         let admin_listener = server::bind(admin_addr).map_err(|source| AppError::Bind {
             addr: admin_addr,
@@ -90,6 +88,7 @@ impl App {
             routing,
             shutdown,
             tasks,
+            workers,
             limit,
             transparent,
         };
@@ -125,6 +124,7 @@ impl App {
             listen = %join(&self.listen),
             admin = %self.admin,
             mode = ?self.config.server.mode,
+            workers = self.config.server.workers.count(),
             upstreams = %upstreams,
             version = env!("CARGO_PKG_VERSION"),
             "longhaul started"
@@ -183,6 +183,7 @@ impl App {
             tracing::warn!("drain timeout reached; closing the remaining client connections");
         }
         self.tasks.abort_all();
+        self.workers.stop().await;
         if let Some(t) = &self.transparent {
             t.destinations.close_all();
         }

@@ -3,6 +3,7 @@
 
 mod locate;
 pub mod validate;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use validate::parse_ports;
+pub use workers::Workers;
 
 /// A whole configuration file, after parsing and validation. Serializing it gives the
 /// effective configuration (`longhaul check`): every key, defaults filled in, valid input again.
@@ -68,8 +70,9 @@ pub struct ServerConfig {
     /// `Upgrade` protocols passed to the backend (names, case-insensitive); any other is
     /// stripped and the request goes upstream as a plain one (h2c smuggling).
     pub upgrades: Vec<String>,
-    /// Threads serving traffic: 1 = one event loop (default), 0 = one per CPU core, N = N.
-    pub workers: usize,
+    /// Event loops serving traffic, each on its own thread with its own listeners: "auto"
+    /// (default) = one per core, or a number >= 1.
+    pub workers: Workers,
     /// A client that accepts no response bytes for this long is disconnected.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
@@ -98,7 +101,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             allow_connect: false,
             upgrades: vec!["websocket".into()],
-            workers: 1,
+            workers: Workers::Auto,
             send_timeout: Duration::from_secs(60),
             tcp_keepalive: TcpKeepaliveConfig::default(),
             tunnel_idle_timeout: Duration::from_secs(3600),

@@ -24,6 +24,7 @@ pub mod sim;
 pub mod transparent;
 pub mod tunnel;
 pub mod upstream;
+pub mod workers;
 
 #[cfg(test)]
 mod test_util;

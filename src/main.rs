@@ -131,7 +131,7 @@ fn run(path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     longhaul::logging::init(&config.log);
-    proxy_runtime(config.server.workers).block_on(async {
+    proxy_runtime().block_on(async {
         let signals = match longhaul::app::Signals::install() {
             Ok(signals) => signals,
             Err(e) => {
@@ -164,20 +164,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// The proxy's runtime: `[server] workers` threads. One event loop is the default: measured on
-/// 2 cores shared with clients and backend, it served short connections at 1.8x the rate of a
-/// two-thread work-stealing runtime, with a third of the p99 and 40 % less CPU per request.
-fn proxy_runtime(workers: usize) -> tokio::runtime::Runtime {
-    let mut builder = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    builder.enable_all().build().expect("tokio runtime")
+/// The main thread's runtime: signals, reload, the admin listener, the pools' background tasks,
+/// and the first event loop. `App::start` starts the other `[server] workers` on their own threads.
+fn proxy_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn backend_sim(args: SimArgs) -> ExitCode {

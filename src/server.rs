@@ -40,15 +40,32 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// Accept queue length: bursts of short connections must not be refused by the kernel.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Binds a listening socket with SO_REUSEADDR and a deep backlog.
+/// Binds the admin listener: SO_REUSEADDR and a deep backlog, one socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_with(addr, false)
+    let socket = listening_socket(addr, false, false)?;
+    TcpListener::from_std(socket.into())
 }
 
-/// Binds a listener; `ip_transparent` accepts connections for any address (TPROXY).
-pub fn bind_with(addr: SocketAddr, ip_transparent: bool) -> std::io::Result<TcpListener> {
+/// Binds one worker's client listener with SO_REUSEPORT, so every worker can bind the same
+/// address and the kernel spreads connections over them; `ip_transparent` accepts connections
+/// for any address (TPROXY).
+pub fn bind_shared(
+    addr: SocketAddr,
+    ip_transparent: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    Ok(listening_socket(addr, ip_transparent, true)?.into())
+}
+
+fn listening_socket(
+    addr: SocketAddr,
+    ip_transparent: bool,
+    reuse_port: bool,
+) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if ip_transparent {
         if addr.is_ipv4() {
             socket.set_ip_transparent_v4(true)?;
@@ -62,7 +79,7 @@ pub fn bind_with(addr: SocketAddr, ip_transparent: bool) -> std::io::Result<TcpL
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// The tower stack, built once so that the concurrency limit is shared by every connection.
@@ -147,20 +164,28 @@ impl ClientSettings {
     }
 }
 
-/// Accepts clients until shutdown, at most `limit` at a time.
-pub async fn accept_loop(
-    listener: TcpListener,
-    stack: Stack,
-    settings: Arc<ClientSettings>,
-    limit: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-    transparent: Option<Arc<Transparent>>,
-) {
+/// What every accept loop shares, whichever worker it runs on: one stack (so one concurrency
+/// limit), one connection limit, one shutdown signal.
+#[derive(Clone)]
+pub struct Serving {
+    pub stack: Stack,
+    pub settings: Arc<ClientSettings>,
+    pub limit: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub transparent: Option<Arc<Transparent>>,
+}
+
+/// Accepts clients on `worker`'s listener until shutdown, at most `limit` at a time across all
+/// workers. Each connection is served on this loop, where it was accepted.
+pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize) {
+    let Serving {
+        stack,
+        settings,
+        limit,
+        mut shutdown,
+        transparent,
+    } = serving;
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            _ = shutdown.changed() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
@@ -174,6 +199,14 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // The slot is taken after accepting: a loop holding a free slot while its own listener
+        // is quiet would starve a client queued on another worker's listener. Past the limit,
+        // each worker holds at most this one connection; the rest wait in the kernel backlog.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.changed() => return,
+        };
+        tracing::debug!(worker, client = %peer, "client connection accepted");
         // A client that vanished (power loss behind a NAT) is noticed even on a silent tunnel.
         if let Err(e) =
             SockRef::from(&stream).set_tcp_keepalive(&settings.tcp_keepalive.socket_option())

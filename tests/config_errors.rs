@@ -272,3 +272,15 @@ fn upgrade_protocol_with_a_version_is_rejected() {
     let text = config_with(&[(3, "upgrades = [\"websocket\", \"h2c/2\"]")]);
     assert_rejected(&text, 3, "server.upgrades[1]");
 }
+
+#[test]
+fn zero_workers_is_rejected_with_the_way_to_ask_for_one_per_core() {
+    let error = assert_rejected(&config_with(&[(3, "workers = 0")]), 3, "server.workers");
+    assert!(error.contains("\"auto\""), "{error}");
+}
+
+#[test]
+fn workers_that_is_neither_auto_nor_a_number_is_rejected() {
+    let error = assert_rejected(&config_with(&[(3, "workers = \"all\"")]), 3, "workers");
+    assert!(error.contains("`all`"), "{error}");
+}

@@ -15,7 +15,7 @@ fn error_of(text: &str) -> (usize, String) {
 fn the_shipped_config_is_valid() {
     let config = Config::embedded_default();
     assert_eq!(config.upstream[0].name, "legacy");
-    assert_eq!(config.server.workers, 1);
+    assert_eq!(config.server.workers, Workers::Auto);
 }
 
 #[test]

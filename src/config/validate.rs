@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::{Config, Mode, PoolConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig};
+use super::{
+    Config, Mode, PoolConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig, Workers,
+};
 
 /// A validation failure: which key, and why.
 pub struct Invalid {
@@ -78,6 +80,12 @@ impl Config {
         }
         for (i, addr) in s.listen.iter().enumerate() {
             parse_addr(&format!("server.listen[{i}]"), addr)?;
+        }
+        if s.workers == Workers::Count(0) {
+            return Err(invalid(
+                "server.workers",
+                "must be at least 1, or \"auto\" for one per core",
+            ));
         }
         positive("server.max_connections", s.max_connections)?;
         positive("server.max_concurrent_requests", s.max_concurrent_requests)?;

@@ -24,6 +24,32 @@ unsafe extern "C" {
 const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
 const SIGKILL: std::ffi::c_ulong = 9;
 
+/// `config` with `workers = $LONGHAUL_TEST_WORKERS` under `[server]`, unless it sets `workers`
+/// itself or the variable is unset (the same variable as `support::proxy::WORKERS_ENV`).
+fn with_test_workers(config: &str) -> String {
+    let Ok(workers) = std::env::var("LONGHAUL_TEST_WORKERS") else {
+        return config.to_string();
+    };
+    let workers = workers.trim();
+    let value = match workers.parse::<usize>() {
+        Ok(n) => n.to_string(),
+        Err(_) => format!("\"{workers}\""),
+    };
+    if config
+        .lines()
+        .any(|l| l.trim_start().starts_with("workers"))
+    {
+        return config.to_string();
+    }
+    match config.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}workers = {value}\n{}", &config[..end], &config[end..])
+        }
+        None => format!("[server]\nworkers = {value}\n{config}"),
+    }
+}
+
 /// Children get SIGKILL if the test thread that started them dies without its Drop running.
 pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
@@ -60,9 +86,11 @@ pub struct Longhaul {
 
 impl Longhaul {
     /// Starts longhaul (config must use `[log] format = "json"`) and waits for its start line.
+    /// `LONGHAUL_TEST_WORKERS` sets `[server] workers` when the config does not.
     pub fn start(config: &str) -> Longhaul {
         let dir = temp_dir("longhaul-test");
         let path = dir.join("proxy.toml");
+        let config = &with_test_workers(config);
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")

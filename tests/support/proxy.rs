@@ -45,8 +45,23 @@ pub struct UpstreamConfig {
     pub pool: Table,
 }
 
+/// Runs every test proxy with this many event loops (`[server] workers`): a number or `auto`.
+/// Unset: the proxy's own default. A test that needs a count sets `workers` itself.
+pub const WORKERS_ENV: &str = "LONGHAUL_TEST_WORKERS";
+
+/// `[server] workers` as TOML from `LONGHAUL_TEST_WORKERS`, if set.
+fn workers_from_env() -> Option<String> {
+    let value = std::env::var(WORKERS_ENV).ok()?;
+    let value = value.trim();
+    Some(match value.parse::<usize>() {
+        Ok(n) => n.to_string(),
+        Err(_) => format!("\"{value}\""),
+    })
+}
+
 /// A proxy.toml for tests: listen and admin on 127.0.0.1:0, JSON logs, pool `min_idle = 0` (so
-/// connection counts are exact) unless a test sets it. Values are raw TOML (quote strings).
+/// connection counts are exact) unless a test sets it, `workers` from `LONGHAUL_TEST_WORKERS`.
+/// Values are raw TOML (quote strings).
 #[derive(Clone)]
 pub struct ProxyConfig {
     pub server: Table,
@@ -60,6 +75,9 @@ impl ProxyConfig {
     pub fn empty() -> ProxyConfig {
         let mut server = Table::default();
         server.set("listen", "\"127.0.0.1:0\"");
+        if let Some(workers) = workers_from_env() {
+            server.set("workers", &workers);
+        }
         let mut log = Table::default();
         log.set("level", "\"info\"");
         log.set("format", "\"json\"");
@@ -95,6 +113,11 @@ impl ProxyConfig {
 
     pub fn server(mut self, key: &str, value: &str) -> ProxyConfig {
         self.server.set(key, value);
+        self
+    }
+
+    pub fn log(mut self, key: &str, value: &str) -> ProxyConfig {
+        self.log.set(key, value);
         self
     }
 

@@ -1,0 +1,187 @@
+//! The event loops: `[server] workers` tokio `current_thread` runtimes, each on its own thread with
+//! its own `SO_REUSEPORT` listener per address, so a connection is served where it was accepted.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::server::{self, Serving};
+
+/// Why the event loops could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start event loop {worker}: {source}")]
+    Start {
+        worker: usize,
+        source: std::io::Error,
+    },
+}
+
+/// Every worker's listening sockets: `sockets[w][i]` is worker `w`'s socket for `addrs[i]`.
+pub struct Listeners {
+    /// The bound addresses, with the port the kernel chose where the config said 0.
+    pub addrs: Vec<SocketAddr>,
+    sockets: Vec<Vec<std::net::TcpListener>>,
+}
+
+impl Listeners {
+    /// Binds `workers` sockets per address. Worker 0 binds the configured address; the others
+    /// bind the address it got, so `127.0.0.1:0` means one port shared by all.
+    pub fn bind(
+        configured: &[SocketAddr],
+        workers: usize,
+        ip_transparent: bool,
+    ) -> Result<Listeners, WorkerError> {
+        let bind = |addr| {
+            server::bind_shared(addr, ip_transparent)
+                .map_err(|source| WorkerError::Bind { addr, source })
+        };
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for &addr in configured {
+            let first = bind(addr)?;
+            let bound = first
+                .local_addr()
+                .map_err(|source| WorkerError::Bind { addr, source })?;
+            sockets[0].push(first);
+            for worker in sockets.iter_mut().skip(1) {
+                worker.push(bind(bound)?);
+            }
+            addrs.push(bound);
+        }
+        Ok(Listeners { addrs, sockets })
+    }
+}
+
+/// The running event loops. Worker 0 runs on the caller's runtime, which also runs the admin
+/// listener, signals, reload and the pools' background tasks; each other worker has a thread.
+pub struct Workers {
+    first: JoinSet<()>,
+    others: Vec<WorkerThread>,
+}
+
+struct WorkerThread {
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Workers {
+    /// Starts accepting on every worker. Must be called on a tokio runtime (worker 0's).
+    pub fn start(listeners: Listeners, serving: &Serving) -> Result<Workers, WorkerError> {
+        let mut per_worker = listeners.sockets.into_iter().enumerate();
+        let mut first = JoinSet::new();
+        if let Some((worker, sockets)) = per_worker.next() {
+            for listener in register(worker, sockets)? {
+                first.spawn(server::accept_loop(listener, serving.clone(), worker));
+            }
+        }
+        let others = per_worker
+            .map(|(worker, sockets)| WorkerThread::spawn(worker, sockets, serving.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(Workers { first, others })
+    }
+
+    /// Ends every accept loop and every connection still open on any worker, then waits for the
+    /// worker threads to exit. Drain (waiting for connections to finish) happens before this.
+    pub async fn stop(&mut self) {
+        self.first.abort_all();
+        let threads: Vec<_> = std::mem::take(&mut self.others)
+            .into_iter()
+            .map(|w| {
+                let _ = w.stop.send(());
+                w.thread
+            })
+            .collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    tracing::error!("an event loop thread panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+impl WorkerThread {
+    /// A thread running its own `current_thread` runtime: accept loops on `sockets` and the
+    /// connections they accept, until stopped. Dropping the runtime ends what is still open.
+    fn spawn(
+        worker: usize,
+        sockets: Vec<std::net::TcpListener>,
+        serving: Serving,
+    ) -> Result<WorkerThread, WorkerError> {
+        let start = |source| WorkerError::Start { worker, source };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(start)?;
+        let listeners = {
+            let _on_this_runtime = runtime.enter();
+            register(worker, sockets)?
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("longhaul-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut loops = JoinSet::new();
+                    for listener in listeners {
+                        loops.spawn(server::accept_loop(listener, serving.clone(), worker));
+                    }
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(start)?;
+        Ok(WorkerThread { stop, thread })
+    }
+}
+
+/// Registers `worker`'s sockets with the runtime entered on this thread.
+fn register(
+    worker: usize,
+    sockets: Vec<std::net::TcpListener>,
+) -> Result<Vec<TcpListener>, WorkerError> {
+    sockets
+        .into_iter()
+        .map(|s| TcpListener::from_std(s).map_err(|source| WorkerError::Start { worker, source }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_0_is_one_port_every_worker_binds() {
+        let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listeners = Listeners::bind(&[configured], 3, false).expect("bind");
+        let port = listeners.addrs[0].port();
+        let ports: Vec<Vec<u16>> = listeners
+            .sockets
+            .iter()
+            .map(|w| w.iter().map(|s| s.local_addr().unwrap().port()).collect())
+            .collect();
+        assert_eq!(ports, vec![vec![port]; 3]);
+    }
+
+    #[test]
+    fn an_address_already_taken_without_reuseport_is_a_bind_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        match Listeners::bind(&[addr], 2, false) {
+            Err(WorkerError::Bind { addr: at, source }) => {
+                assert_eq!((at, source.kind()), (addr, std::io::ErrorKind::AddrInUse));
+            }
+            other => panic!("expected a bind error, got {:?}", other.map(|l| l.addrs)),
+        }
+    }
+}
