@@ -406,9 +406,13 @@ fn passthrough_whose_client_vanishes() -> (ScriptedServer, std::net::TcpStream) 
         .expect("client address")
         .port()
         .to_string();
+    // Only the client's own packets: a later scrape of the admin listener may get the same
+    // ephemeral port (to another destination) and must still get through.
+    let admin_port = addr(ADMIN).port().to_string();
+    let rule = ["-p", "tcp", "--sport", &port, "!", "--dport", &admin_port];
     run(
         "iptables",
-        &["-I", "INPUT", "-p", "tcp", "--sport", &port, "-j", "DROP"],
+        &[&["-I", "INPUT"][..], &rule, &["-j", "DROP"]].concat(),
         &[],
     )
     .unwrap_or_else(|e| panic!("{e}"));
