@@ -1,6 +1,7 @@
 //! Client side: listeners, the accept loop under the connection limit, the hyper HTTP/1 server
 //! connection with its timeouts, the tower stack every request goes through, and graceful drain.
 
+mod first_read;
 mod stall;
 mod timer;
 
@@ -31,6 +32,7 @@ use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::transparent::{Destination, Transparent};
+use first_read::{Prefixed, first_bytes};
 use stall::StallGuardedIo;
 use timer::ClientTimer;
 
@@ -239,6 +241,21 @@ pub async fn serve_client(
     METRICS.downstream_connections_total.inc();
     METRICS.downstream_connections_active.inc();
     let _ = stream.set_nodelay(true);
+    // hyper's buffers are built only once the client has said something; a client silent for
+    // header_read_timeout is closed without an answer, as hyper itself would do.
+    let started = tokio::time::Instant::now();
+    let first = tokio::select! {
+        first = first_bytes(&stream, settings.header_read_timeout) => first,
+        () = stopping(&mut shutdown) => None,
+    };
+    let Some(first) = first else {
+        METRICS.downstream_connections_active.dec();
+        return;
+    };
+    let head_time_left = settings
+        .header_read_timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
     let service = service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
         if let Some(d) = &destination {
@@ -253,7 +270,7 @@ pub async fn serve_client(
             settings.header_read_timeout,
             settings.client_idle_timeout,
         ))
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(head_time_left)
         // The whole head, however its bytes arrive: `max_header_size` bounds a head parsed
         // complete from one read, `max_buf_size` one still incomplete. Over either, hyper
         // answers 431 and closes the connection.
@@ -268,7 +285,10 @@ pub async fn serve_client(
     }
     let conn = builder
         .serve_connection(
-            TokioIo::new(StallGuardedIo::new(stream, settings.send_timeout)),
+            TokioIo::new(StallGuardedIo::new(
+                Prefixed::new(first, stream),
+                settings.send_timeout,
+            )),
             service,
         )
         .with_upgrades();

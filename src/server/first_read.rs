@@ -1,0 +1,153 @@
+//! A new client connection's first bytes, read before hyper's per-connection buffers (8 KiB read,
+//! 8 KiB write) exist, so a connection that has sent nothing costs only its socket and its task.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// At most this much is read before hyper takes over; hyper reads the rest itself.
+const FIRST_READ: usize = 2048;
+
+/// Waits up to `limit` for the client's first bytes and reads them, with the one read hyper
+/// would have made anyway. `None`: the client sent nothing in time. An EOF or a read error
+/// gives empty bytes, and hyper meets the same end on its own first read.
+pub async fn first_bytes(stream: &TcpStream, limit: Duration) -> Option<Bytes> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // Readiness may be a false positive (a fresh socket reports readable at once); a read
+        // that would block clears it, and the next wait is real.
+        tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .ok()?
+            .ok()?;
+        match read_now(stream) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(bytes) => return Some(bytes),
+            Err(_) => return Some(Bytes::new()),
+        }
+    }
+}
+
+/// One non-blocking read into a stack buffer, so no buffer lives in the connection's future.
+fn read_now(stream: &TcpStream) -> io::Result<Bytes> {
+    let mut buf = [0u8; FIRST_READ];
+    let n = stream.try_read(&mut buf)?;
+    Ok(Bytes::copy_from_slice(&buf[..n]))
+}
+
+/// A stream whose first reads return bytes already read from it.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Prefixed<S> {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_gives_nothing_within_the_limit() {
+        let (_client, server) = pair().await;
+        assert_eq!(first_bytes(&server, Duration::from_millis(50)).await, None);
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_are_read_once_they_arrive() {
+        let (mut client, server) = pair().await;
+        let reader = tokio::spawn(async move {
+            let got = first_bytes(&server, Duration::from_secs(5)).await;
+            (got, server)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
+        let (got, _server) = reader.await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"GET / HTTP/1.0\r\n"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closed_gives_empty_bytes() {
+        let (client, server) = pair().await;
+        drop(client);
+        let got = first_bytes(&server, Duration::from_secs(5)).await;
+        assert_eq!(got, Some(Bytes::new()));
+    }
+
+    #[tokio::test]
+    async fn prefixed_reads_the_prefix_then_the_stream() {
+        let (mut client, server) = pair().await;
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut stream = Prefixed::new(Bytes::from_static(b"hello"), server);
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello world");
+    }
+}
