@@ -300,6 +300,66 @@ mod tests {
     use super::*;
     use tokio::sync::Semaphore;
 
+    /// A connected pair of loopback streams: (ours, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (ours, peer)
+    }
+
+    /// Polls `check` for up to a second (the reactor needs a turn to see the peer's packet).
+    async fn eventually(check: impl Fn() -> bool) -> bool {
+        for _ in 0..100 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_quiet_idle_stream_is_alive() {
+        let (ours, _peer) = pair().await;
+        tokio::task::yield_now().await;
+        assert!(!idle_stream_is_dead(&ours));
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_whose_peer_closed_is_dead() {
+        let (ours, peer) = pair().await;
+        drop(peer);
+        assert!(eventually(|| idle_stream_is_dead(&ours)).await);
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_with_stray_bytes_is_dead() {
+        let (ours, mut peer) = pair().await;
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"HTTP/1.1 408 Request Timeout\r\n")
+            .await
+            .unwrap();
+        assert!(eventually(|| idle_stream_is_dead(&ours)).await);
+        drop(peer);
+    }
+
+    #[tokio::test]
+    async fn a_stale_readiness_after_a_fully_read_response_is_not_a_close() {
+        let (mut ours, mut peer) = pair().await;
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"ok")
+            .await
+            .unwrap();
+        let mut two = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut ours, &mut two)
+            .await
+            .unwrap();
+        assert!(!idle_stream_is_dead(&ours), "readable, but nothing to read");
+        assert!(!idle_stream_is_dead(&ours), "and quiet after that");
+        drop(peer);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connect_slot_is_freed_when_the_server_answers() {
         let slots = Arc::new(Semaphore::new(1));

@@ -195,3 +195,6 @@ impl AsyncWrite for Lease {
         self.stream().poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;
