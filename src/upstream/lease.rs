@@ -25,11 +25,14 @@ enum Held {
 }
 
 /// One connection leased to one request. Dropped without a verdict (a failed or abandoned
-/// exchange), the connection closes as `error`.
+/// exchange), the connection closes as `unanswered`.
 pub struct Lease {
     held: Option<Held>,
     /// Whether the connection carried a request before this one (the stale-retry fact).
     reused: bool,
+    /// Why the connection closes if the lease is dropped without a verdict: `peer_closed` until
+    /// the first response byte (the backend closed or reset it), `error` after.
+    unanswered: CloseReason,
 }
 
 /// A failed exchange and what a retry may rely on.
@@ -62,6 +65,7 @@ impl Lease {
         let mut lease = Lease {
             held: Some(held),
             reused: false,
+            unanswered: CloseReason::PeerClosed,
         };
         let conn = lease.conn();
         let reused = conn.served > 0;
@@ -85,8 +89,10 @@ impl Lease {
         }
     }
 
-    /// The server answered: the connection's `max_connecting` slot is free.
-    pub fn accepted(&mut self) {
+    /// The server answered: the connection's `max_connecting` slot is free, and a failure from
+    /// now on is an error of the exchange, not a connection the backend closed.
+    fn answered(&mut self) {
+        self.unanswered = CloseReason::Error;
         self.conn().accepted();
     }
 
@@ -156,7 +162,7 @@ fn close(held: Held, reason: CloseReason) {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            close(held, CloseReason::Error);
+            close(held, self.unanswered);
         }
     }
 }
@@ -171,8 +177,7 @@ impl AsyncRead for Lease {
         let this = self.get_mut();
         let read = Pin::new(&mut this.conn().stream).poll_read(cx, buf);
         if buf.filled().len() > before {
-            // The server answered: it accepted the connection.
-            this.accepted();
+            this.answered();
         }
         read
     }

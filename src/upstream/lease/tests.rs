@@ -19,6 +19,7 @@ use crate::upstream::Upstream;
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const OK_CLOSE: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+const SHORT: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab";
 const LONG: &str = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nstart";
 
 /// What the backend does with one request.
@@ -229,6 +230,19 @@ async fn a_get_on_a_reused_connection_that_closed_unanswered_is_retried_once() {
 
     assert_eq!(upstream.metrics.retry_stale.get(), 1);
     assert_eq!(backend.requests(), 3);
+    assert_eq!(closed(&upstream, CloseReason::PeerClosed), 1);
+}
+
+#[tokio::test]
+async fn a_response_cut_short_closes_the_connection_as_error() {
+    let backend = Backend::start(|_, _| Act::ReplyAndClose(SHORT)).await;
+    let upstream = upstream("lease-cut-short", &backend);
+    let resp = upstream.forward(get()).await.expect("a response head");
+
+    let body = resp.into_body().collect().await;
+
+    assert!(body.is_err(), "the body ended before its Content-Length");
+    assert_eq!(closed(&upstream, CloseReason::Error), 1);
 }
 
 #[tokio::test]
