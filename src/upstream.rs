@@ -196,7 +196,6 @@ impl Upstream {
         loop {
             let (sp, lease) = self.connected(&mut retries, |sp| self.checkout(sp)).await?;
             let server = &sp.server;
-            let reused = lease.reused();
             let (sending, replayable) = match body.try_clone() {
                 Some(copy) => (copy, true),
                 None => (std::mem::replace(&mut body, RequestBody::Empty), false),
@@ -209,7 +208,7 @@ impl Upstream {
                 return Err(client_err);
             }
             let attempt = Attempt {
-                reused,
+                reused: error.reused,
                 unsent: error.unsent,
                 before_response: error.before_response(),
                 idempotent,
@@ -224,7 +223,7 @@ impl Upstream {
                     self.metrics.retry_stale.inc();
                 }
                 Retry::No => {
-                    if !reused {
+                    if !error.reused {
                         server.record_failure(Failure::Reset);
                     }
                     return Err(self.classify(server, &error.cause));

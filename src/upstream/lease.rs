@@ -25,14 +25,16 @@ enum Held {
 }
 
 /// One connection leased to one request. Dropped without a verdict (a failed or abandoned
-/// exchange), the connection closes as `unanswered`.
+/// exchange), the connection closes as `peer_closed` if the backend closed or reset it before
+/// any response byte, else as `error` (a broken response, a response timeout, a cancel).
 pub struct Lease {
     held: Option<Held>,
     /// Whether the connection carried a request before this one (the stale-retry fact).
     reused: bool,
-    /// Why the connection closes if the lease is dropped without a verdict: `peer_closed` until
-    /// the first response byte (the backend closed or reset it), `error` after.
-    unanswered: CloseReason,
+    /// A response byte arrived.
+    answered: bool,
+    /// A read saw EOF or an error, or a write failed: the backend closed or reset it.
+    peer_gone: bool,
 }
 
 /// A failed exchange and what a retry may rely on.
@@ -65,7 +67,8 @@ impl Lease {
         let mut lease = Lease {
             held: Some(held),
             reused: false,
-            unanswered: CloseReason::PeerClosed,
+            answered: false,
+            peer_gone: false,
         };
         let conn = lease.conn();
         let reused = conn.served > 0;
@@ -92,8 +95,17 @@ impl Lease {
     /// The server answered: the connection's `max_connecting` slot is free, and a failure from
     /// now on is an error of the exchange, not a connection the backend closed.
     fn answered(&mut self) {
-        self.unanswered = CloseReason::Error;
+        self.answered = true;
         self.conn().accepted();
+    }
+
+    /// Why the connection closes when the lease is dropped without a verdict.
+    fn unanswered_reason(&self) -> CloseReason {
+        if self.peer_gone && !self.answered {
+            CloseReason::PeerClosed
+        } else {
+            CloseReason::Error
+        }
     }
 
     /// Writes `head` and `body`, then reads the response head; the body follows on the lease.
@@ -162,7 +174,7 @@ fn close(held: Held, reason: CloseReason) {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            close(held, self.unanswered);
+            close(held, self.unanswered_reason());
         }
     }
 }
@@ -176,8 +188,12 @@ impl AsyncRead for Lease {
         let before = buf.filled().len();
         let this = self.get_mut();
         let read = Pin::new(&mut this.conn().stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.answered();
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.answered(),
+            Poll::Ready(Ok(())) if buf.remaining() == 0 => {}
+            // EOF or an error: the backend closed or reset the connection.
+            Poll::Ready(_) => this.peer_gone = true,
+            Poll::Pending => {}
         }
         read
     }
@@ -189,7 +205,12 @@ impl AsyncWrite for Lease {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.conn().stream).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = written {
+            this.peer_gone = true;
+        }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

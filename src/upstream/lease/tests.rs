@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::RequestBody;
 use crate::config::Config;
+use crate::error::ProxyError;
 use crate::metrics::{CloseReason, METRICS};
 use crate::upstream::Upstream;
 
@@ -30,6 +31,8 @@ enum Act {
     ReplyAndClose(&'static str),
     /// Read the request and close without a byte of response.
     Close,
+    /// Read the request and never answer (until the proxy closes).
+    Silent,
 }
 
 /// A backend that plays `script(connection, request)` and counts what it received.
@@ -90,6 +93,10 @@ async fn serve(
                 return;
             }
             Act::Close => return,
+            Act::Silent => {
+                let _ = stream.read(&mut [0u8; 1]).await;
+                return;
+            }
         }
     }
 }
@@ -114,8 +121,13 @@ async fn read_request(stream: &mut TcpStream) -> bool {
 }
 
 fn upstream(name: &str, backend: &Backend) -> Upstream {
+    upstream_with(name, backend, "")
+}
+
+/// An upstream with `settings` (lines of its `[[upstream]]` table) added.
+fn upstream_with(name: &str, backend: &Backend, settings: &str) -> Upstream {
     let text = format!(
-        "[[upstream]]\nname = \"{name}\"\nservers = [\"{}\"]\n\n[upstream.pool]\nmin_idle = 0\n",
+        "[[upstream]]\nname = \"{name}\"\nservers = [\"{}\"]\n{settings}\n[upstream.pool]\nmin_idle = 0\n",
         backend.addr
     );
     let config = Config::parse(&text, Path::new("unit.toml")).expect("valid config");
@@ -282,4 +294,16 @@ async fn a_post_is_never_sent_again_once_its_bytes_were_written() {
     assert_eq!(upstream.metrics.retry_stale.get(), 0);
     assert!(eventually(|| backend.requests() == 2).await);
     assert_eq!(backend.requests(), 2, "the POST reached the backend once");
+}
+
+#[tokio::test]
+async fn a_response_timeout_closes_the_connection_as_error() {
+    let backend = Backend::start(|_, _| Act::Silent).await;
+    let upstream = upstream_with("lease-timeout", &backend, "response_timeout = \"100ms\"\n");
+
+    let failed = upstream.forward(get()).await;
+
+    assert!(matches!(failed, Err(ProxyError::ResponseTimeout { .. })));
+    assert_eq!(closed(&upstream, CloseReason::Error), 1);
+    assert_eq!(closed(&upstream, CloseReason::PeerClosed), 0);
 }
