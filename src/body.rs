@@ -126,10 +126,8 @@ fn client_body_error(e: BoxError) -> BoxError {
 pub enum ProxyBody {
     /// A short body longhaul made itself (errors, admin pages).
     Full(Option<Bytes>),
-    /// A backend's body; its connection goes back to the pool when it ends.
-    Upstream(PooledBody),
-    /// A backend's body on a dedicated connection that closes after it.
-    Direct(Incoming),
+    /// A backend's body; its lease decides the connection's fate when it ends.
+    Upstream(Box<PooledBody>),
 }
 
 impl ProxyBody {
@@ -152,8 +150,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(p) => Pin::new(p).poll_frame(cx),
-            ProxyBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Upstream(p) => Pin::new(p.as_mut()).poll_frame(cx),
         }
     }
 
@@ -161,7 +158,6 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Upstream(p) => p.is_end_stream(),
-            ProxyBody::Direct(b) => b.is_end_stream(),
         }
     }
 
@@ -169,7 +165,6 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Upstream(p) => p.size_hint(),
-            ProxyBody::Direct(b) => b.size_hint(),
         }
     }
 }

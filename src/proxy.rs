@@ -238,7 +238,10 @@ pub(crate) async fn proxy_request(
     } else {
         Version::HTTP_11
     };
-    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::Upstream(Box::new(body)),
+    ))
 }
 
 /// The request body as the upstream's protocol needs it.

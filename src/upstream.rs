@@ -5,6 +5,7 @@ mod balance;
 mod body;
 mod conn;
 mod health;
+mod lease;
 mod maintain;
 mod queue;
 mod retry;
@@ -15,22 +16,25 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{Manager, Object, Pool, QueueMode};
+use deadpool::managed::{Pool, QueueMode};
 use http::header::{self, HeaderValue};
+use http::request::Parts as RequestParts;
+use http::response::Parts;
 use http::{Method, Request, Response, Version};
-use hyper::body::Incoming;
 
 pub use body::{InFlight, PooledBody};
-pub use conn::{ConnManager, ConnectError, UpstreamConn, connect_to};
+pub use conn::{ConnManager, ConnectError, PooledConn, connect_to};
+pub use lease::{Lease, SendError};
 pub use server::{Failure, Server, ServerSettings};
 
 use crate::body::RequestBody;
 use crate::config::{Balance, Protocol, UpstreamConfig};
 use crate::error::ProxyError;
+use crate::h1::{self, ResponseBody};
 use crate::metrics::{CloseReason, UpstreamMetrics};
 use balance::Balancer;
 use queue::{CheckoutError, WaitQueue};
-use retry::Retries;
+use retry::{Attempt, Retries, Retry};
 
 /// A server and its pool.
 pub struct ServerPool {
@@ -109,6 +113,8 @@ pub struct Upstream {
     retry_window: Duration,
     pub servers: Vec<Arc<ServerPool>>,
     balancer: Balancer,
+    /// Bounds on a response head from this upstream's servers.
+    limits: h1::Limits,
     pub metrics: UpstreamMetrics,
 }
 
@@ -157,6 +163,7 @@ impl Upstream {
                 Balance::RoundRobin => balance::Strategy::RoundRobin,
                 Balance::LeastConn => balance::Strategy::LeastConn,
             }),
+            limits: h1::Limits::default(),
             metrics: UpstreamMetrics::new(&config.name),
             servers,
         }
@@ -175,68 +182,85 @@ impl Upstream {
     }
 
     /// Sends `req` to a server and returns its response, retrying only where that is safe:
-    /// failed connects within `retry_window` (nothing was sent), always when hyper hands the
-    /// request back unsent, and once for an idempotent request with a replayable body when a
-    /// reused connection closed before any response byte.
+    /// failed connects within `retry_window` (nothing was sent), a request of which no byte was
+    /// written, and once an idempotent request with a replayable body when a reused connection
+    /// failed before any response byte. The request head is borrowed by every attempt, never
+    /// copied; a buffered body is a reference-counted `Bytes`.
     pub async fn forward(
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let mut req = self.prepare(req);
-        let mut replay = Replay::capture(&req);
+        let (head, mut body) = self.prepare(req).into_parts();
+        let idempotent = is_idempotent(&head.method);
         let mut retries = Retries::new(self.retry_window);
         loop {
-            let (sp, mut conn) = self.connected(&mut retries, |sp| self.checkout(sp)).await?;
-            let reused = conn.served > 0;
-            conn.start_request();
+            let (sp, lease) = self.connected(&mut retries, |sp| self.checkout(sp)).await?;
             let server = &sp.server;
-            if reused {
-                server.metrics.requests_reused.inc();
-            } else {
-                server.metrics.requests_new.inc();
-            }
-            let in_flight = InFlight::new(server);
-            let method = req.method().clone();
-            let sent =
-                tokio::time::timeout(self.response_timeout, conn.sender.try_send_request(req))
-                    .await;
-            let mut failure = match sent {
-                Ok(Ok(resp)) => return self.accept(resp, &method, conn, server, in_flight),
-                Ok(Err(failure)) => failure,
-                Err(_) => {
-                    conn.retire(CloseReason::Error);
-                    drop(Object::take(conn));
-                    return Err(ProxyError::ResponseTimeout {
-                        upstream: self.name.clone(),
-                        server: server.address.clone(),
-                        after: self.response_timeout,
-                    });
-                }
+            let (sending, replayable) = match body.try_clone() {
+                Some(copy) => (copy, true),
+                None => (std::mem::replace(&mut body, RequestBody::Empty), false),
             };
-            conn.retire(CloseReason::PeerClosed);
-            drop(Object::take(conn));
-            if let Some(unsent) = failure.take_message()
-                && retries.after_unsent()
-            {
-                self.metrics.retry_not_sent.inc();
-                req = unsent;
-                continue;
-            }
-            let error = failure.into_error();
-            if let Some(client_err) = client_body_failure(&error) {
+            let error = match self.send(server, lease, &head, sending).await? {
+                Ok(resp) => return Ok(resp),
+                Err(error) => error,
+            };
+            if let Some(client_err) = client_body_failure(&error.cause) {
                 return Err(client_err);
             }
-            if reused && let Some(again) = replay.take().and_then(|r| r.rebuild()) {
-                tracing::debug!(upstream = %self.name, server = %server.address, error = %error,
-                    "reused connection closed before a response; retrying on a fresh connection");
-                self.metrics.retry_stale.inc();
-                req = again;
-                continue;
+            let attempt = Attempt {
+                reused: error.reused,
+                unsent: error.unsent,
+                before_response: error.before_response(),
+                idempotent,
+                replayable,
+            };
+            match retries.after_send_failure(attempt) {
+                Retry::Unsent => self.metrics.retry_not_sent.inc(),
+                Retry::Stale => {
+                    tracing::debug!(upstream = %self.name, server = %server.address,
+                        error = %error.cause,
+                        "reused connection failed before a response; retrying on another");
+                    self.metrics.retry_stale.inc();
+                }
+                Retry::No => {
+                    if !error.reused {
+                        server.record_failure(Failure::Reset);
+                    }
+                    return Err(self.classify(server, &error.cause));
+                }
             }
-            if !reused {
-                server.record_failure(Failure::Reset);
-            }
-            return Err(self.classify(server, &error));
+        }
+    }
+
+    /// One exchange on `lease` within `response_timeout`: the response, or why it failed.
+    async fn send(
+        &self,
+        server: &Arc<Server>,
+        lease: Lease,
+        head: &RequestParts,
+        body: RequestBody,
+    ) -> Result<Result<Response<PooledBody>, SendError>, ProxyError> {
+        if lease.reused() {
+            server.metrics.requests_reused.inc();
+        } else {
+            server.metrics.requests_new.inc();
+        }
+        let in_flight = InFlight::new(server);
+        let exchange = lease.exchange(head, body, &self.limits);
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Ok(Ok((parts, body))) => Ok(Ok(self.accept(
+                parts,
+                body,
+                &head.method,
+                server,
+                in_flight,
+            )?)),
+            Ok(Err(error)) => Ok(Err(error)),
+            Err(_) => Err(ProxyError::ResponseTimeout {
+                upstream: self.name.clone(),
+                server: server.address.clone(),
+                after: self.response_timeout,
+            }),
         }
     }
 
@@ -271,32 +295,28 @@ impl Upstream {
     }
 
     /// Sends one request on a connection of its own, outside the pool (upgrades): the
-    /// connection ends with this exchange or becomes a tunnel.
+    /// connection ends with this exchange or becomes a tunnel (`PooledBody::into_upgraded`).
     pub async fn send_dedicated(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         let mut retries = Retries::new(self.retry_window);
-        let (sp, mut conn) = self
+        let (sp, conn) = self
             .connected(&mut retries, |sp| async move {
                 sp.pool
                     .manager()
-                    .create()
+                    .dial()
                     .await
                     .map_err(CheckoutError::Connect)
             })
             .await?;
-        conn.retire(CloseReason::NotReusable);
-        conn.start_request();
-        sp.server.metrics.requests_new.inc();
-        match tokio::time::timeout(self.response_timeout, conn.sender.send_request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(self.classify(&sp.server, &e)),
-            Err(_) => Err(ProxyError::ResponseTimeout {
-                upstream: self.name.clone(),
-                server: sp.server.address.clone(),
-                after: self.response_timeout,
-            }),
+        let (head, body) = req.into_parts();
+        match self
+            .send(&sp.server, Lease::dedicated(conn), &head, body)
+            .await?
+        {
+            Ok(resp) => Ok(resp),
+            Err(error) => Err(self.classify(&sp.server, &error.cause)),
         }
     }
 
@@ -348,13 +368,13 @@ impl Upstream {
         req
     }
 
-    async fn checkout(&self, sp: &ServerPool) -> Result<Object<ConnManager>, CheckoutError> {
+    async fn checkout(&self, sp: &ServerPool) -> Result<Lease, CheckoutError> {
         let started = Instant::now();
         let result = sp.queue.checkout(&sp.pool, &sp.server.metrics).await;
         self.metrics
             .pool_wait
             .observe(started.elapsed().as_secs_f64());
-        result
+        result.map(Lease::pooled)
     }
 
     fn checkout_error(&self, server: &Server, e: CheckoutError) -> ProxyError {
@@ -378,21 +398,18 @@ impl Upstream {
     }
 
     /// Checks a response head, learns what the backend announced, and wraps the body so the
-    /// connection returns to the pool when it ends.
+    /// lease decides the connection's fate when it ends.
     fn accept(
         &self,
-        resp: Response<Incoming>,
+        parts: Parts,
+        body: ResponseBody<Lease>,
         method: &Method,
-        mut conn: Object<ConnManager>,
         server: &Arc<Server>,
         in_flight: InFlight,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        conn.accepted();
-        let (parts, body) = resp.into_parts();
         if let Some(why) = crate::middleware::framing::ambiguity(&parts.headers) {
             // The connection's framing is lost: whatever follows on it cannot be trusted.
-            conn.retire(CloseReason::Error);
-            drop(Object::take(conn));
+            body.finish().0.close(CloseReason::Error);
             return Err(ProxyError::Protocol {
                 upstream: self.name.clone(),
                 server: server.address.clone(),
@@ -401,72 +418,39 @@ impl Upstream {
         }
         let (timeout, max) = reuse::keep_alive_params(&parts.headers);
         server.learn_announced(timeout, max);
-        if let Some(why) =
-            reuse::not_reusable_reason(method, parts.status, parts.version, &parts.headers)
+        let upgrading = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if !upgrading
+            && let Some(why) =
+                reuse::not_reusable_reason(method, parts.status, parts.version, &parts.headers)
         {
-            conn.reusable = false;
-            // Recorded now: hyper may close it before the body is even read.
-            conn.retire(CloseReason::NotReusable);
-            if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
-                server.warn_not_reusable(why);
-            }
+            server.warn_not_reusable(why);
         }
         server.record_success();
-        Ok(Response::from_parts(
-            parts,
-            PooledBody::new(body, conn, in_flight),
-        ))
+        let body = PooledBody::new(body, in_flight, upgrading);
+        Ok(Response::from_parts(parts, body))
     }
 
-    fn classify(&self, server: &Server, error: &hyper::Error) -> ProxyError {
+    fn classify(&self, server: &Server, error: &h1::Error) -> ProxyError {
+        use h1::ErrorKind as K;
         let upstream = self.name.clone();
         let address = server.address.clone();
-        let cause = error_chain(error);
-        if error.is_parse() || error.is_parse_status() {
-            return ProxyError::Protocol {
+        let cause = error.to_string();
+        match error.kind() {
+            K::Io(_)
+            | K::ClosedBeforeResponse
+            | K::IncompleteHead
+            | K::IncompleteBody
+            | K::RequestBody(_) => ProxyError::Reset {
                 upstream,
                 server: address,
                 cause,
-            };
+            },
+            _ => ProxyError::Protocol {
+                upstream,
+                server: address,
+                cause,
+            },
         }
-        ProxyError::Reset {
-            upstream,
-            server: address,
-            cause,
-        }
-    }
-}
-
-/// A copy of an idempotent request with a replayable body, kept for one stale-connection retry.
-struct Replay {
-    method: Method,
-    uri: http::Uri,
-    version: Version,
-    headers: http::HeaderMap,
-    body: RequestBody,
-}
-
-impl Replay {
-    fn capture(req: &Request<RequestBody>) -> Option<Replay> {
-        if !is_idempotent(req.method()) {
-            return None;
-        }
-        Some(Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            body: req.body().try_clone()?,
-        })
-    }
-
-    fn rebuild(self) -> Option<Request<RequestBody>> {
-        let mut req = Request::new(self.body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        Some(req)
     }
 }
 
@@ -479,30 +463,15 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// If the request failed because the client's body failed (stalled, aborted), that error.
-fn client_body_failure(error: &hyper::Error) -> Option<ProxyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(p) = e.downcast_ref::<ProxyError>() {
-            return Some(match p {
-                ProxyError::BodyTimeout(d) => ProxyError::BodyTimeout(*d),
-                other => ProxyError::ClientBody(other.to_string()),
-            });
-        }
-        source = e.source();
-    }
-    None
-}
-
-/// "a: b: c" from an error and its sources.
-fn error_chain(error: &hyper::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+fn client_body_failure(error: &h1::Error) -> Option<ProxyError> {
+    let h1::ErrorKind::RequestBody(cause) = error.kind() else {
+        return None;
+    };
+    Some(match cause.downcast_ref::<ProxyError>() {
+        Some(ProxyError::BodyTimeout(d)) => ProxyError::BodyTimeout(*d),
+        Some(other) => ProxyError::ClientBody(other.to_string()),
+        None => ProxyError::ClientBody(cause.to_string()),
+    })
 }
 
 #[cfg(test)]

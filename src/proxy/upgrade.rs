@@ -4,6 +4,7 @@
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::{ProxyOptions, origin_form, request_body};
 use crate::body::ProxyBody;
@@ -40,29 +41,39 @@ pub async fn switch_protocols(
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static(connection));
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
-    let mut resp = upstream
+    let resp = upstream
         .send_dedicated(Request::from_parts(parts, body))
         .await?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         parts.version = Version::HTTP_11;
-        return Ok(Response::from_parts(parts, ProxyBody::Direct(body)));
+        return Ok(Response::from_parts(
+            parts,
+            ProxyBody::Upstream(Box::new(body)),
+        ));
     }
-    let server_side = hyper::upgrade::on(&mut resp);
+    let (server, already_read) = body
+        .into_upgraded()
+        .expect("a 101 body keeps its connection");
     let name = upstream.name.clone();
     let idle = options.tunnel_idle_timeout;
     upstream.metrics.tunnel(TunnelKind::Upgrade);
     tokio::spawn(async move {
-        match tokio::try_join!(client_side, server_side) {
-            Ok((client, server)) => {
-                let (client, server) = (TokioIo::new(client), TokioIo::new(server));
-                let end = tunnel::splice(TunnelKind::Upgrade, idle, client, server).await;
-                tracing::debug!(upstream = %name, ?end, "upgrade tunnel closed");
+        let mut client = match client_side.await {
+            Ok(client) => TokioIo::new(client),
+            Err(e) => {
+                tracing::debug!(upstream = %name, error = %e, "upgrade did not complete");
+                return;
             }
-            Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade did not complete"),
+        };
+        // What the backend sent right after its 101 (a first frame) goes first.
+        if let Err(e) = client.write_all(&already_read).await {
+            tracing::debug!(upstream = %name, error = %e, "upgrade did not complete");
+            return;
         }
+        let end = tunnel::splice(TunnelKind::Upgrade, idle, client, server).await;
+        tracing::debug!(upstream = %name, ?end, "upgrade tunnel closed");
     });
-    let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 

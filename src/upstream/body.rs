@@ -1,5 +1,5 @@
-//! The response body of a pooled connection: it holds the connection while the body streams and
-//! hands it back to the pool only when the body ended cleanly and the connection is reusable.
+//! The response body of a leased connection: it streams the lease's `h1::ResponseBody` and, at
+//! its end, hands the connection back to the lease with the verdict the body reached.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,56 +7,56 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use deadpool::managed::Object;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use tokio::net::TcpStream;
 
-use super::conn::ConnManager;
+use super::lease::Lease;
 use super::server::Server;
 use crate::error::BoxError;
+use crate::h1::ResponseBody;
 use crate::metrics::CloseReason;
 
 pub struct PooledBody {
-    inner: Incoming,
-    conn: Option<Object<ConnManager>>,
+    /// `None` once the connection went back to its lease.
+    inner: Option<ResponseBody<Lease>>,
     _in_flight: InFlight,
 }
 
 impl PooledBody {
+    /// A body whose connection goes back as soon as it ends; a 101's connection is kept for
+    /// [`PooledBody::into_upgraded`].
     pub(super) fn new(
-        inner: Incoming,
-        conn: Object<ConnManager>,
+        inner: ResponseBody<Lease>,
         in_flight: InFlight,
+        upgrading: bool,
     ) -> PooledBody {
         let mut body = PooledBody {
-            inner,
-            conn: Some(conn),
+            inner: Some(inner),
             _in_flight: in_flight,
         };
-        if body.inner.is_end_stream() {
-            body.release();
+        if !upgrading && body.is_end_stream() {
+            body.release(false);
         }
         body
     }
 
-    /// The response is complete: the connection goes back to the pool, or closes if it must.
-    fn release(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        if conn.reusable {
-            conn.finish_request();
-            drop(conn);
+    /// The body ended (or failed, or was abandoned): the lease decides what the verdict means.
+    fn release(&mut self, failed: bool) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let (lease, verdict) = inner.finish();
+        if failed {
+            lease.close(CloseReason::Error);
         } else {
-            conn.retire(CloseReason::NotReusable);
-            drop(Object::take(conn));
+            lease.finish(verdict);
         }
     }
 
-    /// The response did not complete: the connection is mid-message and cannot be reused.
-    fn discard(&mut self, reason: CloseReason) {
-        if let Some(conn) = self.conn.take() {
-            conn.retire(reason);
-            drop(Object::take(conn));
-        }
+    /// The backend's socket after a 101, with the bytes it sent past the response head.
+    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+        let (lease, already_read) = self.inner.take()?.into_upgraded();
+        Some((lease.into_tunnel(), already_read))
     }
 }
 
@@ -68,35 +68,35 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
-            None => self.release(),
-            Some(Err(_)) => self.discard(CloseReason::Error),
-            // A trailer section is the last frame: the message is complete, and hyper's server
-            // stops polling the body after it.
-            Some(Ok(f)) if f.is_trailers() || self.inner.is_end_stream() => self.release(),
-            Some(Ok(_)) => {}
+            Some(Err(_)) => self.release(true),
+            // A trailer section is the last frame: hyper's server stops polling after it.
+            Some(Ok(f)) if !f.is_trailers() && !self.is_end_stream() => {}
+            _ => self.release(false),
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.release();
-        } else {
-            // The client went away before the body was read to the end.
-            self.discard(CloseReason::NotReusable);
-        }
+        // Read to its end, the verdict stands; otherwise the client went away mid-body and
+        // `finish` says the connection cannot be reused.
+        self.release(false);
     }
 }
 

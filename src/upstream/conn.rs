@@ -1,49 +1,70 @@
-//! One pooled upstream connection (a hyper HTTP/1 client handle) and the deadpool `Manager` that
-//! opens it with the configured socket options and decides at checkout whether it may be reused.
+//! One pooled upstream connection (a bare `TcpStream` and what is known about it), the deadpool
+//! `Manager` that dials and recycles it, and the one `dial` every backend connection goes through.
 
+use std::cell::Cell;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use socket2::{SockRef, Socket};
+use socket2::Socket;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::server::{Failure, Server};
-use crate::body::RequestBody;
 use crate::clock;
 use crate::config::TcpKeepaliveConfig;
 use crate::metrics::CloseReason;
 
-/// A live keep-alive connection to one backend server.
-pub struct UpstreamConn {
-    pub sender: SendRequest<RequestBody>,
-    /// A dup of the socket, only to peek for a FIN or RST the connection task has not seen yet.
-    probe: Option<Socket>,
+/// A keep-alive connection to one backend server, idle in the pool or leased to a request.
+pub struct PooledConn {
+    pub stream: TcpStream,
     /// Requests sent on this connection so far.
     pub served: u32,
-    /// False once a response said the connection cannot carry another request.
-    pub reusable: bool,
+    /// `clock::now_ms()` when the connection last went idle (or was opened).
+    idle_since_ms: u64,
     /// Frees the server's `max_connecting` slot when sent or dropped (see `hold_until_answered`).
     opening: Option<oneshot::Sender<()>>,
-    state: Arc<ConnState>,
+    fate: Fate,
 }
 
-/// What the connection task needs to know when the connection ends.
-struct ConnState {
-    /// `clock::now_ms()` when the connection went idle; 0 while it carries a request.
-    idle_since_ms: AtomicU64,
-    /// Why longhaul closed it, if longhaul did (a `CloseReason` + 1; 0 = the peer closed it).
-    close_reason: AtomicU8,
+/// Why a connection ended, counted once when it is dropped (with its connection, or alone
+/// when the stream became a tunnel).
+struct Fate {
+    server: Arc<Server>,
+    /// Why longhaul ended it; `None` while it may still be used.
+    reason: Cell<Option<CloseReason>>,
 }
 
-impl UpstreamConn {
+impl Drop for Fate {
+    fn drop(&mut self) {
+        let reason = self
+            .reason
+            .get()
+            .or_else(|| self.server.pool_closed())
+            .unwrap_or(CloseReason::NotReusable);
+        self.server.metrics.closed(reason);
+    }
+}
+
+impl PooledConn {
+    fn new(stream: TcpStream, server: Arc<Server>, slot: OwnedSemaphorePermit) -> PooledConn {
+        server.metrics.opened.inc();
+        PooledConn {
+            stream,
+            served: 0,
+            // Idle from birth: a warm connection nobody used must still expire.
+            idle_since_ms: clock::now_ms(),
+            opening: Some(hold_until_answered(slot)),
+            fate: Fate {
+                server,
+                reason: Cell::new(None),
+            },
+        }
+    }
+
     /// The server answered on this connection (or it is being reused): it was accepted, so its
     /// `max_connecting` slot is free for the next connect.
     pub fn accepted(&mut self) {
@@ -53,38 +74,41 @@ impl UpstreamConn {
     /// Marks the connection busy before a request is written on it.
     pub fn start_request(&mut self) {
         self.served += 1;
-        self.state.idle_since_ms.store(0, Ordering::Relaxed);
     }
 
-    /// Marks the connection idle once its response has been read to the end.
-    pub fn finish_request(&self) {
-        self.state
-            .idle_since_ms
-            .store(clock::now_ms(), Ordering::Relaxed);
+    /// Marks the connection idle once its response was read to the end and it may be reused.
+    pub fn went_idle(&mut self) {
+        self.idle_since_ms = clock::now_ms();
     }
 
-    /// Records why longhaul is about to drop this connection (counted once, when it closes).
-    pub fn retire(&self, reason: CloseReason) {
-        let code = reason as u8 + 1;
-        let _ =
-            self.state
-                .close_reason
-                .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        match self.state.idle_since_ms.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            since => clock::since(since),
+    /// Records why the connection ends (the first reason wins); counted when it is dropped.
+    pub fn end(&self, reason: CloseReason) {
+        if self.fate.reason.get().is_none() {
+            self.fate.reason.set(Some(reason));
         }
     }
 
-    /// The reason this idle connection must not be handed out again, if any.
-    pub fn expiry(&self, server: &Server, metrics: &Metrics) -> Option<CloseReason> {
-        if self.sender.is_closed() || self.peer_has_closed() {
+    /// The stream, for a tunnel: the connection is counted as closed for `reason` here.
+    pub fn into_stream(self, reason: CloseReason) -> TcpStream {
+        self.end(reason);
+        self.stream
+    }
+
+    pub fn server(&self) -> &Arc<Server> {
+        &self.fate.server
+    }
+
+    fn idle_for(&self) -> Duration {
+        clock::since(self.idle_since_ms)
+    }
+
+    /// The reason this idle connection must not be handed out again, if any. A backend's idle
+    /// close is learned here, from how long the connection had been idle.
+    pub fn expiry(&self, metrics: &Metrics) -> Option<CloseReason> {
+        let server = self.server();
+        if self.peer_has_closed() {
+            server.learn_observed_idle_close(self.idle_for());
             Some(CloseReason::PeerClosed)
-        } else if !self.reusable {
-            Some(CloseReason::NotReusable)
         } else if metrics.age() >= server.settings.pool.max_lifetime {
             Some(CloseReason::MaxLifetime)
         } else if self.served >= server.request_budget() {
@@ -96,14 +120,24 @@ impl UpstreamConn {
         }
     }
 
-    /// Peeks one byte without blocking: EOF or an error means the backend closed the socket;
-    /// bytes on an idle connection mean it cannot be trusted either.
+    /// A FIN, an RST or stray bytes on an idle connection. Costs no syscall unless the reactor
+    /// has seen the socket become readable since it last would-blocked.
     fn peer_has_closed(&self) -> bool {
-        let Some(probe) = &self.probe else {
-            return false;
-        };
-        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
-        !matches!(probe.peek(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        idle_stream_is_dead(&self.stream)
+    }
+}
+
+/// Whether an idle stream was closed or spoken on by its peer: readiness first (no syscall
+/// while the socket is quiet), then one non-blocking read to tell a stale readiness apart.
+pub(crate) fn idle_stream_is_dead(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => false,
+        Poll::Ready(Err(_)) => true,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
     }
 }
 
@@ -116,8 +150,6 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
 impl ConnectError {
@@ -132,83 +164,38 @@ pub struct ConnManager {
     pub server: Arc<Server>,
 }
 
-impl managed::Manager for ConnManager {
-    type Type = UpstreamConn;
-    type Error = ConnectError;
-
-    async fn create(&self) -> Result<UpstreamConn, ConnectError> {
-        let server = &self.server;
-        let Opened { stream, slot } = open(server).await?;
+impl ConnManager {
+    /// A new connection outside the pool (upgrades), counted like a pooled one.
+    pub async fn dial(&self) -> Result<PooledConn, ConnectError> {
+        let Opened { stream, slot } = open(&self.server).await?;
         // A connect only brings an ejected server back; health counts exchanges: a server that
         // accepts and then resets every request must still be ejected (`Upstream::accept`).
-        let probe = SockRef::from(&stream).try_clone().ok();
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        let state = Arc::new(ConnState {
-            // Idle from birth: a warm connection nobody used must still expire.
-            idle_since_ms: AtomicU64::new(clock::now_ms()),
-            close_reason: AtomicU8::new(0),
-        });
-        server.metrics.opened.inc();
-        tokio::spawn(watch_connection(connection, state.clone(), server.clone()));
-        Ok(UpstreamConn {
-            sender,
-            probe,
-            served: 0,
-            reusable: true,
-            opening: Some(hold_until_answered(slot)),
-            state,
-        })
+        Ok(PooledConn::new(stream, self.server.clone(), slot))
+    }
+}
+
+impl managed::Manager for ConnManager {
+    type Type = PooledConn;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<PooledConn, ConnectError> {
+        self.dial().await
     }
 
     async fn recycle(
         &self,
-        conn: &mut UpstreamConn,
+        conn: &mut PooledConn,
         metrics: &Metrics,
     ) -> RecycleResult<ConnectError> {
         conn.accepted();
-        if let Some(reason) = conn.expiry(&self.server, metrics) {
-            conn.retire(reason);
-            return Err(RecycleError::message(reason.as_str()));
-        }
-        // A healthy connection can be briefly not-ready right after its last response.
-        if conn.sender.ready().await.is_err() {
-            conn.retire(CloseReason::PeerClosed);
-            return Err(RecycleError::message("closed"));
-        }
-        Ok(())
-    }
-}
-
-/// Drives the hyper connection; when it ends, counts the close and learns from idle closes.
-async fn watch_connection(
-    connection: hyper::client::conn::http1::Connection<TokioIo<TcpStream>, RequestBody>,
-    state: Arc<ConnState>,
-    server: Arc<Server>,
-) {
-    let result = connection.with_upgrades().await;
-    let reason = match state.close_reason.load(Ordering::Relaxed) {
-        // Nobody on our side closed it (yet). While idle, that is the backend's keep-alive timer
-        // (a FIN, an RST, or a stray 408 that hyper reports as an error). During an exchange, a
-        // clean end means hyper saw the response refuse keep-alive, often before the proxy has
-        // looked at the head; an error means the exchange broke.
-        // Unless the pool itself was closed: then it went with its pool, idle or busy.
-        0 => match (
-            server.pool_closed(),
-            state.idle_since_ms.load(Ordering::Relaxed),
-        ) {
-            (Some(reason), _) => reason,
-            (None, 0) if result.is_err() => CloseReason::Error,
-            (None, 0) => CloseReason::NotReusable,
-            (None, idle_since) => {
-                server.learn_observed_idle_close(clock::since(idle_since));
-                CloseReason::PeerClosed
+        match conn.expiry(metrics) {
+            Some(reason) => {
+                conn.end(reason);
+                Err(RecycleError::message(reason.as_str()))
             }
-        },
-        code => CloseReason::ALL[(code - 1) as usize],
-    };
-    server.metrics.closed(reason);
+            None => Ok(()),
+        }
+    }
 }
 
 /// A connected socket only shows that the kernel completed the handshake; the connection may
@@ -312,6 +299,66 @@ async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
 mod tests {
     use super::*;
     use tokio::sync::Semaphore;
+
+    /// A connected pair of loopback streams: (ours, the peer's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (ours, peer)
+    }
+
+    /// Polls `check` for up to a second (the reactor needs a turn to see the peer's packet).
+    async fn eventually(check: impl Fn() -> bool) -> bool {
+        for _ in 0..100 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_quiet_idle_stream_is_alive() {
+        let (ours, _peer) = pair().await;
+        tokio::task::yield_now().await;
+        assert!(!idle_stream_is_dead(&ours));
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_whose_peer_closed_is_dead() {
+        let (ours, peer) = pair().await;
+        drop(peer);
+        assert!(eventually(|| idle_stream_is_dead(&ours)).await);
+    }
+
+    #[tokio::test]
+    async fn an_idle_stream_with_stray_bytes_is_dead() {
+        let (ours, mut peer) = pair().await;
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"HTTP/1.1 408 Request Timeout\r\n")
+            .await
+            .unwrap();
+        assert!(eventually(|| idle_stream_is_dead(&ours)).await);
+        drop(peer);
+    }
+
+    #[tokio::test]
+    async fn a_stale_readiness_after_a_fully_read_response_is_not_a_close() {
+        let (mut ours, mut peer) = pair().await;
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"ok")
+            .await
+            .unwrap();
+        let mut two = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut ours, &mut two)
+            .await
+            .unwrap();
+        assert!(!idle_stream_is_dead(&ours), "readable, but nothing to read");
+        assert!(!idle_stream_is_dead(&ours), "and quiet after that");
+        drop(peer);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connect_slot_is_freed_when_the_server_answers() {

@@ -16,7 +16,7 @@ const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(25);
 pub async fn run(pool: Pool<ConnManager>, server: Arc<Server>) {
     let mut traffic = Traffic::new(&server);
     loop {
-        reap_expired(&pool, &server);
+        reap_expired(&pool);
         if traffic.recent(&server) {
             warm(&pool, &server).await;
         }
@@ -55,11 +55,11 @@ fn requests(server: &Server) -> u64 {
 }
 
 /// Closes idle connections that are closed, too old, too used or idle too long.
-fn reap_expired(pool: &Pool<ConnManager>, server: &Server) {
+fn reap_expired(pool: &Pool<ConnManager>) {
     let removed = pool
-        .retain(|conn, metrics| match conn.expiry(server, &metrics) {
+        .retain(|conn, metrics| match conn.expiry(&metrics) {
             Some(reason) => {
-                conn.retire(reason);
+                conn.end(reason);
                 false
             }
             None => true,

@@ -1,5 +1,5 @@
 //! The retry budget of one request: failed connects (nothing reached a backend) are retried
-//! with a short backoff for `retry_window`; requests hyper handed back unsent a few times.
+//! with a short backoff for `retry_window`; unsent requests a few times; stale ones once.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio::time::Instant;
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Sends hyper may hand back unsent (the connection died before writing) before we give up.
+/// Sends that fail before writing a byte (the connection died first) before we give up.
 const MAX_UNSENT_RETRIES: u32 = 3;
 
 pub struct Retries {
@@ -17,6 +17,30 @@ pub struct Retries {
     window: Duration,
     connect_failures: u32,
     unsent: u32,
+    stale_retried: bool,
+}
+
+/// What to do after an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing was written: send it again as it is (`retries_total{reason="not_sent"}`).
+    Unsent,
+    /// A reused connection failed before any response byte, and sending the request again is
+    /// safe (idempotent, replayable body): once, on another connection.
+    Stale,
+    /// Fail the request.
+    No,
+}
+
+/// How far a failed exchange got, and what the request allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub reused: bool,
+    pub unsent: bool,
+    pub before_response: bool,
+    pub idempotent: bool,
+    /// The body can be sent again (absent or buffered).
+    pub replayable: bool,
 }
 
 impl Retries {
@@ -27,6 +51,7 @@ impl Retries {
             window,
             connect_failures: 0,
             unsent: 0,
+            stale_retried: false,
         }
     }
 
@@ -38,10 +63,27 @@ impl Retries {
         (self.started.elapsed() + delay < self.window).then_some(delay)
     }
 
-    /// After hyper handed a request back unsent: whether to send it again.
+    /// After a send that wrote nothing: whether to send it again.
     pub fn after_unsent(&mut self) -> bool {
         self.unsent += 1;
         self.unsent <= MAX_UNSENT_RETRIES
+    }
+
+    /// After a failed exchange: retry it, and how, or not. A request is never sent twice unless
+    /// nothing of it was written, or it is idempotent with a replayable body (once).
+    pub fn after_send_failure(&mut self, attempt: Attempt) -> Retry {
+        if !attempt.replayable {
+            return Retry::No;
+        }
+        if attempt.unsent && self.after_unsent() {
+            return Retry::Unsent;
+        }
+        let stale = attempt.reused && attempt.before_response && attempt.idempotent;
+        if stale && !self.stale_retried {
+            self.stale_retried = true;
+            return Retry::Stale;
+        }
+        Retry::No
     }
 }
 
@@ -92,5 +134,74 @@ mod tests {
         let mut retries = Retries::new(Duration::from_secs(3));
         let resent: Vec<bool> = (0..4).map(|_| retries.after_unsent()).collect();
         assert_eq!(resent, [true, true, true, false]);
+    }
+
+    fn attempt() -> Attempt {
+        Attempt {
+            reused: true,
+            unsent: false,
+            before_response: true,
+            idempotent: true,
+            replayable: true,
+        }
+    }
+
+    #[test]
+    fn an_unsent_post_is_retried() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let unsent_post = Attempt {
+            unsent: true,
+            idempotent: false,
+            ..attempt()
+        };
+        assert_eq!(retries.after_send_failure(unsent_post), Retry::Unsent);
+    }
+
+    #[test]
+    fn a_get_on_a_stale_reused_connection_is_retried_once() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let decisions = [(); 2].map(|_| retries.after_send_failure(attempt()));
+        assert_eq!(decisions, [Retry::Stale, Retry::No]);
+    }
+
+    #[test]
+    fn a_post_is_never_retried_once_bytes_were_written() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let written_post = Attempt {
+            idempotent: false,
+            ..attempt()
+        };
+        assert_eq!(retries.after_send_failure(written_post), Retry::No);
+    }
+
+    #[test]
+    fn a_get_that_failed_on_a_fresh_connection_is_not_retried() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let fresh = Attempt {
+            reused: false,
+            ..attempt()
+        };
+        assert_eq!(retries.after_send_failure(fresh), Retry::No);
+    }
+
+    #[test]
+    fn a_get_that_failed_after_response_bytes_is_not_retried() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let answered = Attempt {
+            before_response: false,
+            ..attempt()
+        };
+        assert_eq!(retries.after_send_failure(answered), Retry::No);
+    }
+
+    #[test]
+    fn a_streamed_body_is_never_sent_twice() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let streamed = Attempt {
+            unsent: true,
+            replayable: false,
+            ..attempt()
+        };
+        assert_eq!(retries.after_send_failure(streamed), Retry::No);
     }
 }

@@ -1,0 +1,226 @@
+//! A connection checked out for one request: it owns the socket while the request's own task
+//! writes the request and reads the response, and it alone decides the connection's fate.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use deadpool::managed::Object;
+use http::request::Parts as RequestParts;
+use http::response::Parts;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::conn::{ConnManager, PooledConn};
+use crate::body::RequestBody;
+use crate::h1::{self, Limits, RequestHead, ResponseBody, Reuse};
+use crate::metrics::CloseReason;
+
+/// Where the leased connection goes back to.
+enum Held {
+    /// Checked out of a pool: back to it when reusable.
+    Pooled(Object<ConnManager>),
+    /// Opened for this request alone (upgrades): closed after it.
+    Own(PooledConn),
+}
+
+/// One connection leased to one request. Dropped without a verdict (a failed or abandoned
+/// exchange), the connection closes as `peer_closed` if the backend closed or reset it before
+/// any response byte, else as `error` (a broken response, a response timeout, a cancel).
+pub struct Lease {
+    held: Option<Held>,
+    /// Whether the connection carried a request before this one (the stale-retry fact).
+    reused: bool,
+    /// A response byte arrived.
+    answered: bool,
+    /// A read saw EOF or an error, or a write failed: the backend closed or reset it.
+    peer_gone: bool,
+}
+
+/// A failed exchange and what a retry may rely on.
+#[derive(Debug)]
+pub struct SendError {
+    /// The connection had carried requests before (a stale keep-alive connection is possible).
+    pub reused: bool,
+    /// No request byte was written.
+    pub unsent: bool,
+    pub cause: h1::Error,
+}
+
+impl SendError {
+    /// Nothing of the response arrived (the failure a stale connection causes).
+    pub fn before_response(&self) -> bool {
+        self.cause.is_before_response()
+    }
+}
+
+impl Lease {
+    pub fn pooled(conn: Object<ConnManager>) -> Lease {
+        Lease::new(Held::Pooled(conn))
+    }
+
+    pub fn dedicated(conn: PooledConn) -> Lease {
+        Lease::new(Held::Own(conn))
+    }
+
+    fn new(held: Held) -> Lease {
+        let mut lease = Lease {
+            held: Some(held),
+            reused: false,
+            answered: false,
+            peer_gone: false,
+        };
+        let conn = lease.conn();
+        let reused = conn.served > 0;
+        conn.start_request();
+        lease.reused = reused;
+        lease
+    }
+
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    fn conn(&mut self) -> &mut PooledConn {
+        match self
+            .held
+            .as_mut()
+            .expect("a lease holds its connection until it ends")
+        {
+            Held::Pooled(object) => object,
+            Held::Own(conn) => conn,
+        }
+    }
+
+    /// The server answered: the connection's `max_connecting` slot is free, and a failure from
+    /// now on is an error of the exchange, not a connection the backend closed.
+    fn answered(&mut self) {
+        self.answered = true;
+        self.conn().accepted();
+    }
+
+    /// Why the connection closes when the lease is dropped without a verdict.
+    fn unanswered_reason(&self) -> CloseReason {
+        if self.peer_gone && !self.answered {
+            CloseReason::PeerClosed
+        } else {
+            CloseReason::Error
+        }
+    }
+
+    /// Writes `head` and `body`, then reads the response head; the body follows on the lease.
+    pub async fn exchange(
+        mut self,
+        head: &RequestParts,
+        body: RequestBody,
+        limits: &Limits,
+    ) -> Result<(Parts, ResponseBody<Lease>), SendError> {
+        let reused = self.reused;
+        let failed = |cause: h1::Error| SendError {
+            reused,
+            unsent: cause.is_unsent(),
+            cause,
+        };
+        h1::write_request(&mut self, &RequestHead::from_parts(head), body)
+            .await
+            .map_err(failed)?;
+        h1::read_response(self, &head.method, limits)
+            .await
+            .map_err(failed)
+    }
+
+    /// The response ended with `verdict`: the one place a connection's fate is decided.
+    pub fn finish(mut self, verdict: Reuse) {
+        match (self.held.take(), verdict) {
+            (Some(Held::Pooled(mut object)), Reuse::Reusable) => {
+                object.went_idle();
+                drop(object);
+            }
+            (Some(held), Reuse::Reusable) => close(held, CloseReason::NotReusable),
+            (Some(held), Reuse::Close(_)) => close(held, CloseReason::NotReusable),
+            (None, _) => {}
+        }
+    }
+
+    /// Closes the connection for `reason` (a failed response, a lost framing).
+    pub fn close(mut self, reason: CloseReason) {
+        if let Some(held) = self.held.take() {
+            close(held, reason);
+        }
+    }
+
+    /// The socket of a 101 or CONNECT exchange: it leaves the pool and becomes a tunnel.
+    pub fn into_tunnel(mut self) -> TcpStream {
+        let conn = match self.held.take().expect("a lease holds its connection") {
+            Held::Pooled(object) => Object::take(object),
+            Held::Own(conn) => conn,
+        };
+        conn.into_stream(CloseReason::NotReusable)
+    }
+
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
+        Pin::new(&mut self.get_mut().conn().stream)
+    }
+}
+
+fn close(held: Held, reason: CloseReason) {
+    let conn = match held {
+        Held::Pooled(object) => Object::take(object),
+        Held::Own(conn) => conn,
+    };
+    conn.end(reason);
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            close(held, self.unanswered_reason());
+        }
+    }
+}
+
+impl AsyncRead for Lease {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = self.get_mut();
+        let read = Pin::new(&mut this.conn().stream).poll_read(cx, buf);
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.answered(),
+            Poll::Ready(Ok(())) if buf.remaining() == 0 => {}
+            // EOF or an error: the backend closed or reset the connection.
+            Poll::Ready(_) => this.peer_gone = true,
+            Poll::Pending => {}
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Lease {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.conn().stream).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = written {
+            this.peer_gone = true;
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
