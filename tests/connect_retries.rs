@@ -16,7 +16,7 @@ use std::time::Duration;
 use support::Stopwatch;
 use support::backend::Backend;
 use support::client;
-use support::faults::{self, Blackhole};
+use support::faults::{self, Blackhole, RefusingPort};
 use support::proxy::{Proxy, ProxyConfig};
 use support::real_servers::{self, Apache, PythonHttpServer};
 
@@ -244,9 +244,9 @@ fn python_http_server_behind_longhaul_serves_ab_without_a_single_error() {
 #[test]
 fn a_refused_connect_is_retried_on_the_other_server() {
     let live = Backend::start();
-    let dead = faults::unused_port();
+    let dead = RefusingPort::new();
     let proxy = start(
-        &ProxyConfig::single(&[dead, live.addr()]),
+        &ProxyConfig::single(&[dead.addr, live.addr()]),
         &[("max_failures", "1000")],
     );
     for i in 0..6 {
@@ -262,8 +262,8 @@ fn a_refused_connect_is_retried_on_the_other_server() {
 
 #[test]
 fn a_server_refusing_for_longer_than_retry_window_gets_502_after_it() {
-    let dead = faults::unused_port();
-    let proxy = Proxy::start(&ProxyConfig::single(&[dead]).up("retry_window", "\"400ms\""));
+    let dead = RefusingPort::new();
+    let proxy = Proxy::start(&ProxyConfig::single(&[dead.addr]).up("retry_window", "\"400ms\""));
     let started = Stopwatch::start();
     let r = client::get10(proxy.addr, "/never");
     let took = started.elapsed();
@@ -281,7 +281,8 @@ fn a_server_refusing_for_longer_than_retry_window_gets_502_after_it() {
 
 #[test]
 fn with_every_server_ejected_requests_are_still_sent() {
-    let (a, b) = (faults::unused_port(), faults::unused_port());
+    let (port_a, port_b) = (RefusingPort::new(), RefusingPort::new());
+    let (a, b) = (port_a.addr, port_b.addr);
     let proxy = start(
         &ProxyConfig::single(&[a, b]).up("retry_window", "\"100ms\""),
         &[
@@ -297,8 +298,8 @@ fn with_every_server_ejected_requests_are_still_sent() {
         }),
         "both servers are ejected"
     );
-    let backend_a = Backend::builder().start_on(a);
-    let backend_b = Backend::builder().start_on(b);
+    let backend_a = Backend::builder().start_on(port_a.release());
+    let backend_b = Backend::builder().start_on(port_b.release());
     for i in 0..4 {
         let r = client::get10(proxy.addr, &format!("/panic/{i}"));
         assert_eq!(r.status, 200, "{}", r.body_str());
@@ -308,7 +309,8 @@ fn with_every_server_ejected_requests_are_still_sent() {
 
 #[test]
 fn an_ejected_server_that_accepts_a_connection_is_back_in_rotation_at_once() {
-    let addr = faults::unused_port();
+    let port = RefusingPort::new();
+    let addr = port.addr;
     let proxy = start(
         &ProxyConfig::single(&[addr]).up("retry_window", "\"100ms\""),
         &[
@@ -319,7 +321,7 @@ fn an_ejected_server_that_accepts_a_connection_is_back_in_rotation_at_once() {
     );
     assert_eq!(client::get10(proxy.addr, "/down").status, 502);
     assert_eq!(server_up(&proxy, addr), Some(0.0));
-    let backend = Backend::builder().start_on(addr);
+    let backend = Backend::builder().start_on(port.release());
     assert_eq!(client::get10(proxy.addr, "/up").status, 200);
     assert_eq!(
         server_up(&proxy, addr),

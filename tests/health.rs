@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::Stopwatch;
 use support::backend::{self, Backend, Reply};
 use support::client;
-use support::faults::{self, FixedBackend};
+use support::faults::{self, FixedBackend, RefusingPort};
 use support::proxy::{self, Proxy, ProxyConfig};
 
 fn start(config: &ProxyConfig, health: &[(&str, &str)]) -> Proxy {
@@ -53,10 +53,10 @@ fn ejections(proxy: &Proxy, server: SocketAddr) -> Vec<u64> {
 
 #[test]
 fn consecutive_connect_failures_eject_a_server_for_a_doubling_backoff() {
-    let dead = faults::unused_port();
+    let dead = RefusingPort::new();
     let live = Backend::start();
     let proxy = start(
-        &ProxyConfig::single(&[dead, live.addr()]),
+        &ProxyConfig::single(&[dead.addr, live.addr()]),
         &[
             ("max_failures", "2"),
             ("base_ejection", "\"400ms\""),
@@ -70,11 +70,11 @@ fn consecutive_connect_failures_eject_a_server_for_a_doubling_backoff() {
         assert_eq!(r.status, 200, "{}", r.body_str());
     }
     assert_eq!(
-        server_up(&proxy, dead),
+        server_up(&proxy, dead.addr),
         Some(0.0),
         "ejected after max_failures = 2"
     );
-    assert_eq!(pools_healthy(&proxy, dead), Some(false));
+    assert_eq!(pools_healthy(&proxy, dead.addr), Some(false));
 
     // After each ejection the server is on probation: one more refused connect ejects it again,
     // for twice as long (capped). Of two requests after an ejection, one is offered to it.
@@ -86,7 +86,7 @@ fn consecutive_connect_failures_eject_a_server_for_a_doubling_backoff() {
         }
     }
     assert_eq!(live.request_count(), 10);
-    let seen = ejections(&proxy, dead);
+    let seen = ejections(&proxy, dead.addr);
     assert_eq!(
         seen,
         vec![400, 800, 1600, 1600],
@@ -131,7 +131,8 @@ fn consecutive_resets_eject_a_server() {
 
 #[test]
 fn ejected_server_returns_once_it_accepts_connections_again() {
-    let addr = faults::unused_port();
+    let port = RefusingPort::new();
+    let addr = port.addr;
     let proxy = start(
         &ProxyConfig::single(&[addr]),
         &[("max_failures", "1"), ("base_ejection", "\"300ms\"")],
@@ -140,7 +141,7 @@ fn ejected_server_returns_once_it_accepts_connections_again() {
     assert_eq!(r.status, 502);
     assert_eq!(server_up(&proxy, addr), Some(0.0));
 
-    let backend = FixedBackend::start(addr, Duration::ZERO);
+    let backend = FixedBackend::start(port.release(), Duration::ZERO);
     let back = support::wait_until(Duration::from_secs(5), || {
         client::try_get10(proxy.addr, "/up").is_ok_and(|r| r.status == 200)
     });
@@ -303,9 +304,9 @@ fn active_check_that_times_out_ejects_the_server() {
 /// and no second ejection (a connect during probation would re-eject it).
 fn assert_balancer_skips_ejected(balance: &str) {
     let live = Backend::start();
-    let dead = faults::unused_port();
+    let dead = RefusingPort::new();
     let proxy = start(
-        &ProxyConfig::single(&[dead, live.addr()]).up("balance", &format!("\"{balance}\"")),
+        &ProxyConfig::single(&[dead.addr, live.addr()]).up("balance", &format!("\"{balance}\"")),
         &[
             ("max_failures", "1"),
             ("base_ejection", "\"20s\""),
@@ -322,14 +323,14 @@ fn assert_balancer_skips_ejected(balance: &str) {
         );
     }
     assert_eq!(live.request_count(), 40);
-    assert_eq!(server_up(&proxy, dead), Some(0.0));
+    assert_eq!(server_up(&proxy, dead.addr), Some(0.0));
     assert!(
-        support::wait_until(Duration::from_secs(1), || !ejections(&proxy, dead)
+        support::wait_until(Duration::from_secs(1), || !ejections(&proxy, dead.addr)
             .is_empty()),
         "no `server ejected` line"
     );
     assert_eq!(
-        ejections(&proxy, dead),
+        ejections(&proxy, dead.addr),
         vec![20_000],
         "the ejected server was tried again while ejected ({balance})"
     );

@@ -205,10 +205,26 @@ impl Drop for Proc {
     }
 }
 
-/// An address on 127.0.0.1 that nothing listens on (bound, then released).
+/// An address on 127.0.0.1 that nothing listens on (bound, then released), for a server the
+/// test starts on it at once.
 fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr")
+}
+
+/// A 127.0.0.1 port that refuses connections while the returned socket lives: bound, never
+/// listening, so no other test's server can take it.
+fn refusing_port() -> (SocketAddr, socket2::Socket) {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    (addr, socket)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,6 +413,8 @@ impl Backend {
 struct Proxy {
     proc: Proc,
     _dir: TempDir,
+    /// Keeps the "dead" upstream's port refusing for the proxy's whole life.
+    _dead: socket2::Socket,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -406,6 +424,7 @@ impl Proxy {
     /// (a port nobody listens on, /dead), so error, 5xx and server-down series exist too.
     fn start(backend: SocketAddr, min_idle: u32) -> Proxy {
         let dir = TempDir::new("proxy");
+        let (dead, dead_port) = refusing_port();
         let config = format!(
             r#"[server]
 listen = "127.0.0.1:0"
@@ -451,8 +470,7 @@ upstream = "dead"
 host = "*"
 path_prefix = "/"
 upstream = "legacy"
-"#,
-            dead = closed_port()
+"#
         );
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, config).expect("write config");
@@ -481,6 +499,7 @@ upstream = "legacy"
         Proxy {
             proc,
             _dir: dir,
+            _dead: dead_port,
             listen,
             admin,
         }

@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
 use support::Stopwatch;
 use support::backend::Backend;
 use support::client::{self, Response};
+use support::faults::RefusingPort;
 use support::proxy::{Proxy, ProxyConfig};
 
 /// The error body names `what` (the upstream), says why in words containing one of `cause`, and
@@ -38,18 +38,10 @@ fn assert_error_body(r: &Response, what: &str, cause: &[&str]) {
     );
 }
 
-/// A loopback port with nothing listening on it.
-fn closed_port() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
-}
-
 #[test]
 fn connect_refused_gives_502() {
-    let dead = closed_port();
-    let proxy = Proxy::start(&ProxyConfig::single(&[dead]));
+    let dead = RefusingPort::new();
+    let proxy = Proxy::start(&ProxyConfig::single(&[dead.addr]));
     let started = Stopwatch::start();
     let r = client::get10(proxy.addr, "/x");
     assert_eq!(r.status, 502, "{}", r.body_str());

@@ -13,7 +13,38 @@ use std::time::{Duration, Instant};
 use super::backend::http10_response;
 use super::wire::{self, WireError, WireReader};
 
-/// A loopback address nothing listens on (bound once to pick a free port, then closed).
+/// A loopback port that refuses connections for as long as this lives: bound but never
+/// listening, so the kernel answers every connect with a reset and no other socket (another
+/// test's backend) can take the port. `release` frees it for a server the test starts there.
+pub struct RefusingPort {
+    pub addr: SocketAddr,
+    socket: socket2::Socket,
+}
+
+impl RefusingPort {
+    pub fn new() -> RefusingPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        socket.bind(&any.into()).expect("bind a free port");
+        let addr = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("an inet address");
+        RefusingPort { addr, socket }
+    }
+
+    /// Frees the port (a server is about to listen on it) and returns its address.
+    pub fn release(self) -> SocketAddr {
+        drop(self.socket);
+        self.addr
+    }
+}
+
+/// A loopback address nothing listens on right now (bound once to pick a free port, then
+/// closed), for a server the test starts on it at once. For a port that must stay dead while
+/// other tests run, use `RefusingPort`.
 pub fn unused_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr")
