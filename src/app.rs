@@ -58,6 +58,7 @@ impl App {
             &config.listen_addrs(),
             config.server.workers.count(),
             tproxy,
+            &config.server.tcp_keepalive,
         )?;
         let listen = listeners.addrs.clone();
         let transparent = crate::transparent::Transparent::for_config(&config, &listen);

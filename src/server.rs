@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::limit::ConcurrencyLimit;
@@ -44,26 +44,34 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds the admin listener: SO_REUSEADDR and a deep backlog, one socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = listening_socket(addr, false, false)?;
+    let socket = listening_socket(addr, false, false, None)?;
     TcpListener::from_std(socket.into())
 }
 
 /// Binds one worker's client listener with SO_REUSEPORT, so every worker can bind the same
 /// address and the kernel spreads connections over them; `ip_transparent` accepts connections
-/// for any address (TPROXY).
+/// for any address (TPROXY). Accepted client sockets inherit TCP_NODELAY and `keepalive` from it
+/// (Linux copies them at accept), so no connection pays a setsockopt for them.
 pub fn bind_shared(
     addr: SocketAddr,
     ip_transparent: bool,
+    keepalive: &TcpKeepaliveConfig,
 ) -> std::io::Result<std::net::TcpListener> {
-    Ok(listening_socket(addr, ip_transparent, true)?.into())
+    Ok(listening_socket(addr, ip_transparent, true, Some(keepalive))?.into())
 }
 
 fn listening_socket(
     addr: SocketAddr,
     ip_transparent: bool,
     reuse_port: bool,
+    client_keepalive: Option<&TcpKeepaliveConfig>,
 ) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let Some(keepalive) = client_keepalive {
+        // A client that vanished (power loss behind a NAT) is noticed even on a silent tunnel.
+        socket.set_tcp_keepalive(&keepalive.socket_option())?;
+        socket.set_tcp_nodelay(true)?;
+    }
     socket.set_reuse_address(true)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
@@ -143,7 +151,6 @@ pub struct ClientSettings {
     pub max_head_bytes: usize,
     pub max_headers: usize,
     pub send_timeout: Duration,
-    pub tcp_keepalive: TcpKeepaliveConfig,
     pub proxy_options: ProxyOptions,
 }
 
@@ -156,7 +163,6 @@ impl ClientSettings {
             max_head_bytes: s.max_request_head_bytes,
             max_headers: s.max_request_headers,
             send_timeout: s.send_timeout,
-            tcp_keepalive: s.tcp_keepalive.clone(),
             proxy_options: ProxyOptions {
                 stall_timeout: s.body_read_timeout,
                 allow_connect: s.allow_connect,
@@ -209,12 +215,6 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize)
             _ = shutdown.changed() => return,
         };
         tracing::debug!(worker, client = %peer, "client connection accepted");
-        // A client that vanished (power loss behind a NAT) is noticed even on a silent tunnel.
-        if let Err(e) =
-            SockRef::from(&stream).set_tcp_keepalive(&settings.tcp_keepalive.socket_option())
-        {
-            tracing::debug!(client = %peer, error = %e, "cannot set TCP keepalive");
-        }
         let stack = stack.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
@@ -240,7 +240,6 @@ pub async fn serve_client(
 ) {
     METRICS.downstream_connections_total.inc();
     METRICS.downstream_connections_active.inc();
-    let _ = stream.set_nodelay(true);
     // hyper's buffers are built only once the client has said something; a client silent for
     // header_read_timeout is closed without an answer, as hyper itself would do.
     let started = tokio::time::Instant::now();

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::config::TcpKeepaliveConfig;
 use crate::server::{self, Serving};
 
 /// Why the event loops could not start.
@@ -38,9 +39,10 @@ impl Listeners {
         configured: &[SocketAddr],
         workers: usize,
         ip_transparent: bool,
+        client_keepalive: &TcpKeepaliveConfig,
     ) -> Result<Listeners, WorkerError> {
         let bind = |addr| {
-            server::bind_shared(addr, ip_transparent)
+            server::bind_shared(addr, ip_transparent, client_keepalive)
                 .map_err(|source| WorkerError::Bind { addr, source })
         };
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
@@ -163,7 +165,8 @@ mod tests {
     #[test]
     fn port_0_is_one_port_every_worker_binds() {
         let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners::bind(&[configured], 3, false).expect("bind");
+        let listeners =
+            Listeners::bind(&[configured], 3, false, &TcpKeepaliveConfig::default()).expect("bind");
         let port = listeners.addrs[0].port();
         let ports: Vec<Vec<u16>> = listeners
             .sockets
@@ -177,7 +180,7 @@ mod tests {
     fn an_address_already_taken_without_reuseport_is_a_bind_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        match Listeners::bind(&[addr], 2, false) {
+        match Listeners::bind(&[addr], 2, false, &TcpKeepaliveConfig::default()) {
             Err(WorkerError::Bind { addr: at, source }) => {
                 assert_eq!((at, source.kind()), (addr, std::io::ErrorKind::AddrInUse));
             }
