@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::metrics::{CloseReason, METRICS};
 use crate::proxy::{Proxy, Routing, UpgradeAllowList};
 use crate::server::{self, ClientSettings, Serving};
+use crate::tls::{TlsError, TlsTerminator};
 use crate::workers::{Listeners, WorkerError, Workers};
 
 /// Why the proxy could not start or run.
@@ -26,11 +27,14 @@ pub enum AppError {
     },
     #[error(transparent)]
     Workers(#[from] WorkerError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A started proxy: where it listens, and the handle to stop it.
 pub struct App {
     pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
     pub admin: SocketAddr,
     config: Config,
     config_path: Option<PathBuf>,
@@ -40,6 +44,7 @@ pub struct App {
     workers: Workers,
     limit: Arc<Semaphore>,
     transparent: Option<Arc<crate::transparent::Transparent>>,
+    tls: Option<Arc<TlsTerminator>>,
 }
 
 impl App {
@@ -54,13 +59,19 @@ impl App {
         let proxy = Proxy::new(routing.clone(), settings.proxy_options, upgrades);
         let stack = server::stack(proxy, &config.server, config.log.access_log);
         let tproxy = config.transparent.as_ref().is_some_and(|t| t.tproxy);
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(TlsTerminator::new(tls)?)),
+            None => None,
+        };
         let listeners = Listeners::bind(
             &config.listen_addrs(),
+            &config.tls_listen_addrs(),
             config.server.workers.count(),
             tproxy,
             &config.server.tcp_keepalive,
         )?;
         let listen = listeners.addrs.clone();
+        let tls_listen = listeners.tls_addrs.clone();
         let transparent = crate::transparent::Transparent::for_config(&config, &listen);
         let serving = Serving {
             stack,
@@ -68,6 +79,7 @@ impl App {
             limit: limit.clone(),
             shutdown: shutdown_rx.clone(),
             transparent: transparent.clone(),
+            tls: tls.clone(),
         };
         let workers = Workers::start(listeners, &serving)?;
         let admin_addr: SocketAddr = config.admin.listen.parse().expect("validated");
@@ -83,6 +95,7 @@ impl App {
         tasks.spawn(crate::admin::serve(admin_listener, sources, shutdown_rx));
         let app = App {
             listen,
+            tls_listen,
             admin,
             config,
             config_path,
@@ -92,6 +105,7 @@ impl App {
             workers,
             limit,
             transparent,
+            tls,
         };
         app.log_started();
         Ok(app)
@@ -123,6 +137,7 @@ impl App {
             .join("; ");
         tracing::info!(
             listen = %join(&self.listen),
+            tls_listen = %join(&self.tls_listen),
             admin = %self.admin,
             mode = ?self.config.server.mode,
             workers = self.config.server.workers.count(),
@@ -132,13 +147,14 @@ impl App {
         );
     }
 
-    /// Re-reads the config file; an invalid file changes nothing. Only routes and upstreams
-    /// apply live; `[server]` and `[admin]` changes need a restart and are reported.
+    /// Re-reads the config file; an invalid file (a bad certificate or key included) changes
+    /// nothing. Routes, upstreams and the TLS certificates apply live; other `[server]` and
+    /// `[admin]` changes need a restart and are reported.
     pub fn reload(&mut self) {
-        let Some(path) = &self.config_path else {
+        let Some(path) = self.config_path.clone() else {
             return;
         };
-        let next = match Config::load(path) {
+        let next = match Config::load(&path) {
             Ok(next) => next,
             Err(e) => {
                 METRICS
@@ -149,15 +165,12 @@ impl App {
                 return;
             }
         };
-        if next.server != self.config.server
-            || next.admin != self.config.admin
-            || next.log != self.config.log
-            || next.transparent != self.config.transparent
-        {
+        if self.restart_only_changes(&next) {
             tracing::warn!(
                 "[server], [admin], [log] and [transparent] changes take effect on restart only"
             );
         }
+        self.reload_certificates(&next);
         let old = self.routing.load_full();
         let routing = Routing::new(&next, Some(&old));
         old.retire_unused(&routing);
@@ -169,6 +182,38 @@ impl App {
             .with_label_values(&["ok"])
             .inc();
         tracing::info!(path = %path.display(), "configuration reloaded");
+    }
+
+    /// Whether `next` changes a table that applies on restart only. The certificate list of
+    /// `[server.tls]` is not one: it applies on reload.
+    fn restart_only_changes(&self, next: &Config) -> bool {
+        let mut server = next.server.clone();
+        if let (Some(next_tls), Some(running)) = (&mut server.tls, &self.config.server.tls) {
+            next_tls.certificates = running.certificates.clone();
+        }
+        server != self.config.server
+            || next.admin != self.config.admin
+            || next.log != self.config.log
+            || next.transparent != self.config.transparent
+    }
+
+    /// New TLS handshakes present the certificates `next` names, read again from their files
+    /// (`Config::load` has just checked them); on any problem the running ones stay.
+    fn reload_certificates(&mut self, next: &Config) {
+        let (Some(terminator), Some(tls)) = (&self.tls, &next.server.tls) else {
+            return;
+        };
+        match terminator.reload(tls) {
+            Ok(()) => {
+                if let Some(running) = &mut self.config.server.tls {
+                    running.certificates = tls.certificates.clone();
+                }
+                tracing::info!(certificates = tls.certificates.len(), "TLS certificates reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificates not reloaded; keeping the running ones");
+            }
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, closes the pools.

@@ -81,6 +81,12 @@ pub struct ServerConfig {
     /// An upgrade, CONNECT or raw TCP tunnel with no bytes either way for this long is closed.
     #[serde(with = "humantime_serde")]
     pub tunnel_idle_timeout: Duration,
+    /// TLS listeners, next to `listen`; they need `[server.tls]`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub tls_listen: Vec<String>,
+    /// Certificates and handshake settings of the TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -105,8 +111,53 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(60),
             tcp_keepalive: TcpKeepaliveConfig::default(),
             tunnel_idle_timeout: Duration::from_secs(3600),
+            tls_listen: Vec::new(),
+            tls: None,
         }
     }
+}
+
+/// `[server.tls]`: what the TLS listeners present and accept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM chain and key pairs; SNI picks by the DNS names in each certificate, the first is
+    /// the default. Relative paths are relative to the config file's directory.
+    pub certificates: Vec<CertificateConfig>,
+    pub min_version: TlsVersion,
+    /// Stateless resumption tickets (TLS 1.2 and 1.3); a server-side session cache either way.
+    pub session_tickets: bool,
+    /// From the first byte of the ClientHello wait to the end of the handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerTlsConfig {
+    fn default() -> Self {
+        ServerTlsConfig {
+            certificates: Vec::new(),
+            min_version: TlsVersion::V1_2,
+            session_tickets: true,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The oldest TLS version a client may use.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -480,7 +531,43 @@ impl Config {
             file: path.display().to_string(),
             source,
         })?;
-        Config::parse(&source, path)
+        let mut config = Config::parse(&source, path)?;
+        config.resolve_tls_paths(path.parent().unwrap_or(Path::new("")));
+        config.check_tls_files().map_err(|e| ConfigError::Invalid {
+            file: path.display().to_string(),
+            line: locate::line_of_key(&source, &e.key),
+            key: e.key,
+            reason: e.reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Certificate and key paths are relative to the config file's directory, whatever the
+    /// working directory: `longhaul check` prints them as the proxy will open them.
+    fn resolve_tls_paths(&mut self, dir: &Path) {
+        let Some(tls) = &mut self.server.tls else {
+            return;
+        };
+        for entry in &mut tls.certificates {
+            for path in [&mut entry.cert, &mut entry.key] {
+                if path.is_relative() {
+                    *path = dir.join(&*path);
+                }
+            }
+        }
+    }
+
+    /// Every certificate and key of `[server.tls]` parses, matches and has not expired.
+    fn check_tls_files(&self) -> Result<(), validate::Invalid> {
+        let Some(tls) = &self.server.tls else {
+            return Ok(());
+        };
+        crate::tls::load_all(&tls.certificates)
+            .map(drop)
+            .map_err(|e| validate::Invalid {
+                key: format!("server.tls.{}", e.key()),
+                reason: e.reason(),
+            })
     }
 
     /// Parses and validates config text; `path` only names the file in errors.
@@ -519,6 +606,15 @@ impl Config {
     pub fn embedded_default() -> Config {
         Config::parse(DEFAULT_CONFIG, &PathBuf::from("proxy.toml (embedded)"))
             .expect("the shipped proxy.toml is valid")
+    }
+
+    /// Socket addresses of `[server] tls_listen`, validated at load.
+    pub fn tls_listen_addrs(&self) -> Vec<SocketAddr> {
+        self.server
+            .tls_listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
     }
 
     /// Socket addresses of `[server] listen`, validated at load.

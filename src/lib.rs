@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod tls;
 pub mod transparent;
 pub mod tunnel;
 pub mod upstream;

@@ -7,6 +7,7 @@
 //! value). A new metric joins the handle that owns its labels the same way.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -51,6 +52,7 @@ pub struct Metrics {
     pub transparent_destinations: IntGauge,
     pub config_reloads_total: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub tls: TlsMetrics,
 }
 
 /// The process-wide metrics, registered on first use.
@@ -245,6 +247,7 @@ impl Metrics {
                 "Always 1; the version label says which build runs.",
                 &["version"],
             ),
+            tls: TlsMetrics::new(&r),
             registry: r,
         };
         m.build_info
@@ -625,6 +628,70 @@ impl TunnelEnd {
     }
 }
 
+/// Which end of longhaul a TLS handshake was with, for the `side` label of the TLS families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    /// A client's handshake on a `tls_listen` listener.
+    Client,
+    /// longhaul's own handshake to a backend (`[upstream.tls]`).
+    Upstream,
+}
+
+impl TlsSide {
+    /// Every side, in declaration order (`side as usize` indexes it).
+    pub const ALL: [TlsSide; 2] = [TlsSide::Client, TlsSide::Upstream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsSide::Client => "client",
+            TlsSide::Upstream => "upstream",
+        }
+    }
+}
+
+/// `longhaul_tls_handshakes_total` and `longhaul_tls_handshake_duration_seconds`, every series
+/// resolved (and exported at 0) when the metrics are built.
+pub struct TlsMetrics {
+    /// Indexed by side, then ok (1) or error (0), then resumed (1) or not (0).
+    handshakes: [[[IntCounter; 2]; 2]; 2],
+    duration: [Histogram; 2],
+}
+
+impl TlsMetrics {
+    fn new(r: &Registry) -> TlsMetrics {
+        let total = counter_vec(
+            r,
+            "longhaul_tls_handshakes_total",
+            "TLS handshakes, by side, result (ok or error) and whether a session was resumed.",
+            &["side", "result", "resumed"],
+        );
+        let duration = histogram_vec(
+            r,
+            "longhaul_tls_handshake_duration_seconds",
+            "Time a successful TLS handshake took, from its first byte to its end, by side.",
+            &["side"],
+            LATENCY_BUCKETS,
+        );
+        TlsMetrics {
+            handshakes: TlsSide::ALL.map(|side| {
+                ["error", "ok"].map(|result| {
+                    ["false", "true"]
+                        .map(|resumed| total.with_label_values(&[side.as_str(), result, resumed]))
+                })
+            }),
+            duration: TlsSide::ALL.map(|side| duration.with_label_values(&[side.as_str()])),
+        }
+    }
+
+    /// Counts one handshake and, when it succeeded, how long it took.
+    pub fn record(&self, side: TlsSide, ok: bool, resumed: bool, took: Duration) {
+        self.handshakes[side as usize][usize::from(ok)][usize::from(resumed)].inc();
+        if ok {
+            self.duration[side as usize].observe(took.as_secs_f64());
+        }
+    }
+}
+
 /// Why a redirected connection was refused (transparent mode), for
 /// `longhaul_transparent_denied_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -670,6 +737,9 @@ mod tests {
         }
         for (i, k) in TunnelKind::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (i, s) in TlsSide::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "{s:?}");
         }
     }
 }

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::limit::ConcurrencyLimit;
@@ -26,11 +27,12 @@ use crate::body::ProxyBody;
 use crate::config::{ServerConfig, TcpKeepaliveConfig};
 use crate::metrics::METRICS;
 use crate::middleware::access_log::{AccessLog, AccessLogLayer};
-use crate::middleware::forwarded::{self, ClientAddr};
+use crate::middleware::forwarded::{self, ClientAddr, ClientTls};
 use crate::middleware::guard::{RequestGuard, RequestGuardLayer};
 use crate::middleware::hop_by_hop;
 use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
+use crate::tls::TlsTerminator;
 use crate::transparent::{Destination, Transparent};
 use first_read::{Prefixed, first_bytes};
 use stall::StallGuardedIo;
@@ -173,7 +175,7 @@ impl ClientSettings {
 }
 
 /// What every accept loop shares, whichever worker it runs on: one stack (so one concurrency
-/// limit), one connection limit, one shutdown signal.
+/// limit), one connection limit, one shutdown signal, one TLS configuration.
 #[derive(Clone)]
 pub struct Serving {
     pub stack: Stack,
@@ -181,18 +183,23 @@ pub struct Serving {
     pub limit: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub transparent: Option<Arc<Transparent>>,
+    /// Terminates TLS on the `tls_listen` listeners.
+    pub tls: Option<Arc<TlsTerminator>>,
 }
 
 /// Accepts clients on `worker`'s listener until shutdown, at most `limit` at a time across all
-/// workers. Each connection is served on this loop, where it was accepted.
-pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize) {
+/// workers. Each connection is served on this loop, where it was accepted. `tls`: the listener
+/// is one of `tls_listen`, and each connection starts with a TLS handshake.
+pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize, tls: bool) {
     let Serving {
         stack,
         settings,
         limit,
         mut shutdown,
         transparent,
+        tls: terminator,
     } = serving;
+    let terminator = if tls { terminator } else { None };
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -214,22 +221,41 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize)
             permit = limit.clone().acquire_owned() => permit.expect("never closed"),
             _ = shutdown.changed() => return,
         };
-        tracing::debug!(worker, client = %peer, "client connection accepted");
+        tracing::debug!(worker, client = %peer, tls, "client connection accepted");
         let stack = stack.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         let transparent = transparent.clone();
+        let terminator = terminator.clone();
         tokio::spawn(async move {
-            match transparent {
-                Some(t) => t.handle(stream, peer, stack, &settings, shutdown).await,
-                None => serve_client(stream, peer, stack, &settings, shutdown, None).await,
+            match (terminator, transparent) {
+                (Some(tls), _) => serve_tls(stream, peer, stack, &settings, shutdown, &tls).await,
+                (None, Some(t)) => t.handle(stream, peer, stack, &settings, shutdown).await,
+                (None, None) => serve_client(stream, peer, stack, &settings, shutdown, None).await,
             }
             drop(permit);
         });
     }
 }
 
-/// Serves one client connection until it closes, or drains it on shutdown.
+/// Counts a client connection in the downstream metrics while it lives.
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        METRICS.downstream_connections_total.inc();
+        METRICS.downstream_connections_active.inc();
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        METRICS.downstream_connections_active.dec();
+    }
+}
+
+/// Serves one plain client connection until it closes, or drains it on shutdown.
 pub async fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
@@ -238,8 +264,7 @@ pub async fn serve_client(
     mut shutdown: watch::Receiver<bool>,
     destination: Option<Destination>,
 ) {
-    METRICS.downstream_connections_total.inc();
-    METRICS.downstream_connections_active.inc();
+    let _counted = Counted::new();
     // hyper's buffers are built only once the client has said something; a client silent for
     // header_read_timeout is closed without an answer, as hyper itself would do.
     let started = tokio::time::Instant::now();
@@ -248,15 +273,83 @@ pub async fn serve_client(
         () = stopping(&mut shutdown) => None,
     };
     let Some(first) = first else {
-        METRICS.downstream_connections_active.dec();
         return;
     };
     let head_time_left = settings
         .header_read_timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(1));
+    let client = Client {
+        peer,
+        destination,
+        tls: false,
+        head_time_left,
+    };
+    serve_http(Prefixed::new(first, stream), client, stack, settings, shutdown).await;
+}
+
+/// Serves one client of a TLS listener: the handshake, then HTTP as on any connection. A failed
+/// or timed-out handshake closes the connection; it is counted and logged at debug.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    stack: Stack,
+    settings: &ClientSettings,
+    mut shutdown: watch::Receiver<bool>,
+    terminator: &TlsTerminator,
+) {
+    let _counted = Counted::new();
+    let handshake = tokio::select! {
+        handshake = terminator.accept(stream) => handshake,
+        () = stopping(&mut shutdown) => return,
+    };
+    let tls = match handshake {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let client = Client {
+        peer,
+        destination: None,
+        tls: true,
+        head_time_left: settings.header_read_timeout,
+    };
+    serve_http(tls, client, stack, settings, shutdown).await;
+}
+
+/// What a client connection's requests carry with them.
+struct Client {
+    peer: SocketAddr,
+    destination: Option<Destination>,
+    /// The connection came through a TLS listener (`X-Forwarded-Proto: https`).
+    tls: bool,
+    /// What is left of header_read_timeout for the first request head.
+    head_time_left: Duration,
+}
+
+/// The hyper HTTP/1 server connection over `io`, until it closes, or drained on shutdown.
+async fn serve_http<I>(
+    io: I,
+    client: Client,
+    stack: Stack,
+    settings: &ClientSettings,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Client {
+        peer,
+        destination,
+        tls,
+        head_time_left,
+    } = client;
     let service = service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
+        if tls {
+            req.extensions_mut().insert(ClientTls);
+        }
         if let Some(d) = &destination {
             req.extensions_mut().insert(d.clone());
         }
@@ -284,10 +377,7 @@ pub async fn serve_client(
     }
     let conn = builder
         .serve_connection(
-            TokioIo::new(StallGuardedIo::new(
-                Prefixed::new(first, stream),
-                settings.send_timeout,
-            )),
+            TokioIo::new(StallGuardedIo::new(io, settings.send_timeout)),
             service,
         )
         .with_upgrades();
@@ -302,7 +392,6 @@ pub async fn serve_client(
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
-    METRICS.downstream_connections_active.dec();
 }
 
 /// Resolves once shutdown has been signalled.

@@ -25,18 +25,28 @@ pub enum WorkerError {
     },
 }
 
-/// Every worker's listening sockets: `sockets[w][i]` is worker `w`'s socket for `addrs[i]`.
+/// Every worker's listening sockets: `sockets[w]` is worker `w`'s socket for each address of
+/// `addrs`, then of `tls_addrs`.
 pub struct Listeners {
     /// The bound addresses, with the port the kernel chose where the config said 0.
     pub addrs: Vec<SocketAddr>,
-    sockets: Vec<Vec<std::net::TcpListener>>,
+    /// The bound TLS addresses (`tls_listen`), likewise.
+    pub tls_addrs: Vec<SocketAddr>,
+    sockets: Vec<Vec<Bound>>,
+}
+
+/// One worker's socket for one address, and whether it is a TLS listener.
+struct Bound {
+    socket: std::net::TcpListener,
+    tls: bool,
 }
 
 impl Listeners {
-    /// Binds `workers` sockets per address. Worker 0 binds the configured address; the others
-    /// bind the address it got, so `127.0.0.1:0` means one port shared by all.
+    /// Binds `workers` sockets per address, plain then TLS. Worker 0 binds the configured
+    /// address; the others bind the address it got, so `127.0.0.1:0` means one port shared by all.
     pub fn bind(
         configured: &[SocketAddr],
+        tls_configured: &[SocketAddr],
         workers: usize,
         ip_transparent: bool,
         client_keepalive: &TcpKeepaliveConfig,
@@ -45,21 +55,32 @@ impl Listeners {
             server::bind_shared(addr, ip_transparent, client_keepalive)
                 .map_err(|source| WorkerError::Bind { addr, source })
         };
-        let mut sockets: Vec<Vec<std::net::TcpListener>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
-        for &addr in configured {
-            let first = bind(addr)?;
-            let bound = first
-                .local_addr()
-                .map_err(|source| WorkerError::Bind { addr, source })?;
-            sockets[0].push(first);
-            for worker in sockets.iter_mut().skip(1) {
-                worker.push(bind(bound)?);
+        let mut sockets: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut bind_all = |addrs: &[SocketAddr], tls: bool| {
+            let mut bound_addrs = Vec::new();
+            for &addr in addrs {
+                let first = bind(addr)?;
+                let bound = first
+                    .local_addr()
+                    .map_err(|source| WorkerError::Bind { addr, source })?;
+                sockets[0].push(Bound { socket: first, tls });
+                for worker in sockets.iter_mut().skip(1) {
+                    worker.push(Bound {
+                        socket: bind(bound)?,
+                        tls,
+                    });
+                }
+                bound_addrs.push(bound);
             }
-            addrs.push(bound);
-        }
-        Ok(Listeners { addrs, sockets })
+            Ok::<_, WorkerError>(bound_addrs)
+        };
+        let addrs = bind_all(configured, false)?;
+        let tls_addrs = bind_all(tls_configured, true)?;
+        Ok(Listeners {
+            addrs,
+            tls_addrs,
+            sockets,
+        })
     }
 }
 
@@ -81,8 +102,8 @@ impl Workers {
         let mut per_worker = listeners.sockets.into_iter().enumerate();
         let mut first = JoinSet::new();
         if let Some((worker, sockets)) = per_worker.next() {
-            for listener in register(worker, sockets)? {
-                first.spawn(server::accept_loop(listener, serving.clone(), worker));
+            for (listener, tls) in register(worker, sockets)? {
+                first.spawn(server::accept_loop(listener, serving.clone(), worker, tls));
             }
         }
         let others = per_worker
@@ -118,7 +139,7 @@ impl WorkerThread {
     /// connections they accept, until stopped. Dropping the runtime ends what is still open.
     fn spawn(
         worker: usize,
-        sockets: Vec<std::net::TcpListener>,
+        sockets: Vec<Bound>,
         serving: Serving,
     ) -> Result<WorkerThread, WorkerError> {
         let start = |source| WorkerError::Start { worker, source };
@@ -136,8 +157,8 @@ impl WorkerThread {
             .spawn(move || {
                 runtime.block_on(async move {
                     let mut loops = JoinSet::new();
-                    for listener in listeners {
-                        loops.spawn(server::accept_loop(listener, serving.clone(), worker));
+                    for (listener, tls) in listeners {
+                        loops.spawn(server::accept_loop(listener, serving.clone(), worker, tls));
                     }
                     let _ = stopped.await;
                 });
@@ -148,13 +169,14 @@ impl WorkerThread {
 }
 
 /// Registers `worker`'s sockets with the runtime entered on this thread.
-fn register(
-    worker: usize,
-    sockets: Vec<std::net::TcpListener>,
-) -> Result<Vec<TcpListener>, WorkerError> {
+fn register(worker: usize, sockets: Vec<Bound>) -> Result<Vec<(TcpListener, bool)>, WorkerError> {
     sockets
         .into_iter()
-        .map(|s| TcpListener::from_std(s).map_err(|source| WorkerError::Start { worker, source }))
+        .map(|b| {
+            TcpListener::from_std(b.socket)
+                .map(|listener| (listener, b.tls))
+                .map_err(|source| WorkerError::Start { worker, source })
+        })
         .collect()
 }
 
@@ -166,12 +188,13 @@ mod tests {
     fn port_0_is_one_port_every_worker_binds() {
         let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let listeners =
-            Listeners::bind(&[configured], 3, false, &TcpKeepaliveConfig::default()).expect("bind");
+            Listeners::bind(&[configured], &[], 3, false, &TcpKeepaliveConfig::default())
+                .expect("bind");
         let port = listeners.addrs[0].port();
         let ports: Vec<Vec<u16>> = listeners
             .sockets
             .iter()
-            .map(|w| w.iter().map(|s| s.local_addr().unwrap().port()).collect())
+            .map(|w| w.iter().map(|b| b.socket.local_addr().unwrap().port()).collect())
             .collect();
         assert_eq!(ports, vec![vec![port]; 3]);
     }
@@ -180,7 +203,7 @@ mod tests {
     fn an_address_already_taken_without_reuseport_is_a_bind_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        match Listeners::bind(&[addr], 2, false, &TcpKeepaliveConfig::default()) {
+        match Listeners::bind(&[addr], &[], 2, false, &TcpKeepaliveConfig::default()) {
             Err(WorkerError::Bind { addr: at, source }) => {
                 assert_eq!((at, source.kind()), (addr, std::io::ErrorKind::AddrInUse));
             }

@@ -125,7 +125,49 @@ impl Config {
         ] {
             nonzero(key, d)?;
         }
-        validate_keepalive("server.tcp_keepalive", &s.tcp_keepalive)
+        validate_keepalive("server.tcp_keepalive", &s.tcp_keepalive)?;
+        self.validate_server_tls()
+    }
+
+    /// `tls_listen` and `[server.tls]` come together, in reverse mode, on addresses of their own.
+    fn validate_server_tls(&self) -> Check {
+        let s = &self.server;
+        for (i, addr) in s.tls_listen.iter().enumerate() {
+            let key = format!("server.tls_listen[{i}]");
+            let parsed = parse_addr(&key, addr)?;
+            let shared = s.listen.iter().any(|l| l.parse::<SocketAddr>() == Ok(parsed));
+            if parsed.port() != 0 && shared {
+                return Err(invalid(key, format!("`{addr}` is also in server.listen")));
+            }
+        }
+        let Some(tls) = &s.tls else {
+            if !s.tls_listen.is_empty() {
+                return Err(invalid(
+                    "server.tls_listen",
+                    "needs a [server.tls] table with the certificates to present",
+                ));
+            }
+            return Ok(());
+        };
+        if s.tls_listen.is_empty() {
+            return Err(invalid(
+                "server.tls",
+                "is set but server.tls_listen is empty: no listener would use it",
+            ));
+        }
+        if s.mode == Mode::Transparent {
+            return Err(invalid(
+                "server.tls_listen",
+                "TLS termination is for reverse mode; transparent mode passes TLS through",
+            ));
+        }
+        if tls.certificates.is_empty() {
+            return Err(invalid(
+                "server.tls.certificates",
+                "needs at least one { cert = \"...pem\", key = \"...key\" }",
+            ));
+        }
+        nonzero("server.tls.handshake_timeout", tls.handshake_timeout)
     }
 
     fn validate_routes(&self) -> Check {

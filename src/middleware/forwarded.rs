@@ -1,5 +1,5 @@
-//! `X-Forwarded-For`, `X-Forwarded-Proto` and `Via` on the way upstream, so the backend still
-//! learns who asked; `Via` on the way back too (RFC 9110 §7.6.3).
+//! `X-Forwarded-For`, `X-Forwarded-Proto` (`https` from a TLS listener) and `Via` on the way
+//! upstream, so the backend still learns who asked and how; `Via` on the way back too (RFC 9110 §7.6.3).
 
 use std::net::SocketAddr;
 
@@ -9,12 +9,20 @@ use http::{HeaderValue, Request, Response, Version, header};
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The client connection came through a TLS listener: the backend is told `https`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTls;
+
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// The request-side mapping for `tower::util::MapRequestLayer`.
 pub fn add_request_headers<B>(mut req: Request<B>) -> Request<B> {
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+    let proto = match req.extensions().get::<ClientTls>() {
+        Some(ClientTls) => "https",
+        None => "http",
+    };
     let version = req.version();
     let headers = req.headers_mut();
     if let Some(ip) = client {
@@ -27,7 +35,7 @@ pub fn add_request_headers<B>(mut req: Request<B>) -> Request<B> {
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     append_via(headers, version);
     req
 }
