@@ -208,7 +208,10 @@ impl App {
                 if let Some(running) = &mut self.config.server.tls {
                     running.certificates = tls.certificates.clone();
                 }
-                tracing::info!(certificates = tls.certificates.len(), "TLS certificates reloaded");
+                tracing::info!(
+                    certificates = tls.certificates.len(),
+                    "TLS certificates reloaded"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "TLS certificates not reloaded; keeping the running ones");

@@ -285,7 +285,14 @@ pub async fn serve_client(
         tls: false,
         head_time_left,
     };
-    serve_http(Prefixed::new(first, stream), client, stack, settings, shutdown).await;
+    serve_http(
+        Prefixed::new(first, stream),
+        client,
+        stack,
+        settings,
+        shutdown,
+    )
+    .await;
 }
 
 /// Serves one client of a TLS listener: the handshake, then HTTP as on any connection. A failed

@@ -8,8 +8,8 @@ mod validity;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::{ServerConfig, ServerSessionMemoryCache};
 use rustls::HandshakeKind;
+use rustls::server::{ServerConfig, ServerSessionMemoryCache};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -99,7 +99,9 @@ impl TlsTerminator {
                 Ok(tls)
             }
             Err(e) => {
-                METRICS.tls.record(TlsSide::Client, false, false, Duration::ZERO);
+                METRICS
+                    .tls
+                    .record(TlsSide::Client, false, false, Duration::ZERO);
                 Err(e)
             }
         }

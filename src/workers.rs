@@ -194,7 +194,11 @@ mod tests {
         let ports: Vec<Vec<u16>> = listeners
             .sockets
             .iter()
-            .map(|w| w.iter().map(|b| b.socket.local_addr().unwrap().port()).collect())
+            .map(|w| {
+                w.iter()
+                    .map(|b| b.socket.local_addr().unwrap().port())
+                    .collect()
+            })
             .collect();
         assert_eq!(ports, vec![vec![port]; 3]);
     }

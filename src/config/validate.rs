@@ -135,7 +135,10 @@ impl Config {
         for (i, addr) in s.tls_listen.iter().enumerate() {
             let key = format!("server.tls_listen[{i}]");
             let parsed = parse_addr(&key, addr)?;
-            let shared = s.listen.iter().any(|l| l.parse::<SocketAddr>() == Ok(parsed));
+            let shared = s
+                .listen
+                .iter()
+                .any(|l| l.parse::<SocketAddr>() == Ok(parsed));
             if parsed.port() != 0 && shared {
                 return Err(invalid(key, format!("`{addr}` is also in server.listen")));
             }

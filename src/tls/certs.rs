@@ -123,9 +123,9 @@ fn load(entry: &CertificateConfig, now: SystemTime) -> Result<LoadedCert, Unplac
     let expires = validity::not_after(&chain[0])
         .map_err(|e| cert_err(Problem::BadCertificate(e.to_string())))?;
     if expires < now {
-        return Err(cert_err(Problem::Expired(humantime::format_rfc3339_seconds(
-            expires,
-        ))));
+        return Err(cert_err(Problem::Expired(
+            humantime::format_rfc3339_seconds(expires),
+        )));
     }
     let key = read_key(&entry.key).map_err(key_err)?;
     let signing = any_supported_type(&key).map_err(|e| key_err(Problem::BadKey(e.to_string())))?;

@@ -31,8 +31,14 @@ impl SniResolver {
     pub fn choose(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
         let matching = server_name.and_then(|name| {
-            let exact = certs.iter().find(|c| c.names.iter().any(|n| exact(n, name)));
-            exact.or_else(|| certs.iter().find(|c| c.names.iter().any(|n| wildcard(n, name))))
+            let exact = certs
+                .iter()
+                .find(|c| c.names.iter().any(|n| exact(n, name)));
+            exact.or_else(|| {
+                certs
+                    .iter()
+                    .find(|c| c.names.iter().any(|n| wildcard(n, name)))
+            })
         });
         matching.or(certs.first()).map(|c| c.key.clone())
     }

@@ -36,7 +36,11 @@ pub fn not_after(cert_der: &[u8]) -> Result<SystemTime, Malformed> {
 }
 
 /// The value of an element with `tag`, and the bytes after it.
-fn element<'a>(der: &'a [u8], tag: u8, what: &'static str) -> Result<(&'a [u8], &'a [u8]), Malformed> {
+fn element<'a>(
+    der: &'a [u8],
+    tag: u8,
+    what: &'static str,
+) -> Result<(&'a [u8], &'a [u8]), Malformed> {
     match tlv(der, what)? {
         (t, value, rest) if t == tag => Ok((value, rest)),
         _ => Err(Malformed(what)),
@@ -98,7 +102,8 @@ fn civil(year: u64, rest: &[u8]) -> Option<SystemTime> {
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year < 1970 {
         return None;
     }
-    let seconds = days_since_epoch(year, month, day) * 86_400 + hour? * 3600 + minute? * 60 + second?;
+    let seconds =
+        days_since_epoch(year, month, day) * 86_400 + hour? * 3600 + minute? * 60 + second?;
     Some(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
@@ -141,7 +146,10 @@ mod tests {
     #[test]
     fn generalized_time_reads_four_digit_years() {
         // 2100-03-01 00:00:00 UTC, past a non-leap century year.
-        assert_eq!(generalized_time(b"21000301000000Z").map(secs), Some(4_107_542_400));
+        assert_eq!(
+            generalized_time(b"21000301000000Z").map(secs),
+            Some(4_107_542_400)
+        );
     }
 
     #[test]
@@ -151,7 +159,10 @@ mod tests {
 
     #[test]
     fn a_truncated_certificate_is_malformed() {
-        assert_eq!(not_after(&[0x30, 0x82, 0x01]), Err(Malformed("certificate")));
+        assert_eq!(
+            not_after(&[0x30, 0x82, 0x01]),
+            Err(Malformed("certificate"))
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod faults;
 pub mod lab;
 pub mod proxy;
 pub mod real_servers;
+pub mod tls;
 pub mod wire;
 
 use std::time::{Duration, Instant};

@@ -65,6 +65,8 @@ fn workers_from_env() -> Option<String> {
 #[derive(Clone)]
 pub struct ProxyConfig {
     pub server: Table,
+    /// `[server.tls]`, written when a test sets one of its keys.
+    pub server_tls: Option<Table>,
     pub log: Table,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<Table>,
@@ -84,6 +86,7 @@ impl ProxyConfig {
         log.set("access_log", "true");
         ProxyConfig {
             server,
+            server_tls: None,
             log,
             upstreams: Vec::new(),
             routes: Vec::new(),
@@ -113,6 +116,14 @@ impl ProxyConfig {
 
     pub fn server(mut self, key: &str, value: &str) -> ProxyConfig {
         self.server.set(key, value);
+        self
+    }
+
+    /// Sets a key of `[server.tls]`.
+    pub fn server_tls(mut self, key: &str, value: &str) -> ProxyConfig {
+        self.server_tls
+            .get_or_insert_with(Table::default)
+            .set(key, value);
         self
     }
 
@@ -153,6 +164,10 @@ impl ProxyConfig {
     pub fn render(&self) -> String {
         let mut out = String::from("[server]\n");
         self.server.render(&mut out);
+        if let Some(tls) = &self.server_tls {
+            out.push_str("\n[server.tls]\n");
+            tls.render(&mut out);
+        }
         out.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[log]\n");
         self.log.render(&mut out);
         for u in &self.upstreams {
@@ -211,6 +226,8 @@ impl Drop for TempDir {
 pub struct Proxy {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The first `tls_listen` address, when the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
@@ -277,10 +294,14 @@ impl Proxy {
                             let admin = log_field(&v, "admin")
                                 .and_then(|x| x.as_str())
                                 .unwrap_or("");
+                            let tls = log_field(&v, "tls_listen")
+                                .and_then(|x| x.as_str())
+                                .and_then(|x| x.split(',').next())
+                                .and_then(|x| x.trim().parse().ok());
                             let listen = listen.split(',').next().unwrap_or("").trim().parse().ok();
                             let admin = admin.trim().parse().ok();
                             if let (Some(l), Some(a)) = (listen, admin) {
-                                ports = Some((l, a));
+                                ports = Some((l, tls, a));
                             } else {
                                 let _ = child.kill();
                                 let _ = child.wait();
@@ -305,7 +326,7 @@ impl Proxy {
                 }
             }
         }
-        let Some((addr, admin)) = ports else {
+        let Some((addr, tls_addr, admin)) = ports else {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = lines.lock().unwrap().join("\n");
@@ -316,6 +337,7 @@ impl Proxy {
         Proxy {
             child: Some(child),
             addr,
+            tls_addr,
             admin,
             config_path,
             lines,
