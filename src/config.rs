@@ -127,7 +127,7 @@ pub struct ServerTlsConfig {
     pub min_version: TlsVersion,
     /// Stateless resumption tickets (TLS 1.2 and 1.3); a server-side session cache either way.
     pub session_tickets: bool,
-    /// From the first byte of the ClientHello wait to the end of the handshake.
+    /// From accept to the end of the handshake; past it, the connection is closed.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 }

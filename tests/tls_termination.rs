@@ -533,6 +533,30 @@ fn check_accepts_a_valid_certificate_and_key() {
 }
 
 #[test]
+fn the_configuration_check_prints_with_server_tls_passes_check_again() {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let site = pki.issue("localhost", &["localhost"]);
+    let dir = TempDir::new();
+    let first = check(&dir, &[&site]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let printed = dir.path().join("printed.toml");
+    std::fs::write(&printed, &first.stdout).expect("write printed config");
+    let again = proxy::run(
+        &["check", "--config", printed.to_str().expect("utf-8 path")],
+        RUN_TIMEOUT,
+    );
+    assert_eq!(
+        (again.code, again.stdout == first.stdout),
+        (Some(0), true),
+        "{}",
+        again.stderr
+    );
+}
+
+#[test]
 fn check_refuses_an_expired_certificate() {
     if !tools() {
         return;
