@@ -34,7 +34,7 @@ use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::tls::TlsTerminator;
 use crate::transparent::{Destination, Transparent};
-use first_read::{Prefixed, first_bytes};
+use first_read::{Prefixed, first_bytes, first_tls_bytes};
 use stall::StallGuardedIo;
 use timer::ClientTimer;
 
@@ -275,15 +275,11 @@ pub async fn serve_client(
     let Some(first) = first else {
         return;
     };
-    let head_time_left = settings
-        .header_read_timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(1));
     let client = Client {
         peer,
         destination,
         tls: false,
-        head_time_left,
+        head_time_left: time_left(settings.header_read_timeout, started),
     };
     serve_http(
         Prefixed::new(first, stream),
@@ -310,20 +306,36 @@ async fn serve_tls(
         handshake = terminator.accept(stream) => handshake,
         () = stopping(&mut shutdown) => return,
     };
-    let tls = match handshake {
+    let mut tls = match handshake {
         Ok(tls) => tls,
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
             return;
         }
     };
+    // As on plain connections: hyper's buffers only once the client has sent a request's bytes.
+    let started = tokio::time::Instant::now();
+    let first = tokio::select! {
+        first = first_tls_bytes(&mut tls, settings.header_read_timeout) => first,
+        () = stopping(&mut shutdown) => None,
+    };
+    let Some(first) = first else {
+        return;
+    };
     let client = Client {
         peer,
         destination: None,
         tls: true,
-        head_time_left: settings.header_read_timeout,
+        head_time_left: time_left(settings.header_read_timeout, started),
     };
-    serve_http(tls, client, stack, settings, shutdown).await;
+    serve_http(Prefixed::new(first, tls), client, stack, settings, shutdown).await;
+}
+
+/// What is left of `limit` since `started`, at least 1 ms (hyper needs a positive timeout).
+fn time_left(limit: Duration, started: tokio::time::Instant) -> Duration {
+    limit
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1))
 }
 
 /// What a client connection's requests carry with them.

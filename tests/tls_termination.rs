@@ -472,6 +472,46 @@ fn stalled_handshakes_are_closed_by_handshake_timeout() {
     );
 }
 
+#[test]
+fn a_client_silent_after_its_handshake_is_closed_by_header_read_timeout() {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let site = pki.issue("localhost", &["localhost"]);
+    let backend = Backend::start();
+    let config = tls_config(&backend, &[&site]).server("header_read_timeout", "\"500ms\"");
+    let proxy = Proxy::start(&config);
+    let client = TlsClient::new(&pki.ca, "localhost");
+    let mut tls = client.connect(tls_addr(&proxy)).expect("handshake");
+    // Read bound 10 s: the proxy closes it without an answer once the 500 ms pass.
+    let mut got = Vec::new();
+    let ended = match tls.read_to_end(&mut got) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+    };
+    assert_eq!((ended, got.len()), (true, 0));
+}
+
+#[test]
+fn a_request_sent_right_after_the_handshake_is_served() {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let site = pki.issue("localhost", &["localhost"]);
+    let backend = Backend::start();
+    let proxy = Proxy::start(&tls_config(&backend, &[&site]));
+    let client = TlsClient::new(&pki.ca, "localhost");
+    let mut tls = client.connect(tls_addr(&proxy)).expect("handshake");
+    tls.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\nGET /second HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches(" 200 OK\r\n").count(), 2, "{text}");
+}
+
 // === metrics ===
 
 #[test]

@@ -6,6 +6,7 @@ import random
 import re
 import selectors
 import socket
+import ssl
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +22,14 @@ def percentile(values, q):
 
 # ---------------------------------------------------------------- ab ---------------------------------
 
-def run_ab(port, n, c, keepalive=False, tmpdir="/tmp", timeout=300):
-    """ab -n N -c C: HTTP/1.0, one connection per request (or -k). Returns a result dict."""
+def run_ab(port, n, c, keepalive=False, tmpdir="/tmp", timeout=300, scheme="http"):
+    """ab -n N -c C: HTTP/1.0, one connection per request (or -k). Returns a result dict.
+    scheme "https": a full TLS handshake per connection (ab never resumes a session)."""
     csv = os.path.join(tmpdir, "ab-%d.csv" % os.getpid())
     argv = ["ab", "-r", "-q", "-s", "10", "-n", str(n), "-c", str(c), "-e", csv]
     if keepalive:
         argv.append("-k")
-    argv.append("http://127.0.0.1:%d/bench" % port)
+    argv.append("%s://127.0.0.1:%d/bench" % (scheme, port))
     t0 = time.monotonic()
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -324,3 +326,45 @@ def silent_clients(port, n, measure, accepted, deadline_s=15.0):
             s.close()
     return {"clients": n, "connected": len(conns), "accepted": held, "closed_by_proxy": closed,
             "errors": connect_errors + closed}, value
+
+
+# ---------------------------------------------------------------- idle TLS clients -------------------
+
+def idle_tls_clients(port, n, measure, deadline_s=15.0):
+    """Opens n TLS connections (full handshake, the certificate is not checked) that then send
+    nothing, calls measure() while they are open, then closes them. Returns (result dict,
+    measure()'s value)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    conns, errors = [], 0
+    end = time.monotonic() + deadline_s
+    try:
+        for _ in range(n):
+            if time.monotonic() > end:
+                errors += 1
+                continue
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            try:
+                conns.append(ctx.wrap_socket(s, server_hostname="localhost"))
+            except OSError:
+                errors += 1
+                s.close()
+        time.sleep(0.5)  # let every proxy settle its per-connection state
+        value = measure()
+        closed = 0
+        for s in conns:
+            s.setblocking(False)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
+            except OSError:
+                closed += 1
+    finally:
+        for s in conns:
+            s.close()
+    return {"clients": n, "connected": len(conns), "accepted": len(conns), "closed_by_proxy": closed,
+            "errors": errors + closed}, value

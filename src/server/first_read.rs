@@ -1,5 +1,6 @@
-//! A new client connection's first bytes, read before hyper's per-connection buffers (8 KiB read,
-//! 8 KiB write) exist, so a connection that has sent nothing costs only its socket and its task.
+//! A new client connection's first bytes (decrypted, on a TLS listener), read before hyper's
+//! per-connection buffers (8 KiB read, 8 KiB write) exist, so a connection that has sent nothing
+//! costs only its socket, its task (and its TLS session).
 
 use std::io;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 /// At most this much is read before hyper takes over; hyper reads the rest itself.
 const FIRST_READ: usize = 2048;
@@ -30,6 +32,34 @@ pub async fn first_bytes(stream: &TcpStream, limit: Duration) -> Option<Bytes> {
             Ok(bytes) => return Some(bytes),
             Err(_) => return Some(Bytes::new()),
         }
+    }
+}
+
+/// The same for a TLS connection: waits up to `limit` for the client's first decrypted bytes. Each
+/// attempt reads into a stack buffer inside one poll, so nothing is held while the client is quiet.
+pub async fn first_tls_bytes(tls: &mut TlsStream<TcpStream>, limit: Duration) -> Option<Bytes> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // rustls may hold plaintext already (a request sent with the handshake's last flight).
+        if let Some(first) = std::future::poll_fn(|cx| Poll::Ready(poll_read_now(tls, cx))).await {
+            return Some(first);
+        }
+        tokio::time::timeout_at(deadline, tls.get_ref().0.readable())
+            .await
+            .ok()?
+            .ok()?;
+    }
+}
+
+/// One read attempt: Some(bytes) when it completed (empty at EOF or on an error, as for TCP),
+/// None when nothing is ready (the socket's readiness is cleared, so waiting on it is real).
+fn poll_read_now<S: AsyncRead + Unpin>(stream: &mut S, cx: &mut Context<'_>) -> Option<Bytes> {
+    let mut buf = [0u8; FIRST_READ];
+    let mut read = ReadBuf::new(&mut buf);
+    match Pin::new(stream).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => Some(Bytes::copy_from_slice(read.filled())),
+        Poll::Ready(Err(_)) => Some(Bytes::new()),
+        Poll::Pending => None,
     }
 }
 

@@ -187,6 +187,21 @@ impl TlsClient {
         }
     }
 
+    /// A new connection with its handshake done and nothing sent.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        let mut conn = rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
+            .map_err(io::Error::other)?;
+        let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)?;
+        }
+        Ok(rustls::StreamOwned::new(conn, tcp))
+    }
+
     /// One `GET path HTTP/1.0` on a new connection, read to the end.
     pub fn get10(&self, addr: SocketAddr, path: &str) -> io::Result<TlsResponse> {
         let conn = rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
