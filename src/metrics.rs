@@ -7,6 +7,7 @@
 //! value). A new metric joins the handle that owns its labels the same way.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -51,6 +52,7 @@ pub struct Metrics {
     pub transparent_destinations: IntGauge,
     pub config_reloads_total: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub tls: TlsMetrics,
 }
 
 /// The process-wide metrics, registered on first use.
@@ -245,6 +247,7 @@ impl Metrics {
                 "Always 1; the version label says which build runs.",
                 &["version"],
             ),
+            tls: TlsMetrics::new(&r),
             registry: r,
         };
         m.build_info
@@ -293,6 +296,68 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding to memory cannot fail");
         String::from_utf8(buf).expect("text format is UTF-8")
+    }
+}
+
+/// Which side of the proxy a TLS handshake was made on: with a client (termination) or with a
+/// backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    Client,
+    Upstream,
+}
+
+impl TlsSide {
+    /// Every side, in declaration order (`side as usize` indexes it).
+    pub const ALL: [TlsSide; 2] = [TlsSide::Client, TlsSide::Upstream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsSide::Client => "client",
+            TlsSide::Upstream => "upstream",
+        }
+    }
+}
+
+/// `longhaul_tls_handshakes_total{side, result, resumed}` (all 8 series at 0 from start) and
+/// `longhaul_tls_handshake_duration_seconds{side}`, resolved once.
+pub struct TlsMetrics {
+    /// Indexed `[side][ok][resumed]`.
+    handshakes: [[[IntCounter; 2]; 2]; 2],
+    duration: [Histogram; 2],
+}
+
+impl TlsMetrics {
+    fn new(r: &Registry) -> TlsMetrics {
+        let handshakes = counter_vec(
+            r,
+            "longhaul_tls_handshakes_total",
+            "TLS handshakes, by side (client or upstream), result and whether the session was resumed.",
+            &["side", "result", "resumed"],
+        );
+        let duration = histogram_vec(
+            r,
+            "longhaul_tls_handshake_duration_seconds",
+            "Time a TLS handshake took, by side.",
+            &["side"],
+            LATENCY_BUCKETS,
+        );
+        TlsMetrics {
+            handshakes: TlsSide::ALL.map(|side| {
+                ["error", "ok"].map(|result| {
+                    ["false", "true"].map(|resumed| {
+                        handshakes.with_label_values(&[side.as_str(), result, resumed])
+                    })
+                })
+            }),
+            duration: TlsSide::ALL.map(|side| duration.with_label_values(&[side.as_str()])),
+        }
+    }
+
+    /// Counts one handshake on `side` and how long it took.
+    pub fn record(&self, side: TlsSide, ok: bool, resumed: bool, took: Duration) {
+        self.handshakes[side as usize][ok as usize][resumed as usize].inc();
+        self.duration[side as usize].observe(took.as_secs_f64());
     }
 }
 
