@@ -85,6 +85,27 @@ fn a_new_connection_after_the_pools_connection_closed_resumes_the_session() {
 }
 
 #[test]
+fn pools_shows_per_server_that_it_is_tls_its_handshakes_and_resumed_ratio() {
+    if !have("nginx") || !have("openssl") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (ca, server) = backend_certs(dir.path());
+    let nginx = NginxTls::start(&NginxTlsOptions::new(server));
+    let proxy = Proxy::start(&tls_proxy(&nginx, &ca).pool("max_requests", "1"));
+    assert_eq!(get10(proxy.addr, "/index.html").status, 200);
+    assert_eq!(get10(proxy.addr, "/index.html").status, 200);
+
+    let pools = proxy.pools();
+
+    let s = &pools["upstreams"][0]["servers"][0];
+    assert_eq!(s["tls"], true, "{pools}");
+    assert_eq!(s["tls_handshakes"], 2, "{pools}");
+    assert_eq!(s["tls_handshake_errors"], 0, "{pools}");
+    assert_eq!(s["tls_resumed_ratio"], 0.5, "{pools}");
+}
+
+#[test]
 fn verify_refuses_a_backend_whose_certificate_does_not_match_server_name() {
     if !have("nginx") || !have("openssl") {
         return;
