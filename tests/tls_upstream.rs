@@ -9,10 +9,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::certs::{Ca, Pem};
-use support::client::get10;
+use support::client::{Client, get10};
 use support::nginx::{NginxTls, NginxTlsOptions};
 use support::proxy::{Proxy, ProxyConfig, TempDir, run};
 use support::real_servers::{ab, have};
+use support::tls_echo::TlsUpgradeEcho;
 
 const HANDSHAKES: &str = "longhaul_tls_handshakes_total";
 
@@ -335,6 +336,35 @@ fn tls_handshake_series_are_exported_at_zero_from_start() {
             "{side}"
         );
     }
+}
+
+#[test]
+fn an_upgrade_to_a_tls_upstream_tunnels_bytes_both_ways_over_tls() {
+    if !have("openssl") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (ca, server) = backend_certs(dir.path());
+    let backend = TlsUpgradeEcho::start(&server);
+    let proxy = Proxy::start(
+        &ProxyConfig::single(&[backend.addr]).tls("ca", &quoted(&ca.pem.cert)),
+    );
+    let mut client = Client::connect(proxy.addr).expect("connect to the proxy");
+    client
+        .send(
+            b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\n\r\n",
+        )
+        .expect("send the upgrade");
+    let head = client.read_response(true).expect("a response head");
+    assert_eq!(head.status, 101);
+
+    client.send(b"ping over tls").expect("send through the tunnel");
+    let mut echoed = [0u8; 13];
+    std::io::Read::read_exact(&mut client.stream(), &mut echoed).expect("read the echo");
+
+    assert_eq!(&echoed, b"ping over tls");
+    assert_eq!(upstream_handshakes(&proxy, "ok", "false"), 1.0);
 }
 
 // === longhaul check loads the files ===

@@ -12,6 +12,7 @@ pub mod lab;
 pub mod nginx;
 pub mod proxy;
 pub mod real_servers;
+pub mod tls_echo;
 pub mod wire;
 
 use std::time::{Duration, Instant};
