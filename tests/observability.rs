@@ -45,6 +45,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "longhaul_upgrades_refused_total",
     "longhaul_pool_rejected_total",
     "longhaul_tunnels_closed_total",
+    "longhaul_tls_handshakes_total",
+    "longhaul_tls_handshake_duration_seconds",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,6 +1203,7 @@ fn dashboard_is_importable_with_datasource_and_upstream_variables() {
     for wanted in [
         "reuse rate",
         "connections saved",
+        "tls handshakes saved",
         "client requests/s vs upstream connections opened/s",
         "pool busy / idle / waiters",
         "pool wait p99",
