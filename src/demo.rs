@@ -57,7 +57,11 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     })
     .await
     .map_err(DemoError::Backend)?;
-    let kind = if options.tls { "HTTPS-only" } else { "HTTP/1.0" };
+    let kind = if options.tls {
+        "HTTPS-only"
+    } else {
+        "HTTP/1.0"
+    };
     output::stdout(format_args!(
         "Simulated legacy {kind} backend on {} (each new connection costs {:?}).\n",
         sim.addr, options.conn_cost
@@ -68,10 +72,15 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
                 "Direct: short HTTPS clients, a full TLS handshake per request. Through longhaul: the same\n\
                  clients in plain HTTP (longhaul's TLS listener is not used here), longhaul speaking TLS to the backend.\n"
             ));
-            let target = Target::tls(sim.addr, ca, crate::sim::SIM_TLS_NAMES[0]).map_err(DemoError::Tls)?;
+            let target =
+                Target::tls(sim.addr, ca, crate::sim::SIM_TLS_NAMES[0]).map_err(DemoError::Tls)?;
             (target, "direct (HTTPS)", "through longhaul (TLS)")
         }
-        None => (Target::plain(sim.addr), "direct to the backend", "through longhaul"),
+        None => (
+            Target::plain(sim.addr),
+            "direct to the backend",
+            "through longhaul",
+        ),
     };
     output::stdout(format_args!(
         "Sending {} short HTTP/1.0 requests, {} at a time, each on its own client connection.\n\n",

@@ -203,7 +203,10 @@ fn backend_sim(args: SimArgs) -> ExitCode {
         if let (Some(path), Some(pem)) = (&args.tls_ca_out, &sim.tls_ca_pem)
             && let Err(e) = std::fs::write(path, pem)
         {
-            output::stderr(format_args!("error: cannot write {}: {e}\n", path.display()));
+            output::stderr(format_args!(
+                "error: cannot write {}: {e}\n",
+                path.display()
+            ));
             return ExitCode::from(EXIT_RUNTIME);
         }
         let stats = sim.stats_addr.map_or("-".to_string(), |a| a.to_string());

@@ -132,7 +132,16 @@ fn demo_runs_end_to_end_and_prints_the_comparison() {
 #[test]
 fn demo_with_tls_shows_backend_handshakes_direct_and_through_longhaul() {
     let out = Command::new(BIN)
-        .args(["demo", "--tls", "-n", "300", "-c", "8", "--conn-cost", "0ms"])
+        .args([
+            "demo",
+            "--tls",
+            "-n",
+            "300",
+            "-c",
+            "8",
+            "--conn-cost",
+            "0ms",
+        ])
         .output()
         .expect("run demo --tls");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -156,7 +165,10 @@ fn demo_with_tls_shows_backend_handshakes_direct_and_through_longhaul() {
     // columns after the label: requests, backend conns, backend TLS handshakes, reuse, ...
     let direct = row("direct (HTTPS)");
     assert_eq!(direct[0], "300");
-    assert_eq!(direct[2], "300", "every direct HTTPS request is a handshake");
+    assert_eq!(
+        direct[2], "300",
+        "every direct HTTPS request is a handshake"
+    );
     let through = row("through longhaul (TLS)");
     assert_eq!(through[0], "300");
     let handshakes: u64 = through[2].parse().expect("backend TLS handshakes");

@@ -36,7 +36,11 @@ fn tls_proxy(nginx: &NginxTls, ca: &Ca) -> ProxyConfig {
 fn upstream_handshakes(proxy: &Proxy, result: &str, resumed: &str) -> f64 {
     proxy.metric_or_zero(
         HANDSHAKES,
-        &[("side", "upstream"), ("result", result), ("resumed", resumed)],
+        &[
+            ("side", "upstream"),
+            ("result", result),
+            ("resumed", resumed),
+        ],
     )
 }
 
@@ -80,7 +84,11 @@ fn a_new_connection_after_the_pools_connection_closed_resumes_the_session() {
     assert_eq!(get10(proxy.addr, "/index.html").status, 200);
 
     let connections: Vec<bool> = nginx.connections().into_values().collect();
-    assert_eq!(connections, vec![false, true], "full, then resumed, at nginx");
+    assert_eq!(
+        connections,
+        vec![false, true],
+        "full, then resumed, at nginx"
+    );
     assert_eq!(upstream_handshakes(&proxy, "ok", "true"), 1.0);
     assert_eq!(upstream_handshakes(&proxy, "ok", "false"), 1.0);
 }
@@ -172,7 +180,11 @@ fn verify_false_accepts_a_certificate_of_another_ca_and_warns_at_start() {
                 == Some("legacy")
             && support::proxy::log_message(&line).is_some_and(|m| m.contains("verify = false"))
     });
-    assert!(warned, "a warning naming the upstream: {:?}", proxy.stderr_lines());
+    assert!(
+        warned,
+        "a warning naming the upstream: {:?}",
+        proxy.stderr_lines()
+    );
 }
 
 /// nginx requiring a client certificate signed by `ca`.
@@ -218,7 +230,8 @@ fn without_a_client_certificate_a_backend_that_requires_one_refuses() {
     // nginx answers a request without the certificate it requires with 400 itself.
     assert_eq!(resp.status, 400, "{}", resp.body_str());
     assert!(
-        resp.body_str().contains("No required SSL certificate was sent"),
+        resp.body_str()
+            .contains("No required SSL certificate was sent"),
         "{}",
         resp.body_str()
     );
@@ -346,9 +359,8 @@ fn an_upgrade_to_a_tls_upstream_tunnels_bytes_both_ways_over_tls() {
     let dir = TempDir::new();
     let (ca, server) = backend_certs(dir.path());
     let backend = TlsUpgradeEcho::start(&server);
-    let proxy = Proxy::start(
-        &ProxyConfig::single(&[backend.addr]).tls("ca", &quoted(&ca.pem.cert)),
-    );
+    let proxy =
+        Proxy::start(&ProxyConfig::single(&[backend.addr]).tls("ca", &quoted(&ca.pem.cert)));
     let mut client = Client::connect(proxy.addr).expect("connect to the proxy");
     client
         .send(
@@ -359,7 +371,9 @@ fn an_upgrade_to_a_tls_upstream_tunnels_bytes_both_ways_over_tls() {
     let head = client.read_response(true).expect("a response head");
     assert_eq!(head.status, 101);
 
-    client.send(b"ping over tls").expect("send through the tunnel");
+    client
+        .send(b"ping over tls")
+        .expect("send through the tunnel");
     let mut echoed = [0u8; 13];
     std::io::Read::read_exact(&mut client.stream(), &mut echoed).expect("read the echo");
 
@@ -405,11 +419,7 @@ fn check_refuses_a_key_that_does_not_match_the_client_certificate() {
     let ca = Ca::new(dir.path(), "ca");
     let one = ca.issue("one", "DNS:one.test");
     let two = ca.issue("two", "DNS:two.test");
-    let tls = format!(
-        "cert = {}\nkey = {}\n",
-        quoted(&one.cert),
-        quoted(&two.key)
-    );
+    let tls = format!("cert = {}\nkey = {}\n", quoted(&one.cert), quoted(&two.key));
 
     let out = check_with_tls(&dir, &tls);
 

@@ -21,13 +21,14 @@ def percentile(values, q):
 
 # ---------------------------------------------------------------- ab ---------------------------------
 
-def run_ab(port, n, c, keepalive=False, tmpdir="/tmp", timeout=300):
-    """ab -n N -c C: HTTP/1.0, one connection per request (or -k). Returns a result dict."""
+def run_ab(port, n, c, keepalive=False, tmpdir="/tmp", timeout=300, scheme="http"):
+    """ab -n N -c C: HTTP/1.0, one connection per request (or -k); scheme "https": a full TLS
+    handshake per connection (ab does not resume sessions). Returns a result dict."""
     csv = os.path.join(tmpdir, "ab-%d.csv" % os.getpid())
     argv = ["ab", "-r", "-q", "-s", "10", "-n", str(n), "-c", str(c), "-e", csv]
     if keepalive:
         argv.append("-k")
-    argv.append("http://127.0.0.1:%d/bench" % port)
+    argv.append("%s://127.0.0.1:%d/bench" % (scheme, port))
     t0 = time.monotonic()
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

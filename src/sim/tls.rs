@@ -44,14 +44,13 @@ impl SimTls {
             .signed_by(&key, &issuer)
             .map_err(err)?;
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let config = ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(err)?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone(), ca_cert.der().clone()], private)
-        .map_err(err)?;
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(err)?
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone(), ca_cert.der().clone()], private)
+                .map_err(err)?;
         Ok(SimTls {
             config: Arc::new(config),
             ca_pem: ca_cert.pem(),

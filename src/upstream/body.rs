@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use super::lease::Lease;
-use super::stream::BackendStream;
 use super::server::Server;
+use super::stream::BackendStream;
 use crate::error::BoxError;
 use crate::h1::ResponseBody;
 use crate::metrics::CloseReason;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 pub struct PooledBody {
     /// `None` once the connection went back to its lease.

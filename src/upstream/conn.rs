@@ -169,9 +169,15 @@ impl ConnManager {
     /// A new connection outside the pool (upgrades), counted like a pooled one.
     pub async fn dial(&self) -> Result<PooledConn, ConnectError> {
         let Opened { stream, slot } = open(&self.server).await?;
+        let handshook = stream.is_tls();
         // A connect only brings an ejected server back; health counts exchanges: a server that
         // accepts and then resets every request must still be ejected (`Upstream::accept`).
-        Ok(PooledConn::new(stream, self.server.clone(), slot))
+        let mut conn = PooledConn::new(stream, self.server.clone(), slot);
+        if handshook {
+            // The server's handshake messages were its answer: it accepted the connection.
+            conn.accepted();
+        }
+        Ok(conn)
     }
 }
 
@@ -265,13 +271,18 @@ async fn connect_stream(server: &Server) -> Result<BackendStream, ConnectError> 
     let Some(tls) = &server.settings.tls else {
         return Ok(BackendStream::Plain(tcp));
     };
-    let name = tls.name_for(&server.address).map_err(ConnectError::TlsName)?;
+    let name = tls
+        .name_for(&server.address)
+        .map_err(ConnectError::TlsName)?;
     let started = Instant::now();
     let shaken = tls.handshake(name, tcp).await;
     let resumed = shaken.as_ref().is_ok_and(|(_, resumed)| *resumed);
-    METRICS
-        .tls
-        .record(TlsSide::Upstream, shaken.is_ok(), resumed, started.elapsed());
+    METRICS.tls.record(
+        TlsSide::Upstream,
+        shaken.is_ok(),
+        resumed,
+        started.elapsed(),
+    );
     server.tls_handshakes.record(shaken.is_ok(), resumed);
     match shaken {
         Ok((stream, _)) => Ok(BackendStream::Tls(Box::new(stream))),

@@ -5,15 +5,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use deadpool::managed::Object;
-use http::request::Parts as RequestParts;
-use http::response::Parts;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::conn::{ConnManager, PooledConn};
 use super::stream::BackendStream;
 use crate::body::RequestBody;
 use crate::h1::{self, Limits, RequestHead, ResponseBody, Reuse};
 use crate::metrics::CloseReason;
+use deadpool::managed::Object;
+use http::request::Parts as RequestParts;
+use http::response::Parts;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Where the leased connection goes back to.
 enum Held {

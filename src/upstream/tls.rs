@@ -91,8 +91,9 @@ impl UpstreamTls {
                 let chain = cert_chain(&read(base, cert, "cert", &mut fingerprint)?)
                     .map_err(|r| file_error("cert", &base.join(cert), r))?;
                 let key_bytes = read(base, key, "key", &mut fingerprint)?;
-                let private = PrivateKeyDer::from_pem_slice(&key_bytes)
-                    .map_err(|e| file_error("key", &base.join(key), pem_reason(e, "private key")))?;
+                let private = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
+                    file_error("key", &base.join(key), pem_reason(e, "private key"))
+                })?;
                 builder
                     .with_client_auth_cert(chain, private)
                     .map_err(|e| file_error("key", &base.join(key), key_reason(e)))?
@@ -149,7 +150,10 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     fn from_io(e: io::Error) -> HandshakeError {
-        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             Some(tls) => HandshakeError::Tls(tls.clone()),
             None => HandshakeError::Io(e),
         }
