@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -204,6 +205,13 @@ pub struct ServerView {
     pub reuse_ratio: f64,
     pub keepalive_timeout_seconds: Option<f64>,
     pub healthy: bool,
+    /// Connections to this server speak TLS (`[upstream.tls]`).
+    pub tls: bool,
+    /// TLS handshakes that succeeded (full or resumed), and those that failed.
+    pub tls_handshakes: u64,
+    pub tls_handshake_errors: u64,
+    /// Resumed / successful handshakes; null before the first one.
+    pub tls_resumed_ratio: Option<f64>,
 }
 
 pub fn pools(upstreams: &[Arc<Upstream>]) -> PoolsView {
@@ -224,6 +232,9 @@ fn server_view(sp: &ServerPool) -> ServerView {
     let m = &sp.server.metrics;
     let reused = m.requests_reused.get();
     let requests = reused + m.requests_new.get();
+    let counts = &sp.server.tls_handshakes;
+    let resumed = counts.resumed.load(Relaxed);
+    let handshakes = resumed + counts.full.load(Relaxed);
     ServerView {
         address: sp.server.address.clone(),
         max_size: sp.server.settings.pool.max_size,
@@ -240,5 +251,9 @@ fn server_view(sp: &ServerPool) -> ServerView {
         },
         keepalive_timeout_seconds: sp.server.learned_keepalive().map(|d| d.as_secs_f64()),
         healthy: sp.server.is_healthy(),
+        tls: sp.server.settings.tls.is_some(),
+        tls_handshakes: handshakes,
+        tls_handshake_errors: counts.failed.load(Relaxed),
+        tls_resumed_ratio: (handshakes > 0).then(|| resumed as f64 / handshakes as f64),
     }
 }

@@ -257,6 +257,37 @@ pub struct UpstreamConfig {
     pub tcp_keepalive: TcpKeepaliveConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Present: TLS to every server of this upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `[upstream.tls]`: how longhaul speaks TLS to the servers of an upstream.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// SNI and the name verified; default: each server's host (an IP is verified as an IP SAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of the CA(s) to trust; default: the system's roots. Relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Check the backend's certificate; false only when written out (a warning at start).
+    #[serde(default = "default_verify")]
+    pub verify: bool,
+    /// Client certificate chain (PEM) for mutual TLS; with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); with `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The files loaded and the `ClientConfig` built from them (`Config::parse`).
+    #[serde(skip)]
+    pub loaded: Option<crate::upstream::UpstreamTls>,
+}
+
+fn default_verify() -> bool {
+    true
 }
 
 fn default_protocol() -> Protocol {
@@ -584,12 +615,17 @@ impl Config {
                 reason: e.message().trim().to_string(),
             }
         })?;
-        config.validate().map_err(|e| ConfigError::Invalid {
-            file,
-            line: locate::line_of_key(source, &e.key),
-            key: e.key,
-            reason: e.reason,
-        })?;
+        let mut config = config;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config
+            .validate()
+            .and_then(|()| config.load_tls_files(base))
+            .map_err(|e| ConfigError::Invalid {
+                file,
+                line: locate::line_of_key(source, &e.key),
+                key: e.key,
+                reason: e.reason,
+            })?;
         Ok(config)
     }
 

@@ -1,5 +1,5 @@
-//! `longhaul demo`: a simulated legacy backend that pays for every new connection, the same short
-//! HTTP/1.0 load sent straight to it and then through longhaul, and a side-by-side table.
+//! `longhaul demo`: a simulated legacy backend (plain, or TLS with `--tls`) that pays for every new
+//! connection, the same short HTTP/1.0 load sent straight to it and then through longhaul, and a table.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::App;
-use crate::config::Config;
-use crate::loadgen::{self, LoadReport};
+use crate::config::{Config, UpstreamTlsConfig};
+use crate::loadgen::{self, LoadReport, Target};
 use crate::output;
 use crate::sim::{Sim, SimConfig};
 
@@ -19,6 +19,8 @@ pub struct DemoOptions {
     pub requests: usize,
     pub concurrency: usize,
     pub conn_cost: Duration,
+    /// The backend speaks TLS: direct clients handshake per request; longhaul pools TLS to it.
+    pub tls: bool,
 }
 
 /// One row of the comparison.
@@ -26,6 +28,7 @@ struct Row {
     label: &'static str,
     report: LoadReport,
     backend_connections: u64,
+    backend_handshakes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,8 @@ pub enum DemoError {
     Backend(std::io::Error),
     #[error("cannot start longhaul: {0}")]
     Proxy(#[from] crate::app::AppError),
+    #[error("TLS set-up: {0}")]
+    Tls(String),
     #[error("{label}: {errors} of {requests} requests failed (first: {first})")]
     Requests {
         label: &'static str,
@@ -47,43 +52,107 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let sim = Sim::start(SimConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         conn_cost: options.conn_cost,
+        tls: options.tls,
         ..SimConfig::default()
     })
     .await
     .map_err(DemoError::Backend)?;
+    let kind = if options.tls {
+        "HTTPS-only"
+    } else {
+        "HTTP/1.0"
+    };
     output::stdout(format_args!(
-        "Simulated legacy HTTP/1.0 backend on {} (each new connection costs {:?}).\n",
+        "Simulated legacy {kind} backend on {} (each new connection costs {:?}).\n",
         sim.addr, options.conn_cost
     ));
+    let (direct_target, direct_label, through_label) = match &sim.tls_ca_pem {
+        Some(ca) => {
+            output::stdout(format_args!(
+                "Direct: short HTTPS clients, a full TLS handshake per request. Through longhaul: the same\n\
+                 clients in plain HTTP (longhaul's TLS listener is not used here), longhaul speaking TLS to the backend.\n"
+            ));
+            let target =
+                Target::tls(sim.addr, ca, crate::sim::SIM_TLS_NAMES[0]).map_err(DemoError::Tls)?;
+            (target, "direct (HTTPS)", "through longhaul (TLS)")
+        }
+        None => (
+            Target::plain(sim.addr),
+            "direct to the backend",
+            "through longhaul",
+        ),
+    };
     output::stdout(format_args!(
         "Sending {} short HTTP/1.0 requests, {} at a time, each on its own client connection.\n\n",
         options.requests, options.concurrency
     ));
 
-    let direct = measure("direct to the backend", &sim, sim.addr, &options).await?;
-    let app = App::start(demo_config(sim.addr), None).await?;
-    let proxy_addr = app.listen[0];
-    let through = measure("through longhaul", &sim, proxy_addr, &options).await?;
+    let direct = measure(direct_label, &sim, direct_target, Seen::now(&sim), &options).await?;
+    let config = demo_config(sim.addr, sim.tls_ca_pem.as_deref())?;
+    // Counted from before longhaul starts: its warm connections are part of its cost.
+    let seen = Seen::now(&sim);
+    let app = App::start(config, None).await?;
+    let proxy = Target::plain(app.listen[0]);
+    let through = measure(through_label, &sim, proxy, seen, &options).await?;
     app.shutdown().await;
 
-    output::stdout(table(&[direct, through]));
+    output::stdout(table(&[direct, through], options.tls));
     Ok(())
 }
 
-/// The shipped defaults, pointed at the simulated backend, on ports the OS picks.
-fn demo_config(backend: SocketAddr) -> Config {
+/// The shipped defaults, pointed at the simulated backend, on ports the OS picks; with `ca_pem`,
+/// TLS to the backend trusting that CA.
+fn demo_config(backend: SocketAddr, ca_pem: Option<&str>) -> Result<Config, DemoError> {
     let mut config = Config::embedded_default();
     config.server.listen = vec!["127.0.0.1:0".into()];
     config.admin.listen = "127.0.0.1:0".into();
     config.log.access_log = false;
     config.upstream[0].servers = vec![backend.to_string()];
-    config
+    if let Some(pem) = ca_pem {
+        config.upstream[0].tls = Some(demo_tls(pem)?);
+    }
+    Ok(config)
+}
+
+/// `[upstream.tls]` trusting the simulated backend's CA (written to a temp file for the load).
+fn demo_tls(ca_pem: &str) -> Result<UpstreamTlsConfig, DemoError> {
+    let ca = std::env::temp_dir().join(format!("longhaul-demo-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, ca_pem).map_err(|e| DemoError::Tls(e.to_string()))?;
+    let mut tls = UpstreamTlsConfig {
+        server_name: Some(crate::sim::SIM_TLS_NAMES[0].to_string()),
+        ca: Some(ca.clone()),
+        verify: true,
+        cert: None,
+        key: None,
+        loaded: None,
+    };
+    let loaded = crate::upstream::UpstreamTls::load(&tls, std::path::Path::new(""));
+    let _ = std::fs::remove_file(&ca);
+    tls.loaded = Some(loaded.map_err(|e| DemoError::Tls(e.to_string()))?);
+    Ok(tls)
+}
+
+/// What the backend had seen before a run.
+#[derive(Clone, Copy)]
+struct Seen {
+    connections: u64,
+    handshakes: u64,
+}
+
+impl Seen {
+    fn now(sim: &Sim) -> Seen {
+        Seen {
+            connections: sim.stats.connections(),
+            handshakes: sim.stats.tls_handshakes(),
+        }
+    }
 }
 
 async fn measure(
     label: &'static str,
     sim: &Sim,
-    target: SocketAddr,
+    target: Target,
+    before: Seen,
     options: &DemoOptions,
 ) -> Result<Row, DemoError> {
     let bar = ProgressBar::new(options.requests as u64);
@@ -93,14 +162,14 @@ async fn measure(
             .progress_chars("=> "),
     );
     bar.set_message(label);
-    let before = sim.stats.connections();
     let tick = bar.clone();
     let report = loadgen::run(target, options.requests, options.concurrency, move || {
         tick.inc(1)
     })
     .await;
     bar.finish();
-    let backend_connections = sim.stats.connections() - before;
+    let backend_connections = sim.stats.connections() - before.connections;
+    let backend_handshakes = sim.stats.tls_handshakes() - before.handshakes;
     if report.errors > 0 {
         return Err(DemoError::Requests {
             label,
@@ -113,27 +182,40 @@ async fn measure(
         label,
         report,
         backend_connections,
+        backend_handshakes,
     })
 }
 
-/// The side-by-side comparison, ready to print.
-fn table(rows: &[Row]) -> String {
+/// The side-by-side comparison, ready to print; with `tls`, the backend's TLS handshakes too.
+fn table(rows: &[Row], tls: bool) -> String {
     let mut out = String::from("\n");
+    let handshakes = |h: &dyn std::fmt::Display| match tls {
+        true => format!(" {h:>14}"),
+        false => String::new(),
+    };
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "{:<24} {:>9} {:>14} {:>10} {:>11} {:>9} {:>9}",
-        "", "requests", "backend conns", "reuse", "req/s", "p50 ms", "p99 ms"
+        "{:<24} {:>9} {:>14}{} {:>10} {:>11} {:>9} {:>9}",
+        "",
+        "requests",
+        "backend conns",
+        handshakes(&"backend TLS hs"),
+        "reuse",
+        "req/s",
+        "p50 ms",
+        "p99 ms"
     );
     for row in rows {
         let r = &row.report;
         let reuse = 1.0 - row.backend_connections as f64 / r.requests.max(1) as f64;
         let _ = writeln!(
             out,
-            "{:<24} {:>9} {:>14} {:>9.1}% {:>11.0} {:>9.2} {:>9.2}",
+            "{:<24} {:>9} {:>14}{} {:>9.1}% {:>11.0} {:>9.2} {:>9.2}",
             row.label,
             r.requests,
             row.backend_connections,
+            handshakes(&row.backend_handshakes),
             reuse.max(0.0) * 100.0,
             r.requests_per_second(),
             r.percentile(0.50).as_secs_f64() * 1000.0,
@@ -147,6 +229,13 @@ fn table(rows: &[Row]) -> String {
             "\nlonghaul served the same requests {speedup:.1}x as fast, and the backend accepted {} connections instead of {}.",
             through.backend_connections, direct.backend_connections
         );
+        if tls {
+            let _ = writeln!(
+                out,
+                "The backend made {} TLS handshakes instead of {}.",
+                through.backend_handshakes, direct.backend_handshakes
+            );
+        }
     }
     out
 }

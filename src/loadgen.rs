@@ -1,5 +1,5 @@
-//! A small load generator for the demo: N short HTTP/1.0 requests, each on its own TCP
-//! connection (like `curl --http1.0` or `ab`), C at a time, with every latency recorded.
+//! A small load generator for the demo: N short HTTP/1.0 requests, each on its own TCP (or TLS,
+//! full handshake each) connection (like `curl --http1.0` or `ab`), C at a time, every latency recorded.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::{Request, Version, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// A single request may take this long before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,9 +44,48 @@ impl LoadReport {
     }
 }
 
-/// Sends `total` GET requests to `addr`, `concurrency` at a time; `progress` is called per request.
+/// Where the load goes: plain HTTP, or HTTPS with a full handshake per request (no resumption,
+/// like a script that runs `curl` per request).
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    pub fn plain(addr: SocketAddr) -> Target {
+        Target { addr, tls: None }
+    }
+
+    /// HTTPS to `addr`, trusting the CA certificates in `ca_pem`, verifying `name`.
+    pub fn tls(addr: SocketAddr, ca_pem: &str, name: &str) -> Result<Target, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        let name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        Ok(Target {
+            addr,
+            tls: Some((TlsConnector::from(Arc::new(config)), name)),
+        })
+    }
+}
+
+/// Sends `total` GET requests to `target`, `concurrency` at a time; `progress` is called per request.
 pub async fn run(
-    addr: SocketAddr,
+    target: Target,
     total: usize,
     concurrency: usize,
     progress: impl Fn() + Send + Sync + 'static,
@@ -56,12 +97,13 @@ pub async fn run(
     for _ in 0..concurrency.max(1) {
         let next = next.clone();
         let progress = progress.clone();
+        let target = target.clone();
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let t = Instant::now();
-                match tokio::time::timeout(REQUEST_TIMEOUT, one_request(addr)).await {
+                match tokio::time::timeout(REQUEST_TIMEOUT, one_request(&target)).await {
                     Ok(Ok(())) => latencies.push(t.elapsed()),
                     Ok(Err(e)) => errors.push(e),
                     Err(_) => errors.push(format!("no response within {REQUEST_TIMEOUT:?}")),
@@ -88,13 +130,29 @@ pub async fn run(
     }
 }
 
-/// One connection, one `GET / HTTP/1.0`, the whole body read, then close.
-async fn one_request(addr: SocketAddr) -> Result<(), String> {
-    let stream = TcpStream::connect(addr)
+/// One connection (TLS when the target is), one `GET / HTTP/1.0`, the body read, then close.
+async fn one_request(target: &Target) -> Result<(), String> {
+    let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match &target.tls {
+        None => get(target.addr, stream).await,
+        Some((connector, name)) => {
+            let tls = connector
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            get(target.addr, tls).await
+        }
+    }
+}
+
+async fn get<IO>(addr: SocketAddr, io: IO) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);

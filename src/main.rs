@@ -44,6 +44,10 @@ struct DemoArgs {
     /// What each new backend connection costs (fork, TLS, a long round trip).
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     conn_cost: std::time::Duration,
+    /// The backend speaks TLS: direct clients do a TLS handshake per request, longhaul pools
+    /// TLS connections to it (`[upstream.tls]` trusting the backend's generated CA).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +73,10 @@ struct SimArgs {
     /// HTTP version of the responses: http/1.0 or http/1.1.
     #[arg(long, default_value = "http/1.0", value_parser = parse_protocol)]
     protocol: longhaul::config::Protocol,
+    /// Speak TLS, with a certificate for localhost and 127.0.0.1 generated at start; its CA is
+    /// written to this file (PEM) for clients to trust.
+    #[arg(long, value_name = "CA_FILE")]
+    tls_ca_out: Option<PathBuf>,
 }
 
 fn parse_protocol(s: &str) -> Result<longhaul::config::Protocol, String> {
@@ -182,6 +190,7 @@ fn backend_sim(args: SimArgs) -> ExitCode {
         max_requests: args.max_requests,
         body_size: args.body_size,
         protocol: args.protocol,
+        tls: args.tls_ca_out.is_some(),
     };
     runtime().block_on(async {
         let sim = match longhaul::sim::Sim::start(config).await {
@@ -191,6 +200,15 @@ fn backend_sim(args: SimArgs) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        if let (Some(path), Some(pem)) = (&args.tls_ca_out, &sim.tls_ca_pem)
+            && let Err(e) = std::fs::write(path, pem)
+        {
+            output::stderr(format_args!(
+                "error: cannot write {}: {e}\n",
+                path.display()
+            ));
+            return ExitCode::from(EXIT_RUNTIME);
+        }
         let stats = sim.stats_addr.map_or("-".to_string(), |a| a.to_string());
         output::stdout(format_args!(
             "backend-sim listening on {} stats on {stats}\n",
@@ -206,6 +224,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         requests: args.requests,
         concurrency: args.concurrency,
         conn_cost: args.conn_cost,
+        tls: args.tls,
     };
     match runtime().block_on(longhaul::demo::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -299,6 +299,68 @@ impl Metrics {
     }
 }
 
+/// Which side of the proxy a TLS handshake was made on: with a client (termination) or with a
+/// backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    Client,
+    Upstream,
+}
+
+impl TlsSide {
+    /// Every side, in declaration order (`side as usize` indexes it).
+    pub const ALL: [TlsSide; 2] = [TlsSide::Client, TlsSide::Upstream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsSide::Client => "client",
+            TlsSide::Upstream => "upstream",
+        }
+    }
+}
+
+/// `longhaul_tls_handshakes_total{side, result, resumed}` (all 8 series at 0 from start) and
+/// `longhaul_tls_handshake_duration_seconds{side}`, resolved once.
+pub struct TlsMetrics {
+    /// Indexed `[side][ok][resumed]`.
+    handshakes: [[[IntCounter; 2]; 2]; 2],
+    duration: [Histogram; 2],
+}
+
+impl TlsMetrics {
+    fn new(r: &Registry) -> TlsMetrics {
+        let handshakes = counter_vec(
+            r,
+            "longhaul_tls_handshakes_total",
+            "TLS handshakes, by side (client or upstream), result and whether the session was resumed.",
+            &["side", "result", "resumed"],
+        );
+        let duration = histogram_vec(
+            r,
+            "longhaul_tls_handshake_duration_seconds",
+            "Time a TLS handshake took, by side.",
+            &["side"],
+            LATENCY_BUCKETS,
+        );
+        TlsMetrics {
+            handshakes: TlsSide::ALL.map(|side| {
+                ["error", "ok"].map(|result| {
+                    ["false", "true"].map(|resumed| {
+                        handshakes.with_label_values(&[side.as_str(), result, resumed])
+                    })
+                })
+            }),
+            duration: TlsSide::ALL.map(|side| duration.with_label_values(&[side.as_str()])),
+        }
+    }
+
+    /// Counts one handshake on `side` and how long it took.
+    pub fn record(&self, side: TlsSide, ok: bool, resumed: bool, took: Duration) {
+        self.handshakes[side as usize][ok as usize][resumed as usize].inc();
+        self.duration[side as usize].observe(took.as_secs_f64());
+    }
+}
+
 /// The `protocol` label values of `longhaul_upgrades_refused_total`: the Upgrade tokens met in
 /// practice (IANA's registry plus `h2`), and `other` for anything else a client may send.
 pub const UPGRADE_PROTOCOLS: [&str; 6] = ["websocket", "h2c", "h2", "http", "tls", "other"];
@@ -628,69 +690,6 @@ impl TunnelEnd {
     }
 }
 
-/// Which end of longhaul a TLS handshake was with, for the `side` label of the TLS families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsSide {
-    /// A client's handshake on a `tls_listen` listener.
-    Client,
-    /// longhaul's own handshake to a backend (`[upstream.tls]`).
-    Upstream,
-}
-
-impl TlsSide {
-    /// Every side, in declaration order (`side as usize` indexes it).
-    pub const ALL: [TlsSide; 2] = [TlsSide::Client, TlsSide::Upstream];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsSide::Client => "client",
-            TlsSide::Upstream => "upstream",
-        }
-    }
-}
-
-/// `longhaul_tls_handshakes_total` and `longhaul_tls_handshake_duration_seconds`, every series
-/// resolved (and exported at 0) when the metrics are built.
-pub struct TlsMetrics {
-    /// Indexed by side, then ok (1) or error (0), then resumed (1) or not (0).
-    handshakes: [[[IntCounter; 2]; 2]; 2],
-    duration: [Histogram; 2],
-}
-
-impl TlsMetrics {
-    fn new(r: &Registry) -> TlsMetrics {
-        let total = counter_vec(
-            r,
-            "longhaul_tls_handshakes_total",
-            "TLS handshakes, by side, result (ok or error) and whether a session was resumed.",
-            &["side", "result", "resumed"],
-        );
-        let duration = histogram_vec(
-            r,
-            "longhaul_tls_handshake_duration_seconds",
-            "Time a successful TLS handshake took, from its first byte to its end, by side.",
-            &["side"],
-            LATENCY_BUCKETS,
-        );
-        TlsMetrics {
-            handshakes: TlsSide::ALL.map(|side| {
-                ["error", "ok"].map(|result| {
-                    ["false", "true"]
-                        .map(|resumed| total.with_label_values(&[side.as_str(), result, resumed]))
-                })
-            }),
-            duration: TlsSide::ALL.map(|side| duration.with_label_values(&[side.as_str()])),
-        }
-    }
-
-    /// Counts one handshake and, when it succeeded, how long it took.
-    pub fn record(&self, side: TlsSide, ok: bool, resumed: bool, took: Duration) {
-        self.handshakes[side as usize][usize::from(ok)][usize::from(resumed)].inc();
-        if ok {
-            self.duration[side as usize].observe(took.as_secs_f64());
-        }
-    }
-}
 
 /// Why a redirected connection was refused (transparent mode), for
 /// `longhaul_transparent_denied_total`.

@@ -1,5 +1,9 @@
-//! The simulated legacy backend: an HTTP/1.0 (or 1.1) server that charges a fixed cost for every
-//! new connection and serves keep-alive requests quickly. Used by the demo, benches and tests.
+//! The simulated legacy backend: an HTTP/1.0 (or 1.1) server, plain or TLS, that charges a fixed
+//! cost for every new connection and serves keep-alive requests quickly. Used by the demo, benches and tests.
+
+mod tls;
+
+pub use tls::{SIM_TLS_NAMES, SimTls, SimTlsError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +17,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Protocol;
 
@@ -32,6 +38,8 @@ pub struct SimConfig {
     pub body_size: usize,
     /// The version the backend answers with.
     pub protocol: Protocol,
+    /// Speak TLS with a certificate generated at start (`Sim::tls_ca_pem` signed it).
+    pub tls: bool,
 }
 
 impl Default for SimConfig {
@@ -44,6 +52,7 @@ impl Default for SimConfig {
             max_requests: 0,
             body_size: 1024,
             protocol: Protocol::Http10,
+            tls: false,
         }
     }
 }
@@ -53,6 +62,9 @@ impl Default for SimConfig {
 pub struct SimStats {
     pub connections_accepted: AtomicU64,
     pub requests: AtomicU64,
+    /// TLS handshakes completed (full or resumed), and how many of them resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
 }
 
 impl SimStats {
@@ -62,6 +74,9 @@ impl SimStats {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+    pub fn tls_handshakes(&self) -> u64 {
+        self.tls_handshakes.load(Ordering::Relaxed)
+    }
 }
 
 /// A running simulated backend; stops when dropped.
@@ -69,6 +84,8 @@ pub struct Sim {
     pub addr: SocketAddr,
     pub stats_addr: Option<SocketAddr>,
     pub stats: Arc<SimStats>,
+    /// With `tls`: the PEM of the CA that signed the backend's certificate.
+    pub tls_ca_pem: Option<String>,
     stop: watch::Sender<bool>,
 }
 
@@ -80,6 +97,10 @@ impl Drop for Sim {
 
 impl Sim {
     pub async fn start(config: SimConfig) -> std::io::Result<Sim> {
+        let tls = match config.tls {
+            true => Some(SimTls::generate().map_err(std::io::Error::other)?),
+            false => None,
+        };
         let listener = crate::server::bind(config.listen)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(SimStats::default());
@@ -94,9 +115,12 @@ impl Sim {
             None => None,
         };
         let body = Bytes::from(vec![b'x'; config.body_size]);
+        let tls_ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+        let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
         tokio::spawn(accept(
             listener,
             Arc::new(config),
+            acceptor,
             body,
             stats.clone(),
             stop_rx,
@@ -105,6 +129,7 @@ impl Sim {
             addr,
             stats_addr,
             stats,
+            tls_ca_pem,
             stop,
         })
     }
@@ -113,6 +138,7 @@ impl Sim {
 async fn accept(
     listener: TcpListener,
     config: Arc<SimConfig>,
+    tls: Option<TlsAcceptor>,
     body: Bytes,
     stats: Arc<SimStats>,
     mut stop: watch::Receiver<bool>,
@@ -126,29 +152,52 @@ async fn accept(
             () = crate::server::stopping(&mut stop) => return,
         };
         stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
-        let (config, body, stats) = (config.clone(), body.clone(), stats.clone());
-        let mut stop = stop.clone();
+        let (config, body, stats, tls) = (config.clone(), body.clone(), stats.clone(), tls.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             tokio::time::sleep(config.conn_cost).await;
-            let keepalive_timeout = config.keepalive_timeout;
-            let served = Arc::new(AtomicU32::new(0));
-            let service = service_fn(move |req| {
-                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-                stats.requests.fetch_add(1, Ordering::Relaxed);
-                let resp = respond(&config, &req, n, body.clone());
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(keepalive_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = crate::server::stopping(&mut stop) => {}
+            let Some(acceptor) = tls else {
+                return serve(stream, config, body, stats, stop).await;
+            };
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.tls_resumed.fetch_add(1, Ordering::Relaxed);
             }
+            serve(tls, config, body, stats, stop).await
         });
+    }
+}
+
+/// Serves HTTP on one accepted connection (plain or TLS) until it ends or the backend stops.
+async fn serve<IO>(
+    io: IO,
+    config: Arc<SimConfig>,
+    body: Bytes,
+    stats: Arc<SimStats>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let keepalive_timeout = config.keepalive_timeout;
+    let served = Arc::new(AtomicU32::new(0));
+    let service = service_fn(move |req| {
+        let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = respond(&config, &req, n, body.clone());
+        async move { Ok::<_, std::convert::Infallible>(resp) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(keepalive_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = crate::server::stopping(&mut stop) => {}
     }
 }
 

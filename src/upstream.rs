@@ -11,6 +11,8 @@ mod queue;
 mod retry;
 pub(crate) mod reuse;
 mod server;
+mod stream;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub use body::{InFlight, PooledBody};
 pub use conn::{ConnManager, ConnectError, PooledConn, connect_to};
 pub use lease::{Lease, SendError};
 pub use server::{Failure, Server, ServerSettings};
+pub use stream::BackendStream;
+pub use tls::{UpstreamTls, host_of};
 
 use crate::body::RequestBody;
 use crate::config::{Balance, Protocol, UpstreamConfig};
@@ -132,7 +136,12 @@ impl Upstream {
             tcp_keepalive: config.tcp_keepalive.clone(),
             health: config.health.clone(),
             mark,
+            tls: config.tls.as_ref().and_then(|t| t.loaded.clone()),
         };
+        if settings.tls.as_ref().is_some_and(|t| !t.verify()) {
+            tracing::warn!(upstream = %config.name,
+                "[upstream.tls] verify = false: backend certificates are not checked");
+        }
         let kept = |address: &str| {
             previous?
                 .servers
@@ -320,8 +329,8 @@ impl Upstream {
         }
     }
 
-    /// A plain TCP connection to a server of this upstream (CONNECT tunnels).
-    pub async fn connect_raw(&self) -> Result<tokio::net::TcpStream, ProxyError> {
+    /// A connection to a server of this upstream (CONNECT tunnels): TLS when the upstream is.
+    pub async fn connect_raw(&self) -> Result<BackendStream, ProxyError> {
         let mut retries = Retries::new(self.retry_window);
         let (_, opened) = self
             .connected(&mut retries, |sp| async move {

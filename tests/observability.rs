@@ -45,6 +45,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "longhaul_upgrades_refused_total",
     "longhaul_pool_rejected_total",
     "longhaul_tunnels_closed_total",
+    "longhaul_tls_handshakes_total",
+    "longhaul_tls_handshake_duration_seconds",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1201,6 +1203,7 @@ fn dashboard_is_importable_with_datasource_and_upstream_variables() {
     for wanted in [
         "reuse rate",
         "connections saved",
+        "tls handshakes saved",
         "client requests/s vs upstream connections opened/s",
         "pool busy / idle / waiters",
         "pool wait p99",
@@ -1576,6 +1579,34 @@ fn compare_page_with_pools(rows: &Value, pools: &Value) -> Result<(), String> {
                     ));
                 }
                 _ => {}
+            }
+            let tls = if s["tls"] == true { "TLS" } else { "plain" };
+            if cell("tls") != tls {
+                return Err(format!(
+                    "{name} {address} tls: page shows {:?}, /pools says {}",
+                    cell("tls"),
+                    s["tls"]
+                ));
+            }
+            let handshakes = s["tls"]
+                .as_bool()
+                .filter(|&on| on)
+                .and(s["tls_handshakes"].as_f64());
+            if number("tls_handshakes") != handshakes {
+                return Err(format!(
+                    "{name} {address} tls_handshakes: page shows {:?}, /pools has {handshakes:?}",
+                    cell("tls_handshakes")
+                ));
+            }
+            let resumed = match s["tls_resumed_ratio"].as_f64() {
+                Some(ratio) => format!("{:.1}%", ratio * 100.0),
+                None => "–".to_string(),
+            };
+            if cell("tls_resumed_ratio") != resumed {
+                return Err(format!(
+                    "{name} {address} tls_resumed_ratio: page shows {:?}, /pools has {resumed}",
+                    cell("tls_resumed_ratio")
+                ));
             }
             let healthy = if s["healthy"] == true { "up" } else { "down" };
             if cell("healthy") != healthy {

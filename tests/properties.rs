@@ -299,6 +299,7 @@ fn default_upstream() -> UpstreamConfig {
         pool: PoolConfig::default(),
         tcp_keepalive: TcpKeepaliveConfig::default(),
         health: HealthConfig::default(),
+        tls: None,
     }
 }
 

@@ -130,6 +130,55 @@ fn demo_runs_end_to_end_and_prints_the_comparison() {
 }
 
 #[test]
+fn demo_with_tls_shows_backend_handshakes_direct_and_through_longhaul() {
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--tls",
+            "-n",
+            "300",
+            "-c",
+            "8",
+            "--conn-cost",
+            "0ms",
+        ])
+        .output()
+        .expect("run demo --tls");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo --tls failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |label: &str| {
+        stdout
+            .lines()
+            .rfind(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` row in:\n{stdout}"))
+            .strip_prefix(label)
+            .expect("starts with the label")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(stdout.contains("backend TLS hs"), "{stdout}");
+    // columns after the label: requests, backend conns, backend TLS handshakes, reuse, ...
+    let direct = row("direct (HTTPS)");
+    assert_eq!(direct[0], "300");
+    assert_eq!(
+        direct[2], "300",
+        "every direct HTTPS request is a handshake"
+    );
+    let through = row("through longhaul (TLS)");
+    assert_eq!(through[0], "300");
+    let handshakes: u64 = through[2].parse().expect("backend TLS handshakes");
+    assert!(
+        handshakes <= 32,
+        "through longhaul the backend made {handshakes} TLS handshakes for 300 requests"
+    );
+}
+
+#[test]
 fn backend_sim_keeps_http10_connections_alive_and_counts_them() {
     let (_sim, addr, stats_addr) = backend_sim(&["--conn-cost", "0ms", "--body-size", "10"]);
     let mut conn = TcpStream::connect(addr).expect("connect");

@@ -5,9 +5,13 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use std::path::Path;
+
 use super::{
-    Config, Mode, PoolConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig, Workers,
+    Config, Mode, PoolConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig,
+    UpstreamTlsConfig, Workers,
 };
+use crate::upstream::{UpstreamTls, host_of};
 
 /// A validation failure: which key, and why.
 pub struct Invalid {
@@ -235,6 +239,9 @@ fn validate_upstream(key: &str, u: &UpstreamConfig) -> Check {
         u.max_buffered_body_bytes,
     )?;
     validate_pool(&format!("{key}.pool"), &u.pool)?;
+    if let Some(tls) = &u.tls {
+        validate_tls(&format!("{key}.tls"), tls, &u.servers)?;
+    }
     validate_keepalive(&format!("{key}.tcp_keepalive"), &u.tcp_keepalive)?;
     let h = &u.health;
     positive(
@@ -262,6 +269,57 @@ fn validate_upstream(key: &str, u: &UpstreamConfig) -> Check {
         ));
     }
     Ok(())
+}
+
+/// The verified name is a DNS name or an IP (given, or each server's host); `cert` and `key`
+/// come together.
+fn validate_tls(key: &str, tls: &UpstreamTlsConfig, servers: &[String]) -> Check {
+    let name_ok = |name: &str| rustls::pki_types::ServerName::try_from(name).is_ok();
+    match &tls.server_name {
+        Some(name) if !name_ok(name) => {
+            return Err(invalid(
+                format!("{key}.server_name"),
+                format!("`{name}` is not a DNS name or an IP address"),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            if let Some(server) = servers.iter().find(|s| !name_ok(host_of(s))) {
+                return Err(invalid(
+                    format!("{key}.server_name"),
+                    format!("the host of `{server}` is not a name TLS can verify; set server_name"),
+                ));
+            }
+        }
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => Err(invalid(
+            format!("{key}.key"),
+            "a client certificate (`cert`) needs its private key (`key`)",
+        )),
+        (None, Some(_)) => Err(invalid(
+            format!("{key}.cert"),
+            "a private key (`key`) needs its client certificate (`cert`)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Config {
+    /// Loads every `[upstream.tls]`'s files (relative to `base`) into its `loaded` settings: a
+    /// file that cannot be read or parsed, or a key that does not match its certificate, is an
+    /// error of the key that names it.
+    pub(super) fn load_tls_files(&mut self, base: &Path) -> Check {
+        for (i, upstream) in self.upstream.iter_mut().enumerate() {
+            let Some(tls) = &mut upstream.tls else {
+                continue;
+            };
+            let loaded = UpstreamTls::load(tls, base)
+                .map_err(|e| invalid(format!("upstream[{i}].tls.{}", e.key), e.to_string()))?;
+            tls.loaded = Some(loaded);
+        }
+        Ok(())
+    }
 }
 
 fn validate_keepalive(key: &str, ka: &TcpKeepaliveConfig) -> Check {

@@ -107,6 +107,7 @@ impl Destinations {
             pool,
             tcp_keepalive: TcpKeepaliveConfig::default(),
             health: HealthConfig::default(),
+            tls: None,
         }
     }
 }

@@ -126,6 +126,7 @@ mod tests {
                 ..HealthConfig::default()
             },
             mark: None,
+            tls: None,
         };
         (0..n)
             .map(|i| {

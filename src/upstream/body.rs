@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
-
 use super::lease::Lease;
 use super::server::Server;
+use super::stream::BackendStream;
 use crate::error::BoxError;
 use crate::h1::ResponseBody;
 use crate::metrics::CloseReason;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 pub struct PooledBody {
     /// `None` once the connection went back to its lease.
@@ -53,8 +52,8 @@ impl PooledBody {
         }
     }
 
-    /// The backend's socket after a 101, with the bytes it sent past the response head.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+    /// The backend's stream (plain or TLS) after a 101, with the bytes it sent past the response head.
+    pub fn into_upgraded(mut self) -> Option<(BackendStream, Bytes)> {
         let (lease, already_read) = self.inner.take()?.into_upgraded();
         Some((lease.into_tunnel(), already_read))
     }

@@ -1,12 +1,11 @@
-//! One pooled upstream connection (a bare `TcpStream` and what is known about it), the deadpool
-//! `Manager` that dials and recycles it, and the one `dial` every backend connection goes through.
+//! One pooled upstream connection (a plain or TLS `BackendStream` and what is known about it),
+//! the deadpool `Manager` that dials and recycles it, and the one `dial` every backend connection goes through.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use socket2::Socket;
@@ -14,13 +13,17 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::server::{Failure, Server};
+use super::stream::BackendStream;
+use super::tls::HandshakeError;
 use crate::clock;
 use crate::config::TcpKeepaliveConfig;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, METRICS, TlsSide};
 
 /// A keep-alive connection to one backend server, idle in the pool or leased to a request.
 pub struct PooledConn {
-    pub stream: TcpStream,
+    /// A cell so the pool's reaper, which sees idle connections by `&`, can let rustls process
+    /// what arrived on an idle TLS one (`BackendStream::idle_is_dead`).
+    stream: RefCell<BackendStream>,
     /// Requests sent on this connection so far.
     pub served: u32,
     /// `clock::now_ms()` when the connection last went idle (or was opened).
@@ -50,10 +53,10 @@ impl Drop for Fate {
 }
 
 impl PooledConn {
-    fn new(stream: TcpStream, server: Arc<Server>, slot: OwnedSemaphorePermit) -> PooledConn {
+    fn new(stream: BackendStream, server: Arc<Server>, slot: OwnedSemaphorePermit) -> PooledConn {
         server.metrics.opened.inc();
         PooledConn {
-            stream,
+            stream: RefCell::new(stream),
             served: 0,
             // Idle from birth: a warm connection nobody used must still expire.
             idle_since_ms: clock::now_ms(),
@@ -89,9 +92,14 @@ impl PooledConn {
     }
 
     /// The stream, for a tunnel: the connection is counted as closed for `reason` here.
-    pub fn into_stream(self, reason: CloseReason) -> TcpStream {
+    pub fn into_stream(self, reason: CloseReason) -> BackendStream {
         self.end(reason);
-        self.stream
+        self.stream.into_inner()
+    }
+
+    /// The stream, for the request that holds the connection.
+    pub fn stream_mut(&mut self) -> &mut BackendStream {
+        self.stream.get_mut()
     }
 
     pub fn server(&self) -> &Arc<Server> {
@@ -120,24 +128,10 @@ impl PooledConn {
         }
     }
 
-    /// A FIN, an RST or stray bytes on an idle connection. Costs no syscall unless the reactor
-    /// has seen the socket become readable since it last would-blocked.
+    /// A FIN, an RST, a close_notify or stray bytes on an idle connection. Costs no syscall
+    /// unless the reactor has seen the socket become readable since it last would-blocked.
     fn peer_has_closed(&self) -> bool {
-        idle_stream_is_dead(&self.stream)
-    }
-}
-
-/// Whether an idle stream was closed or spoken on by its peer: readiness first (no syscall
-/// while the socket is quiet), then one non-blocking read to tell a stale readiness apart.
-pub(crate) fn idle_stream_is_dead(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => false,
-        Poll::Ready(Err(_)) => true,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
+        self.stream.borrow_mut().idle_is_dead()
     }
 }
 
@@ -150,10 +144,17 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake failed: the certificate, an alert, or the socket during it.
+    #[error("{0}")]
+    Tls(HandshakeError),
+    /// `[upstream.tls]` gives this server no name TLS can verify.
+    #[error("TLS: {0}")]
+    TlsName(String),
 }
 
 impl ConnectError {
     /// Refused, reset or timed out: nothing reached the server, so a new connect may be tried.
+    /// A TLS failure is not: another try meets the same certificate.
     pub fn is_retriable(&self) -> bool {
         matches!(self, ConnectError::Io(_) | ConnectError::Timeout(_))
     }
@@ -168,9 +169,15 @@ impl ConnManager {
     /// A new connection outside the pool (upgrades), counted like a pooled one.
     pub async fn dial(&self) -> Result<PooledConn, ConnectError> {
         let Opened { stream, slot } = open(&self.server).await?;
+        let handshook = stream.is_tls();
         // A connect only brings an ejected server back; health counts exchanges: a server that
         // accepts and then resets every request must still be ejected (`Upstream::accept`).
-        Ok(PooledConn::new(stream, self.server.clone(), slot))
+        let mut conn = PooledConn::new(stream, self.server.clone(), slot);
+        if handshook {
+            // The server's handshake messages were its answer: it accepted the connection.
+            conn.accepted();
+        }
+        Ok(conn)
     }
 }
 
@@ -213,13 +220,13 @@ fn hold_until_answered(slot: OwnedSemaphorePermit) -> oneshot::Sender<()> {
     answered
 }
 
-/// A new TCP connection and the server's `max_connecting` slot it holds.
+/// A new connection and the server's `max_connecting` slot it holds.
 pub struct Opened {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub slot: OwnedSemaphorePermit,
 }
 
-/// Opens a TCP connection for traffic and tells passive health how it went.
+/// Opens a connection (TCP, then TLS when configured) for traffic and tells passive health how it went.
 pub async fn open(server: &Server) -> Result<Opened, ConnectError> {
     match connect_holding_slot(server).await {
         Ok(opened) => {
@@ -233,13 +240,13 @@ pub async fn open(server: &Server) -> Result<Opened, ConnectError> {
     }
 }
 
-/// Opens a TCP connection to a server (for a probe), with the slot released once connected.
-pub async fn connect(server: &Server) -> Result<TcpStream, ConnectError> {
+/// Opens a connection to a server (for a probe), with the slot released once connected.
+pub async fn connect(server: &Server) -> Result<BackendStream, ConnectError> {
     Ok(connect_holding_slot(server).await?.stream)
 }
 
 /// Waits for one of the server's `max_connecting` slots, then connects with the configured
-/// socket options; `connect_timeout` bounds the connect itself.
+/// socket options and, for a TLS upstream, handshakes; `connect_timeout` bounds both.
 async fn connect_holding_slot(server: &Server) -> Result<Opened, ConnectError> {
     let slot = server
         .connecting
@@ -247,15 +254,43 @@ async fn connect_holding_slot(server: &Server) -> Result<Opened, ConnectError> {
         .acquire_owned()
         .await
         .expect("the connect semaphore is never closed");
-    let addr = resolve(&server.address).await?;
     let timeout = server.settings.connect_timeout;
-    let connecting = connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark);
-    match tokio::time::timeout(timeout, connecting).await {
+    match tokio::time::timeout(timeout, connect_stream(server)).await {
         Ok(stream) => Ok(Opened {
             stream: stream?,
             slot,
         }),
         Err(_) => Err(ConnectError::Timeout(timeout)),
+    }
+}
+
+/// TCP to the server, then the TLS handshake when its upstream has `[upstream.tls]`.
+async fn connect_stream(server: &Server) -> Result<BackendStream, ConnectError> {
+    let addr = resolve(&server.address).await?;
+    let tcp = connect_to(addr, &server.settings.tcp_keepalive, server.settings.mark).await?;
+    let Some(tls) = &server.settings.tls else {
+        return Ok(BackendStream::Plain(tcp));
+    };
+    let name = tls
+        .name_for(&server.address)
+        .map_err(ConnectError::TlsName)?;
+    let started = Instant::now();
+    let shaken = tls.handshake(name, tcp).await;
+    let resumed = shaken.as_ref().is_ok_and(|(_, resumed)| *resumed);
+    METRICS.tls.record(
+        TlsSide::Upstream,
+        shaken.is_ok(),
+        resumed,
+        started.elapsed(),
+    );
+    server.tls_handshakes.record(shaken.is_ok(), resumed);
+    match shaken {
+        Ok((stream, _)) => Ok(BackendStream::Tls(Box::new(stream))),
+        Err(e) => {
+            tracing::debug!(upstream = %server.upstream, server = %server.address, error = %e,
+                "TLS handshake failed");
+            Err(ConnectError::Tls(e))
+        }
     }
 }
 
@@ -298,6 +333,7 @@ async fn resolve(address: &str) -> Result<SocketAddr, ConnectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::stream::idle_stream_is_dead;
     use tokio::sync::Semaphore;
 
     /// A connected pair of loopback streams: (ours, the peer's).

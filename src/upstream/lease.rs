@@ -5,16 +5,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::conn::{ConnManager, PooledConn};
+use super::stream::BackendStream;
+use crate::body::RequestBody;
+use crate::h1::{self, Limits, RequestHead, ResponseBody, Reuse};
+use crate::metrics::CloseReason;
 use deadpool::managed::Object;
 use http::request::Parts as RequestParts;
 use http::response::Parts;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
-use super::conn::{ConnManager, PooledConn};
-use crate::body::RequestBody;
-use crate::h1::{self, Limits, RequestHead, ResponseBody, Reuse};
-use crate::metrics::CloseReason;
 
 /// Where the leased connection goes back to.
 enum Held {
@@ -150,7 +149,7 @@ impl Lease {
     }
 
     /// The socket of a 101 or CONNECT exchange: it leaves the pool and becomes a tunnel.
-    pub fn into_tunnel(mut self) -> TcpStream {
+    pub fn into_tunnel(mut self) -> BackendStream {
         let conn = match self.held.take().expect("a lease holds its connection") {
             Held::Pooled(object) => Object::take(object),
             Held::Own(conn) => conn,
@@ -158,8 +157,8 @@ impl Lease {
         conn.into_stream(CloseReason::NotReusable)
     }
 
-    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
-        Pin::new(&mut self.get_mut().conn().stream)
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut BackendStream> {
+        Pin::new(self.get_mut().conn().stream_mut())
     }
 }
 
@@ -187,7 +186,7 @@ impl AsyncRead for Lease {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = self.get_mut();
-        let read = Pin::new(&mut this.conn().stream).poll_read(cx, buf);
+        let read = Pin::new(this.conn().stream_mut()).poll_read(cx, buf);
         match &read {
             Poll::Ready(Ok(())) if buf.filled().len() > before => this.answered(),
             Poll::Ready(Ok(())) if buf.remaining() == 0 => {}
@@ -206,7 +205,7 @@ impl AsyncWrite for Lease {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = Pin::new(&mut this.conn().stream).poll_write(cx, buf);
+        let written = Pin::new(this.conn().stream_mut()).poll_write(cx, buf);
         if let Poll::Ready(Err(_)) = written {
             this.peer_gone = true;
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::tls::UpstreamTls;
 use crate::clock;
 use crate::config::{HealthConfig, PoolConfig, Protocol, TcpKeepaliveConfig};
 use crate::metrics::{CloseReason, ServerMetrics};
@@ -19,6 +20,27 @@ pub struct ServerSettings {
     pub health: HealthConfig,
     /// SO_MARK for upstream sockets (transparent mode's loop protection).
     pub mark: Option<u32>,
+    /// `[upstream.tls]`, loaded: every connection handshakes with it.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS handshakes made with one server, for `/pools`.
+#[derive(Default)]
+pub struct HandshakeCounts {
+    pub full: AtomicU64,
+    pub resumed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl HandshakeCounts {
+    pub fn record(&self, ok: bool, resumed: bool) {
+        let counter = match (ok, resumed) {
+            (false, _) => &self.failed,
+            (true, true) => &self.resumed,
+            (true, false) => &self.full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Observed idle closes shorter than this are "closed after a response", not a keep-alive timer.
@@ -50,6 +72,8 @@ pub struct Server {
     /// has shown it accepted (a first response head, at most 250 ms), so a burst cannot overflow
     /// a small accept backlog whose dropped SYNs would each cost a 1 s retransmit.
     pub connecting: Arc<tokio::sync::Semaphore>,
+    /// TLS handshakes with this server (full, resumed, failed).
+    pub tls_handshakes: HandshakeCounts,
 }
 
 impl Server {
@@ -67,6 +91,7 @@ impl Server {
             warned_not_reusable: AtomicBool::new(false),
             pool_closed: AtomicU8::new(0),
             health: Health::default(),
+            tls_handshakes: HandshakeCounts::default(),
         }
     }
 

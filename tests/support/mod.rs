@@ -5,12 +5,15 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod backend;
+pub mod certs;
 pub mod client;
 pub mod faults;
 pub mod lab;
+pub mod nginx;
 pub mod proxy;
 pub mod real_servers;
 pub mod tls;
+pub mod tls_echo;
 pub mod wire;
 
 use std::time::{Duration, Instant};

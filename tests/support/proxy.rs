@@ -43,6 +43,8 @@ pub struct UpstreamConfig {
     pub name: String,
     pub table: Table,
     pub pool: Table,
+    /// `[upstream.tls]`, rendered when set (even empty: TLS with every default).
+    pub tls: Option<Table>,
 }
 
 /// Runs every test proxy with this many event loops (`[server] workers`): a number or `auto`.
@@ -110,6 +112,7 @@ impl ProxyConfig {
             name: name.to_string(),
             table,
             pool,
+            tls: None,
         });
         self
     }
@@ -152,6 +155,21 @@ impl ProxyConfig {
         self
     }
 
+    /// Sets a key of the last upstream's `[upstream.tls]` (creating the table); an empty `key`
+    /// only creates it.
+    pub fn tls(mut self, key: &str, value: &str) -> ProxyConfig {
+        let tls = self
+            .upstreams
+            .last_mut()
+            .expect("an upstream")
+            .tls
+            .get_or_insert_with(Table::default);
+        if !key.is_empty() {
+            tls.set(key, value);
+        }
+        self
+    }
+
     pub fn route(mut self, host: &str, path_prefix: &str, upstream: &str) -> ProxyConfig {
         let mut t = Table::default();
         t.set("host", &format!("\"{host}\""));
@@ -175,6 +193,10 @@ impl ProxyConfig {
             u.table.render(&mut out);
             out.push_str("\n[upstream.pool]\n");
             u.pool.render(&mut out);
+            if let Some(tls) = &u.tls {
+                out.push_str("\n[upstream.tls]\n");
+                tls.render(&mut out);
+            }
         }
         for r in &self.routes {
             out.push_str("\n[[route]]\n");
