@@ -690,7 +690,6 @@ impl TunnelEnd {
     }
 }
 
-
 /// Why a redirected connection was refused (transparent mode), for
 /// `longhaul_transparent_denied_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
