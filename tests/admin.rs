@@ -41,9 +41,10 @@ fn readyz_names_an_unreachable_server() {
     let r = proxy.admin_get("/readyz");
     assert_eq!(r.status, 503, "{}", r.body_str());
     let body = r.body_str();
-    assert!(
-        body.contains("legacy") || body.contains(&dead.to_string()),
-        "/readyz should name the upstream or server that is down: {body:?}"
+    assert_eq!(
+        body,
+        format!("not ready\nupstream legacy: no server accepts connections ({dead})\n"),
+        "/readyz names the upstream and the server that is down"
     );
 }
 
@@ -164,13 +165,10 @@ fn access_log_line_per_request() {
             .is_some_and(|p| p.starts_with("/logged")),
         "{line}"
     );
-    assert!(
-        field("status") == 200 || field("status") == "200",
-        "status field: {line}"
-    );
+    assert_eq!(field("status"), 200, "status is a JSON number: {line}");
     assert_eq!(field("upstream"), "legacy", "{line}");
     assert!(
-        field("duration_ms").is_number() || field("duration_ms").is_string(),
-        "duration_ms: {line}"
+        field("duration_ms").as_f64().is_some_and(|ms| ms >= 0.0),
+        "duration_ms is a non-negative JSON number: {line}"
     );
 }
