@@ -2,7 +2,8 @@
 //! Counts from the first call in the process; never goes backwards.
 
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 

@@ -16,7 +16,8 @@ mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use deadpool::managed::{Pool, QueueMode};
 use http::header::{self, HeaderValue};

@@ -4,6 +4,8 @@
 //! The external tools come from Debian packages (`apt-get install -y prometheus chromium
 //! chromium-driver`). A test whose tool is missing prints a `SKIP` line saying so and returns.
 //! Every child process is killed on drop, every wait is bounded, all traffic stays on 127.0.0.1.
+// Wall-clock time is right here: the processes under test are out of reach of tokio's clock.
+#![allow(clippy::disallowed_types)]
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,5 +1,7 @@
 //! What a newcomer runs first: `longhaul demo`, the standalone backend simulator, and the logs
 //! a person (text) or a pipeline (JSON) reads. Real processes, loopback only.
+// Wall-clock time is right here: the processes under test are out of reach of tokio's clock.
+#![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

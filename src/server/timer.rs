@@ -2,6 +2,9 @@
 //! request head, idle time included. The first wait on a connection gets `header_read_timeout`
 //! (slowloris guard); later waits on a kept-alive connection get `client_idle_timeout`.
 
+// hyper's `Timer` trait takes and returns `std::time::Instant`; this file has to name it.
+#![allow(clippy::disallowed_types)]
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

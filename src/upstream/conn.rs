@@ -5,7 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use socket2::Socket;

@@ -2,7 +2,8 @@
 //! this closes expired ones and keeps `min_idle` connections open while the server has traffic.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use deadpool::managed::Pool;
 

@@ -1,6 +1,7 @@
 //! Test plumbing for the tunnel and transparent-mode tests: the longhaul child process,
 //! scripted TCP backends and a raw-socket client. Both files include it with `#[path]`.
-#![allow(dead_code)]
+// Wall-clock time is right in tests: the proxy under test is another process, out of reach of tokio's clock.
+#![allow(dead_code, clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
