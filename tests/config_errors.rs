@@ -1,11 +1,13 @@
 //! A bad proxy.toml never starts a proxy: longhaul (and `longhaul check`) exit 2 with
-//! `error: <file>:<line>: <key path>: <reason>` on stderr.
+//! `error: <file>:<line>: <key path>: <reason>` on stderr. Each bad case is checked in-process on
+//! the parser both commands use; one test runs the binary for the exit status and the message.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use longhaul::config::{Config, ConfigError};
 use support::proxy::{self, TempDir};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,61 +44,70 @@ fn config_with(replacements: &[(usize, &str)]) -> String {
     lines.join("\n") + "\n"
 }
 
-/// Runs both `longhaul --config` and `longhaul check --config` on `text`; both must exit 2 and
-/// name the file, `line` and `key` on stderr. Returns the error line of `check`.
+/// Parses `text` in-process (what both `longhaul run` and `longhaul check` do first) and requires
+/// the error to name the file, `line` and `key`. Returns the error line the binary would print.
 fn assert_rejected(text: &str, line: usize, key: &str) -> String {
-    let mut last = String::new();
+    match Config::parse(text, Path::new("proxy.toml")) {
+        Err(ConfigError::Invalid {
+            file,
+            line: got_line,
+            key: got_key,
+            reason,
+        }) => {
+            assert_eq!(file, "proxy.toml");
+            assert_eq!(
+                got_line, line,
+                "line of {got_key}: {reason}\nconfig:\n{text}"
+            );
+            assert!(
+                got_key.contains(key),
+                "the error names the key {key:?}: {got_key}: {reason}"
+            );
+            format!("error: {file}:{got_line}: {got_key}: {reason}")
+        }
+        other => panic!("expected an invalid-config error, got {other:?}\nconfig:\n{text}"),
+    }
+}
+
+/// Runs `longhaul` with `args` and the config in `text`; it must exit 2 with the error line on
+/// stderr and never start.
+fn assert_binary_exits_2(args: &[&str], text: &str, location_suffix: &str) {
     let dir = TempDir::new();
     let path = dir.write_config(text);
     let p = path.to_str().expect("utf-8 temp path");
-    for args in [vec!["--config", p], vec!["check", "--config", p]] {
-        let run = proxy::run(&args, RUN_TIMEOUT);
-        assert_eq!(
-            run.code,
-            Some(2),
-            "`longhaul {}` should exit 2 (None = still running after {RUN_TIMEOUT:?}).\nstderr:\n{}\nconfig:\n{text}",
-            args.join(" "),
-            run.stderr
-        );
-        assert!(
-            !run.stderr.contains("longhaul started"),
-            "started with a bad config:\n{}",
-            run.stderr
-        );
-        let location = format!("{p}:{line}:");
-        assert!(
-            run.stderr.contains(&location),
-            "`longhaul {}` should point at {location}\nstderr:\n{}",
-            args.join(" "),
-            run.stderr
-        );
-        let error_line = run
-            .stderr
-            .lines()
-            .find(|l| l.contains(&location))
-            .unwrap_or_default();
-        assert!(
-            error_line.contains(key),
-            "the error line should name the key {key:?}: {error_line:?}"
-        );
-        last = error_line.to_string();
-    }
-    last
+    let mut argv = args.to_vec();
+    argv.extend(["--config", p]);
+    let run = proxy::run(&argv, RUN_TIMEOUT);
+    assert_eq!(
+        run.code,
+        Some(2),
+        "`longhaul {}` exits 2 (None = still running after {RUN_TIMEOUT:?}).\nstderr:\n{}",
+        argv.join(" "),
+        run.stderr
+    );
+    assert!(!run.stderr.contains("longhaul started"), "{}", run.stderr);
+    let location = format!("{p}:{location_suffix}");
+    assert!(
+        run.stderr.contains(&location),
+        "`longhaul {}` names {location}\nstderr:\n{}",
+        argv.join(" "),
+        run.stderr
+    );
 }
 
 #[test]
 fn base_config_is_valid() {
     // Guards the other tests: each one breaks exactly one thing in an otherwise valid file.
-    let dir = TempDir::new();
-    let path = dir.write_config(&config_with(&[]));
-    let run = proxy::run(&["check", "--config", path.to_str().unwrap()], RUN_TIMEOUT);
-    assert_eq!(
-        run.code,
-        Some(0),
-        "stderr:\n{}\nstdout:\n{}",
-        run.stderr,
-        run.stdout
-    );
+    let parsed = Config::parse(&config_with(&[]), Path::new("proxy.toml"));
+    assert!(parsed.is_ok(), "{parsed:?}");
+}
+
+#[test]
+fn run_and_check_exit_2_with_file_line_and_key_for_a_bad_config() {
+    let text = config_with(&[(3, "max_conections = 10")]);
+    for args in [&[][..], &["check"][..]] {
+        assert_binary_exits_2(args, &text, "3: server.max_conections: unknown field");
+    }
 }
 
 #[test]
