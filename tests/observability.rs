@@ -7,6 +7,8 @@
 // Wall-clock time is right here: the processes under test are out of reach of tokio's clock.
 #![allow(clippy::disallowed_types)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -100,10 +102,10 @@ fn require(test: &str, tools: &[&str]) -> Option<Vec<PathBuf>> {
         match which(tool) {
             Some(path) => found.push(path),
             None => {
-                eprintln!(
-                    "SKIP {test}: `{tool}` is not on PATH; install it with \
+                support::tools::skip(&format!(
+                    "{test}: `{tool}` is not on PATH; install it with \
                      `apt-get install -y prometheus chromium chromium-driver` (CI's .ci/run does)"
-                );
+                ));
                 return None;
             }
         }

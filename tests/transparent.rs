@@ -193,7 +193,8 @@ fn in_netns_with(
     });
     match worker.join() {
         Ok(Ok(())) => {}
-        Ok(Err(why)) => skip(&why),
+        // The scenario ran and something in it went wrong: a failure, never a skip.
+        Ok(Err(why)) => panic!("{why}"),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
@@ -211,17 +212,11 @@ fn prerequisites(firewall: Firewall) -> Result<(), String> {
 }
 
 fn on_path(tool: &str) -> bool {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .any(|dir| std::path::Path::new(dir).join(tool).is_file())
+    tools::find_tool(tool).is_some()
 }
 
 fn skip(why: &str) {
-    if std::env::var("LONGHAUL_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("LONGHAUL_REQUIRE_TOOLS=1 but this test cannot run: {why}");
-    }
-    println!("skipped: {why}");
+    tools::skip(why)
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -587,7 +582,7 @@ fn redirected_connection_to_the_listener_port_is_refused_as_a_loop() {
 // === IPv6 REDIRECT and TPROXY on a gateway ===
 
 /// Runs `body` on a thread in a fresh network namespace (loopback up) when root and `tools` are
-/// there; a body's `Err` is a reason to skip (or to fail under LONGHAUL_REQUIRE_TOOLS=1).
+/// there (else a skip, a failure under LONGHAUL_REQUIRE_TOOLS=1); a body's `Err` fails the test.
 fn in_own_netns(tools: &[&str], body: fn() -> Result<(), String>) {
     if !netns::is_root() {
         return skip("not root (network namespaces and netfilter rules need CAP_NET_ADMIN)");
@@ -603,7 +598,8 @@ fn in_own_netns(tools: &[&str], body: fn() -> Result<(), String>) {
     });
     match worker.join() {
         Ok(Ok(())) => {}
-        Ok(Err(why)) => skip(&why),
+        // The scenario ran and something in it went wrong: a failure, never a skip.
+        Ok(Err(why)) => panic!("{why}"),
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
@@ -1025,5 +1021,5 @@ mod backend_sim {
     }
 }
 
-#[path = "support/lab.rs"]
-mod lab;
+mod support;
+use support::{lab, tools};

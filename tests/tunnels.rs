@@ -478,5 +478,5 @@ fn tunnel_close_series_are_exported_at_zero_before_any_tunnel() {
     );
 }
 
-#[path = "support/lab.rs"]
-mod lab;
+mod support;
+use support::lab;

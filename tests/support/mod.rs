@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod real_servers;
 pub mod tls;
 pub mod tls_echo;
+pub mod tools;
 pub mod wire;
 
 use std::time::{Duration, Instant};

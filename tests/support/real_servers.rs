@@ -11,19 +11,7 @@ use super::lab;
 /// Whether `tool` is on PATH; if not, says the test is skipped (or fails under
 /// LONGHAUL_REQUIRE_TOOLS=1, as in CI).
 pub fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("LONGHAUL_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("LONGHAUL_REQUIRE_TOOLS=1 but `{tool}` is not installed");
-        }
-        eprintln!("skipped: `{tool}` is not installed");
-    }
-    found
+    super::tools::require_tool(tool).is_some()
 }
 
 /// Whether something accepts connections on `addr` right now.
