@@ -758,6 +758,45 @@ def idle_tls_clients_scenario(ctx, sc):
     return out
 
 
+def client_handshakes(target):
+    """longhaul's client-side TLS handshakes from /metrics: {(result, resumed): count}."""
+    out = {}
+    for line in http_get(target.admin, "/metrics").splitlines():
+        if line.startswith("longhaul_tls_handshakes_total{") and 'side="client"' in line:
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+            out[(labels["result"].strip('"'), labels["resumed"].strip('"'))] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def tls_resume_scenario(ctx, sc):
+    """Short HTTPS clients that offer the previous connection's session: how many are resumed.
+    Counted by the client (every target) and, for longhaul, by its own metric."""
+    procs, tmp, lh, n = ctx["procs"], ctx["tmp"], ctx["longhaul"], sc["n"]
+    out = {}
+    for name in sc["targets"]:
+        backend = Backend(procs, "sim", lh, conn_cost="0ms", keepalive="60s")
+        [t] = start_targets(procs, tmp, lh, backend, [name], tls=ctx["tls"])
+        try:
+            h0 = client_handshakes(t) if name == "longhaul" else None
+            r = clients.tls_resume_clients(t.port, n)
+            r["client_ratio"] = r["resumed"] / r["ok"] if r["ok"] else float("nan")
+            if h0 is not None:
+                h1 = client_handshakes(t)
+                d = {k: h1.get(k, 0) - h0.get(k, 0) for k in h1}
+                all_ok = d.get(("ok", "true"), 0) + d.get(("ok", "false"), 0)
+                r["metric_resumed"], r["metric_ok"] = d.get(("ok", "true"), 0), all_ok
+                r["metric_ratio"] = r["metric_resumed"] / all_ok if all_ok else float("nan")
+        finally:
+            procs.stop(t.proc)
+            procs.stop(backend.proc)
+        out[name] = r
+        log("  %-8s %d requests, ok %d, errors %d, resumed %d (client ratio %.4f)%s" % (
+            name, n, r["ok"], r["errors"], r["resumed"], r["client_ratio"],
+            (" longhaul metric: %d of %d ok handshakes resumed (%.4f)" % (
+                r["metric_resumed"], r["metric_ok"], r["metric_ratio"])) if "metric_ratio" in r else ""))
+    return out
+
+
 def scenarios(quick):
     q = quick
     proxies = ["longhaul", "nginx", "haproxy"]
@@ -823,6 +862,9 @@ def scenarios(quick):
              # Each handshake waits conn-cost and holds a max_connecting slot: open them all at once.
              # 500 ms: HAProxy's `timeout connect` (1 s) covers the handshake.
              conn_cost="500ms", longhaul_pool_extra="max_connecting = %d\n" % (200 if q else 1000)),
+        dict(key="tls-resume", title="(j'') short HTTPS clients offering the previous connection's session "
+             "(%d requests, one at a time, Python ssl); resumed ratio" % sn, n=sn, targets=proxies,
+             kind="tls-resume", needs=["openssl"]),
     ]
 
 
@@ -856,6 +898,21 @@ def tls_upstream_table(results, scs):
                 sc["key"], name, commas(a.get("backend_tls_handshakes")), fmt(a.get("tls_handshakes_per_req"), "%.4f"),
                 commas(a.get("backend_tls_resumed")), fmt(a["rps"]), fmt(a.get("req_per_cpu_s")), a["errors"]))
     return lines if len(lines) > 2 else []
+
+
+def tls_resume_table(results):
+    """TLS session resumption: resumed ratio per proxy (client count; longhaul's metric too)."""
+    r = results.get("tls-resume")
+    if not r:
+        return []
+    lines = ["| target | requests ok | errors | sessions offered | resumed (client) | resumed ratio (client) | "
+             "longhaul metric: resumed / ok client handshakes |", "|---|---|---|---|---|---|---|"]
+    for name, v in r.items():
+        metric = ("%d / %d = %.4f" % (v["metric_resumed"], v["metric_ok"], v["metric_ratio"])
+                  if "metric_ratio" in v else "-")
+        lines.append("| %s | %d | %d | %d | %d | %s | %s |" % (
+            name, v["ok"], v["errors"], v["offered"], v["resumed"], fmt(v["client_ratio"], "%.4f"), metric))
+    return lines
 
 
 def throughput_table(results, scs):
@@ -1099,6 +1156,11 @@ def write_results(path, args, results, scs, info, started, elapsed):
               "speak HTTPS with a full handshake per request (ab). longhaul `[upstream.tls]` trusting the",
               "backend's CA; HAProxy `ssl verify none sni str(localhost)` + `http-reuse always`; nginx",
               "`proxy_ssl_session_reuse on` with a keepalive upstream.", ""] + tls_lines
+    resume_lines = tls_resume_table(results)  # TLS session resumption
+    if resume_lines:
+        L += ["", "### TLS session resumption", "",
+              "Short HTTPS clients, one at a time, each offering the session the previous connection got",
+              "(Python ssl); the first has none to offer.", ""] + resume_lines
     L += ["", "## Memory"] + memory_tables(results, scs)
     costs_lines = cost_table(results)
     if costs_lines:
@@ -1175,7 +1237,7 @@ def main():
     ap.add_argument("--json-out", default=None, help="raw results as JSON (default: in the temp dir)")
     ap.add_argument("--only", default="", help="comma-separated scenario keys (a5,a20,b,c,d-sim,d-dup,e-idle,e-slow,"
                     "cg-short,cg-ka,sys-short,sys-ka,mem-pooled,mem-client,tls-short,mem-tls-client,"
-                    "tls-upstream,mem-tls-pooled)")
+                    "tls-upstream,mem-tls-pooled,tls-resume)")
     ap.add_argument("--targets", default="", help="comma-separated subset of direct,longhaul,nginx,haproxy")
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--pidfile", default=None, help="where child pids are recorded (run.sh's trap reads it)")
@@ -1215,7 +1277,7 @@ def main():
             sc["targets"] = [t for t in sc["targets"] if t in want]
     ctx = {"procs": procs, "tmp": tmp, "longhaul": os.path.abspath(args.longhaul),
            "warmup": 200 if args.quick else 1000, "idle_probe": 1.0 if args.quick else 3.0,
-           "tls": tls_files(tmp) if any(s.get("tls") or s["kind"] == "tls-idle" for s in scs) else None}
+           "tls": tls_files(tmp) if any(s.get("tls") or s["kind"] in ("tls-idle", "tls-resume") for s in scs) else None}
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     info = machine(ctx["longhaul"])
     log("temp dir %s (logs, configs); mode %s" % (tmp, "quick" if args.quick else "full"))
@@ -1238,6 +1300,8 @@ def main():
                 results[sc["key"]] = silent_clients_scenario(ctx, sc)
             elif sc["kind"] == "tls-idle":
                 results[sc["key"]] = idle_tls_clients_scenario(ctx, sc)
+            elif sc["kind"] == "tls-resume":  # TLS session resumption
+                results[sc["key"]] = tls_resume_scenario(ctx, sc)
             else:
                 results[sc["key"]] = slow_clients_scenario(ctx, sc)
             log("  done in %.0fs" % (time.monotonic() - t))
@@ -1255,6 +1319,7 @@ def main():
     print("\n".join(ratio_table(results, scs)))
     print()
     print("\n".join(tls_upstream_table(results, scs)))
+    print("\n".join(tls_resume_table(results)))
     print("\n".join(memory_tables(results, scs)))
     print()
     print("\n".join(cost_table(results)))
