@@ -8,10 +8,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::App;
-use crate::config::{Config, UpstreamTlsConfig};
+use crate::config::{CertificateConfig, Config, ServerTlsConfig, UpstreamTlsConfig};
 use crate::loadgen::{self, LoadReport, Target};
 use crate::output;
-use crate::sim::{Sim, SimConfig};
+use crate::sim::{Sim, SimConfig, SimIdentity};
 
 /// What `longhaul demo` runs.
 #[derive(Debug, Clone)]
@@ -70,11 +70,12 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         Some(ca) => {
             output::stdout(format_args!(
                 "Direct: short HTTPS clients, a full TLS handshake per request. Through longhaul: the same\n\
-                 clients in plain HTTP (longhaul's TLS listener is not used here), longhaul speaking TLS to the backend.\n"
+                 clients, HTTPS to longhaul's TLS listener (a full handshake each there), longhaul keeping\n\
+                 pooled TLS connections to the backend.\n"
             ));
             let target =
                 Target::tls(sim.addr, ca, crate::sim::SIM_TLS_NAMES[0]).map_err(DemoError::Tls)?;
-            (target, "direct (HTTPS)", "through longhaul (TLS)")
+            (target, "direct (HTTPS)", "through longhaul (HTTPS)")
         }
         None => (
             Target::plain(sim.addr),
@@ -88,23 +89,80 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     ));
 
     let direct = measure(direct_label, &sim, direct_target, Seen::now(&sim), &options).await?;
-    let config = demo_config(sim.addr, sim.tls_ca_pem.as_deref())?;
+    // longhaul's TLS listener presents the backend's identity (a certificate for localhost).
+    let files = match &sim.tls_identity {
+        Some(identity) => {
+            Some(ListenerFiles::write(identity).map_err(|e| DemoError::Tls(e.to_string()))?)
+        }
+        None => None,
+    };
+    let config = demo_config(sim.addr, sim.tls_ca_pem.as_deref(), files.as_ref())?;
     // Counted from before longhaul starts: its warm connections are part of its cost.
     let seen = Seen::now(&sim);
     let app = App::start(config, None).await?;
-    let proxy = Target::plain(app.listen[0]);
-    let through = measure(through_label, &sim, proxy, seen, &options).await?;
+    let proxy = match &sim.tls_ca_pem {
+        Some(ca) => Target::tls(app.tls_listen[0], ca, crate::sim::SIM_TLS_NAMES[0])
+            .map_err(DemoError::Tls)?,
+        None => Target::plain(app.listen[0]),
+    };
+    let through = measure(through_label, &sim, proxy, seen, &options).await;
     app.shutdown().await;
+    drop(files);
+    let through = through?;
 
     output::stdout(table(&[direct, through], options.tls));
     Ok(())
 }
 
+/// The certificate and key of longhaul's TLS listener in the demo, in a temp directory removed on drop.
+struct ListenerFiles {
+    dir: std::path::PathBuf,
+}
+
+impl ListenerFiles {
+    fn write(identity: &SimIdentity) -> std::io::Result<ListenerFiles> {
+        let dir = std::env::temp_dir().join(format!("longhaul-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let files = ListenerFiles { dir };
+        std::fs::write(files.cert(), &identity.chain_pem)?;
+        std::fs::write(files.key(), &identity.key_pem)?;
+        Ok(files)
+    }
+
+    fn cert(&self) -> std::path::PathBuf {
+        self.dir.join("listener.pem")
+    }
+
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.join("listener.key")
+    }
+}
+
+impl Drop for ListenerFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The shipped defaults, pointed at the simulated backend, on ports the OS picks; with `ca_pem`,
-/// TLS to the backend trusting that CA.
-fn demo_config(backend: SocketAddr, ca_pem: Option<&str>) -> Result<Config, DemoError> {
+/// TLS to the backend trusting that CA; with `listener`, a TLS listener presenting those files.
+fn demo_config(
+    backend: SocketAddr,
+    ca_pem: Option<&str>,
+    listener: Option<&ListenerFiles>,
+) -> Result<Config, DemoError> {
     let mut config = Config::embedded_default();
     config.server.listen = vec!["127.0.0.1:0".into()];
+    if let Some(files) = listener {
+        config.server.tls_listen = vec!["127.0.0.1:0".into()];
+        config.server.tls = Some(ServerTlsConfig {
+            certificates: vec![CertificateConfig {
+                cert: files.cert(),
+                key: files.key(),
+            }],
+            ..ServerTlsConfig::default()
+        });
+    }
     config.admin.listen = "127.0.0.1:0".into();
     config.log.access_log = false;
     config.upstream[0].servers = vec![backend.to_string()];
@@ -196,9 +254,10 @@ fn table(rows: &[Row], tls: bool) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(
         out,
-        "{:<24} {:>9} {:>14}{} {:>10} {:>11} {:>9} {:>9}",
+        "{:<24} {:>9}{} {:>14}{} {:>10} {:>11} {:>9} {:>9}",
         "",
         "requests",
+        handshakes(&"client TLS hs"),
         "backend conns",
         handshakes(&"backend TLS hs"),
         "reuse",
@@ -211,9 +270,10 @@ fn table(rows: &[Row], tls: bool) -> String {
         let reuse = 1.0 - row.backend_connections as f64 / r.requests.max(1) as f64;
         let _ = writeln!(
             out,
-            "{:<24} {:>9} {:>14}{} {:>9.1}% {:>11.0} {:>9.2} {:>9.2}",
+            "{:<24} {:>9}{} {:>14}{} {:>9.1}% {:>11.0} {:>9.2} {:>9.2}",
             row.label,
             r.requests,
+            handshakes(&r.tls_handshakes),
             row.backend_connections,
             handshakes(&row.backend_handshakes),
             reuse.max(0.0) * 100.0,

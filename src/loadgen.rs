@@ -24,6 +24,8 @@ pub struct LoadReport {
     pub requests: usize,
     pub errors: usize,
     pub first_error: Option<String>,
+    /// TLS handshakes the clients completed with the target (0 for plain HTTP).
+    pub tls_handshakes: usize,
     pub elapsed: Duration,
     /// Sorted ascending.
     pub latencies: Vec<Duration>,
@@ -92,11 +94,13 @@ pub async fn run(
     progress: impl Fn() + Send + Sync + 'static,
 ) -> LoadReport {
     let next = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(progress);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let next = next.clone();
+        let handshakes = handshakes.clone();
         let progress = progress.clone();
         let target = target.clone();
         workers.spawn(async move {
@@ -104,7 +108,8 @@ pub async fn run(
             let mut errors = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let t = Instant::now();
-                match tokio::time::timeout(REQUEST_TIMEOUT, one_request(&target)).await {
+                match tokio::time::timeout(REQUEST_TIMEOUT, one_request(&target, &handshakes)).await
+                {
                     Ok(Ok(())) => latencies.push(t.elapsed()),
                     Ok(Err(e)) => errors.push(e),
                     Err(_) => errors.push(format!("no response within {REQUEST_TIMEOUT:?}")),
@@ -126,13 +131,15 @@ pub async fn run(
         requests: total,
         errors: errors.len(),
         first_error: errors.into_iter().next(),
+        tls_handshakes: handshakes.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         latencies,
     }
 }
 
-/// One connection (TLS when the target is), one `GET / HTTP/1.0`, the body read, then close.
-async fn one_request(target: &Target) -> Result<(), String> {
+/// One connection (TLS when the target is; `handshakes` counts the completed ones), one
+/// `GET / HTTP/1.0`, the body read, then close.
+async fn one_request(target: &Target, handshakes: &AtomicUsize) -> Result<(), String> {
     let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -144,6 +151,7 @@ async fn one_request(target: &Target) -> Result<(), String> {
                 .connect(name.clone(), stream)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
+            handshakes.fetch_add(1, Ordering::Relaxed);
             get(target.addr, tls).await
         }
     }

@@ -3,7 +3,7 @@
 
 mod tls;
 
-pub use tls::{SIM_TLS_NAMES, SimTls, SimTlsError};
+pub use tls::{SIM_TLS_NAMES, SimIdentity, SimTls, SimTlsError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,6 +86,8 @@ pub struct Sim {
     pub stats: Arc<SimStats>,
     /// With `tls`: the PEM of the CA that signed the backend's certificate.
     pub tls_ca_pem: Option<String>,
+    /// With `tls`: the backend's certificate chain and key.
+    pub tls_identity: Option<SimIdentity>,
     stop: watch::Sender<bool>,
 }
 
@@ -116,6 +118,7 @@ impl Sim {
         };
         let body = Bytes::from(vec![b'x'; config.body_size]);
         let tls_ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+        let tls_identity = tls.as_ref().map(|t| t.identity.clone());
         let acceptor = tls.map(|t| TlsAcceptor::from(t.config));
         tokio::spawn(accept(
             listener,
@@ -130,6 +133,7 @@ impl Sim {
             stats_addr,
             stats,
             tls_ca_pem,
+            tls_identity,
             stop,
         })
     }

@@ -131,8 +131,8 @@ fn demo_runs_end_to_end_and_prints_the_comparison() {
     assert!(stdout.contains("as fast"), "{stdout}");
 }
 
-#[test]
-fn demo_with_tls_shows_backend_handshakes_direct_and_through_longhaul() {
+/// `longhaul demo --tls -n 300 -c 8 --conn-cost 0ms`: its stdout, the run having succeeded.
+fn demo_tls_stdout() -> String {
     let out = Command::new(BIN)
         .args([
             "demo",
@@ -146,37 +146,55 @@ fn demo_with_tls_shows_backend_handshakes_direct_and_through_longhaul() {
         ])
         .output()
         .expect("run demo --tls");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo --tls failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let row = |label: &str| {
-        stdout
-            .lines()
-            .rfind(|l| l.starts_with(label))
-            .unwrap_or_else(|| panic!("no `{label}` row in:\n{stdout}"))
-            .strip_prefix(label)
-            .expect("starts with the label")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
     assert!(stdout.contains("backend TLS hs"), "{stdout}");
-    // columns after the label: requests, backend conns, backend TLS handshakes, reuse, ...
-    let direct = row("direct (HTTPS)");
+    stdout
+}
+
+/// The columns after `label` in the demo's table: requests, client TLS handshakes, backend conns,
+/// backend TLS handshakes, reuse, ...
+fn demo_row(stdout: &str, label: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .rfind(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no `{label}` row in:\n{stdout}"))
+        .strip_prefix(label)
+        .expect("starts with the label")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn demo_with_tls_shows_backend_handshakes_direct_and_through_longhaul() {
+    let stdout = demo_tls_stdout();
+    let direct = demo_row(&stdout, "direct (HTTPS)");
     assert_eq!(direct[0], "300");
     assert_eq!(
-        direct[2], "300",
+        direct[3], "300",
         "every direct HTTPS request is a handshake"
     );
-    let through = row("through longhaul (TLS)");
+    let through = demo_row(&stdout, "through longhaul (HTTPS)");
     assert_eq!(through[0], "300");
-    let handshakes: u64 = through[2].parse().expect("backend TLS handshakes");
+    let handshakes: u64 = through[3].parse().expect("backend TLS handshakes");
     assert!(
         handshakes <= 32,
         "through longhaul the backend made {handshakes} TLS handshakes for 300 requests"
+    );
+}
+
+#[test]
+fn demo_with_tls_clients_make_a_tls_handshake_with_longhaul_per_request() {
+    let stdout = demo_tls_stdout();
+    let through = demo_row(&stdout, "through longhaul (HTTPS)");
+    assert_eq!(
+        through[1], "300",
+        "client TLS handshakes with longhaul:\n{stdout}"
     );
 }
 

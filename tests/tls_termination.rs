@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::backend::Backend;
+use support::backend::{Backend, Reply};
 use support::proxy::{self, Proxy, ProxyConfig, TempDir};
 use support::real_servers;
 use support::tls::{self, CertFiles, Pki, TlsClient};
@@ -159,6 +159,81 @@ fn tls_clients_are_served_by_every_worker_count() {
         .filter(|_| client.get10(addr, "/w").is_ok_and(|r| r.status == 200))
         .count();
     assert_eq!(ok, 60);
+}
+
+// === upgrades ===
+
+/// A backend that answers `Upgrade` with 101 and then keeps reading requests on the switched
+/// connection (each answered 200 `plain`), so bytes sent through the tunnel come back as a reply.
+fn switching_backend() -> Backend {
+    Backend::builder()
+        .responder(|req| match req.header("upgrade") {
+            Some(protocol) => Reply::Raw {
+                bytes: format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                )
+                .into_bytes(),
+                keep_open: true,
+            },
+            None => Reply::Raw {
+                bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nplain\n".to_vec(),
+                keep_open: true,
+            },
+        })
+        .start()
+}
+
+/// Reads from `r` until `end` has arrived (bounded by the stream's read timeout and 64 KiB).
+fn read_until(r: &mut impl Read, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(end) && got.len() < 65536 {
+        match r.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            other => panic!(
+                "stream ended after {:?}: {other:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    got
+}
+
+#[test]
+fn a_websocket_upgrade_over_tls_tunnels_bytes_to_the_backend() {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let site = pki.issue("localhost", &["localhost"]);
+    let backend = switching_backend();
+    let proxy = Proxy::start(&tls_config(&backend, &[&site]).up("protocol", "\"http/1.1\""));
+    let client = TlsClient::new(&pki.ca, "localhost");
+    let mut tls = client.connect(tls_addr(&proxy)).expect("TLS handshake");
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .expect("send upgrade");
+    let head = read_until(&mut tls, b"\r\n\r\n");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tls.write_all(b"GET /through-the-tunnel HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send through the tunnel");
+    let reply = read_until(&mut tls, b"plain\n");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let paths: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(paths, ["/ws", "/through-the-tunnel"]);
 }
 
 // === SNI ===

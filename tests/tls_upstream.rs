@@ -460,3 +460,108 @@ fn check_prints_the_tls_table_with_verify_on_by_default() {
     assert!(out.stdout.contains("[upstream.tls]"), "{}", out.stdout);
     assert!(out.stdout.contains("verify = true"), "{}", out.stdout);
 }
+
+// === reload ===
+
+/// Overwrites `live` with `content`, sends SIGHUP and waits for the log line `message`.
+fn rewrite_and_reload(proxy: &Proxy, live: &Path, content: &[u8], message: &str) {
+    std::fs::write(live, content).expect("rewrite the CA file");
+    proxy.signal("HUP");
+    let seen = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        support::proxy::log_message(v) == Some(message)
+    });
+    assert!(
+        seen.is_some(),
+        "no `{message}` after SIGHUP:\n{}",
+        proxy.stderr_lines().join("\n")
+    );
+}
+
+/// A copy of `ca`'s certificate under another name, for tests to overwrite in place.
+fn live_ca(dir: &Path, ca: &Ca) -> std::path::PathBuf {
+    let live = dir.join("live-ca.pem");
+    std::fs::copy(&ca.pem.cert, &live).expect("copy CA");
+    live
+}
+
+#[test]
+fn sighup_with_a_changed_ca_file_verifies_new_connections_against_the_new_ca() {
+    if !have("nginx") || !have("openssl") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (ca, server) = backend_certs(dir.path());
+    let other = Ca::new(dir.path(), "other-ca");
+    let nginx = NginxTls::start(&NginxTlsOptions::new(server));
+    let live = live_ca(dir.path(), &other);
+    let proxy = Proxy::start(&ProxyConfig::single(&[nginx.addr]).tls("ca", &quoted(&live)));
+    assert_eq!(
+        get10(proxy.addr, "/index.html").status,
+        502,
+        "the wrong CA first"
+    );
+
+    let right = std::fs::read(&ca.pem.cert).expect("read CA");
+    rewrite_and_reload(&proxy, &live, &right, "configuration reloaded");
+
+    assert_eq!(get10(proxy.addr, "/index.html").status, 200);
+}
+
+#[test]
+fn sighup_with_a_bad_ca_file_keeps_the_running_ca() {
+    if !have("nginx") || !have("openssl") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (ca, server) = backend_certs(dir.path());
+    let nginx = NginxTls::start(&NginxTlsOptions::new(server));
+    let live = live_ca(dir.path(), &ca);
+    // One request per connection: every request after the reload needs a new TLS connection.
+    let config = ProxyConfig::single(&[nginx.addr])
+        .tls("ca", &quoted(&live))
+        .pool("max_requests", "1");
+    let proxy = Proxy::start(&config);
+    assert_eq!(get10(proxy.addr, "/index.html").status, 200);
+
+    rewrite_and_reload(
+        &proxy,
+        &live,
+        b"not a certificate\n",
+        "reload failed; keeping the running configuration",
+    );
+
+    assert_eq!(get10(proxy.addr, "/index.html").status, 200);
+}
+
+#[test]
+fn a_failed_ca_reload_logs_the_file_and_the_reason() {
+    if !have("nginx") || !have("openssl") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (ca, server) = backend_certs(dir.path());
+    let nginx = NginxTls::start(&NginxTlsOptions::new(server));
+    let live = live_ca(dir.path(), &ca);
+    let proxy = Proxy::start(&ProxyConfig::single(&[nginx.addr]).tls("ca", &quoted(&live)));
+
+    let message = "reload failed; keeping the running configuration";
+    rewrite_and_reload(&proxy, &live, b"not a certificate\n", message);
+
+    let line = proxy
+        .log_lines()
+        .into_iter()
+        .find(|v| support::proxy::log_message(v) == Some(message))
+        .expect("the reload failure line");
+    let error = support::proxy::log_field(&line, "error")
+        .and_then(|e| e.as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("live-ca.pem"),
+        "the error names the file: {error}"
+    );
+    assert!(
+        error.contains("no PEM certificate"),
+        "the error says why: {error}"
+    );
+}

@@ -368,3 +368,42 @@ def idle_tls_clients(port, n, measure, deadline_s=15.0):
             s.close()
     return {"clients": n, "connected": len(conns), "accepted": len(conns), "closed_by_proxy": closed,
             "errors": errors + closed}, value
+
+
+# ---------------------------------------------------------------- TLS session reuse -----------------
+
+def tls_resume_clients(port, n, deadline_s=60.0):
+    """n short HTTPS requests (GET /bench HTTP/1.0, a new TLS connection each), every one offering
+    the session (ticket) the previous connection got, as a client with a session cache does.
+    Counts, on the client side, how many handshakes the server resumed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    ok = errors = resumed = offered = 0
+    session = None
+    end = time.monotonic() + deadline_s
+    for _ in range(n):
+        if time.monotonic() > end:
+            errors += 1
+            continue
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                    offered += session is not None
+                    s.sendall(b"GET /bench HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    data = b""
+                    while True:  # to EOF: the TLS 1.3 tickets arrive with (before) the response
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    resumed += s.session_reused
+                    session = s.session
+                    if data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0]:
+                        ok += 1
+                    else:
+                        errors += 1
+        except OSError:
+            errors += 1
+    return {"sent": n, "ok": ok, "errors": errors, "offered": offered, "resumed": resumed}

@@ -15,6 +15,16 @@ pub struct SimTls {
     pub config: Arc<ServerConfig>,
     /// The CA that signed the server certificate, for clients to trust (`[upstream.tls] ca`).
     pub ca_pem: String,
+    /// The server certificate chain and its key (PKCS#8), as PEM: another server (the demo's
+    /// longhaul TLS listener) may present the same identity.
+    pub identity: SimIdentity,
+}
+
+/// A certificate chain and its private key, as PEM.
+#[derive(Clone)]
+pub struct SimIdentity {
+    pub chain_pem: String,
+    pub key_pem: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,10 @@ impl SimTls {
             .map_err(err)?
             .signed_by(&key, &issuer)
             .map_err(err)?;
+        let identity = SimIdentity {
+            chain_pem: format!("{}{}", cert.pem(), ca_cert.pem()),
+            key_pem: key.serialize_pem(),
+        };
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -54,6 +68,7 @@ impl SimTls {
         Ok(SimTls {
             config: Arc::new(config),
             ca_pem: ca_cert.pem(),
+            identity,
         })
     }
 }
