@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::metrics::{CloseReason, METRICS};
+use crate::pid_file::{PidFile, PidFileError};
 use crate::proxy::{Proxy, Routing, UpgradeAllowList};
 use crate::server::{self, ClientSettings, Serving};
 use crate::tls::{TlsError, TlsTerminator};
@@ -29,6 +30,8 @@ pub enum AppError {
     Workers(#[from] WorkerError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
 }
 
 /// A started proxy: where it listens, and the handle to stop it.
@@ -45,6 +48,7 @@ pub struct App {
     limit: Arc<Semaphore>,
     transparent: Option<Arc<crate::transparent::Transparent>>,
     tls: Option<Arc<TlsTerminator>>,
+    pid_file: Option<PidFile>,
 }
 
 impl App {
@@ -93,6 +97,11 @@ impl App {
             transparent: transparent.clone(),
         };
         tasks.spawn(crate::admin::serve(admin_listener, sources, shutdown_rx));
+        // Last: a script that sees the pid file can already connect to every listener.
+        let pid_file = match &config.server.pid_file {
+            Some(path) => Some(PidFile::write(path)?),
+            None => None,
+        };
         let app = App {
             listen,
             tls_listen,
@@ -106,6 +115,7 @@ impl App {
             limit,
             transparent,
             tls,
+            pid_file,
         };
         app.log_started();
         Ok(app)
@@ -241,6 +251,9 @@ impl App {
             upstream.close_unused(None, CloseReason::Shutdown);
         }
         self.log_stopped(&routing);
+        if let Some(pid_file) = self.pid_file.take() {
+            pid_file.remove();
+        }
     }
 
     fn log_stopped(&self, routing: &Routing) {

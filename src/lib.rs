@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod output;
+pub mod pid_file;
 pub mod proxy;
 pub mod route;
 pub mod server;
