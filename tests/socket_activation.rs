@@ -36,10 +36,17 @@ struct Activated {
 
 impl Activated {
     fn start(listen: SocketAddr, fdname: Option<&str>, config: &ProxyConfig) -> Activated {
+        Activated::start_raw(&[listen], fdname, &config.render())
+    }
+
+    /// Passes a socket for each of `listen`, in order, with this exact config text.
+    fn start_raw(listen: &[SocketAddr], fdname: Option<&str>, config_text: &str) -> Activated {
         let dir = TempDir::new();
-        let config_path = dir.write_config(&config.render());
+        let config_path = dir.write_config(config_text);
         let mut command = Command::new(TOOL);
-        command.arg("-l").arg(listen.to_string());
+        for addr in listen {
+            command.arg("-l").arg(addr.to_string());
+        }
         if let Some(name) = fdname {
             command.arg(format!("--fdname={name}"));
         }
@@ -173,4 +180,23 @@ fn a_passed_socket_matching_no_configured_listener_is_refused_with_exit_2() {
         "error: socket activation: fd 3 (web) listens on {passed}, which is not in server.listen, server.tls_listen or admin.listen"
     );
     assert!(stderr.contains(&message), "stderr:\n{stderr}");
+}
+
+#[test]
+fn a_passed_socket_on_the_admin_address_serves_the_admin_listener() {
+    if !have(TOOL) {
+        return;
+    }
+    let backend = Backend::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = ProxyConfig::single(&[backend.addr()])
+        .server("listen", &format!("\"{listen}\""))
+        .render()
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        );
+    let activated = Activated::start_raw(&[listen, admin], None, &config);
+    let r = client::get10(admin, "/healthz");
+    assert_eq!(r.status, 200, "stderr:\n{}", activated.stderr());
 }
