@@ -10,12 +10,14 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::activation::Inherited;
 use crate::config::Config;
 use crate::metrics::{CloseReason, METRICS};
+use crate::pid_file::{PidFile, PidFileError};
 use crate::proxy::{Proxy, Routing, UpgradeAllowList};
 use crate::server::{self, ClientSettings, Serving};
 use crate::tls::{TlsError, TlsTerminator};
-use crate::workers::{Listeners, WorkerError, Workers};
+use crate::workers::{Listeners, SocketOptions, WorkerError, Workers};
 
 /// Why the proxy could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum AppError {
     Workers(#[from] WorkerError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
 }
 
 /// A started proxy: where it listens, and the handle to stop it.
@@ -45,11 +49,22 @@ pub struct App {
     limit: Arc<Semaphore>,
     transparent: Option<Arc<crate::transparent::Transparent>>,
     tls: Option<Arc<TlsTerminator>>,
+    pid_file: Option<PidFile>,
 }
 
 impl App {
     /// Binds every listener and starts serving. `config_path` enables reloading.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<App, AppError> {
+        App::start_with(config, config_path, Inherited::none()).await
+    }
+
+    /// Like `start`, but a listener whose address has a socket in `inherited` (systemd socket
+    /// activation) serves on it instead of binding.
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        mut inherited: Inherited,
+    ) -> Result<App, AppError> {
         let routing = Arc::new(ArcSwap::from_pointee(Routing::new(&config, None)));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -63,12 +78,16 @@ impl App {
             Some(tls) => Some(Arc::new(TlsTerminator::new(tls)?)),
             None => None,
         };
-        let listeners = Listeners::bind(
+        let options = SocketOptions {
+            workers: config.server.workers.count(),
+            ip_transparent: tproxy,
+            client_keepalive: &config.server.tcp_keepalive,
+        };
+        let listeners = Listeners::bind_or_adopt(
             &config.listen_addrs(),
             &config.tls_listen_addrs(),
-            config.server.workers.count(),
-            tproxy,
-            &config.server.tcp_keepalive,
+            &options,
+            &mut inherited,
         )?;
         let listen = listeners.addrs.clone();
         let tls_listen = listeners.tls_addrs.clone();
@@ -83,7 +102,11 @@ impl App {
         };
         let workers = Workers::start(listeners, &serving)?;
         let admin_addr: SocketAddr = config.admin.listen.parse().expect("validated");
-        let admin_listener = server::bind(admin_addr).map_err(|source| AppError::Bind {
+        let admin_listener = match inherited.take(admin_addr) {
+            Some(passed) => server::adopt(passed),
+            None => server::bind(admin_addr),
+        }
+        .map_err(|source| AppError::Bind {
             addr: admin_addr,
             source,
         })?;
@@ -93,6 +116,11 @@ impl App {
             transparent: transparent.clone(),
         };
         tasks.spawn(crate::admin::serve(admin_listener, sources, shutdown_rx));
+        // Last: a script that sees the pid file can already connect to every listener.
+        let pid_file = match &config.server.pid_file {
+            Some(path) => Some(PidFile::write(path)?),
+            None => None,
+        };
         let app = App {
             listen,
             tls_listen,
@@ -106,6 +134,7 @@ impl App {
             limit,
             transparent,
             tls,
+            pid_file,
         };
         app.log_started();
         Ok(app)
@@ -241,6 +270,9 @@ impl App {
             upstream.close_unused(None, CloseReason::Shutdown);
         }
         self.log_stopped(&routing);
+        if let Some(pid_file) = self.pid_file.take() {
+            pid_file.remove();
+        }
     }
 
     fn log_stopped(&self, routing: &Routing) {

@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// Certificates and handshake settings of the TLS listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
+    /// Written with the pid once the listeners are bound, removed at a clean exit. Relative
+    /// paths are relative to the config file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +117,7 @@ impl Default for ServerConfig {
             tunnel_idle_timeout: Duration::from_secs(3600),
             tls_listen: Vec::new(),
             tls: None,
+            pid_file: None,
         }
     }
 }
@@ -563,7 +568,13 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&source, path)?;
-        config.resolve_tls_paths(path.parent().unwrap_or(Path::new("")));
+        let dir = path.parent().unwrap_or(Path::new(""));
+        config.resolve_tls_paths(dir);
+        if let Some(pid_file) = &mut config.server.pid_file
+            && pid_file.is_relative()
+        {
+            *pid_file = dir.join(&*pid_file);
+        }
         config.check_tls_files().map_err(|e| ConfigError::Invalid {
             file: path.display().to_string(),
             line: locate::line_of_key(&source, &e.key),

@@ -1,9 +1,11 @@
 //! longhaul: a proxy that turns short client connections into long-lived pooled upstream ones.
 //! The binary is a thin shell over this library, so tests and benches drive the same code.
 
-#![forbid(unsafe_code)]
+// One function may use unsafe: adopting the descriptors systemd passes (activation.rs).
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod body;
@@ -17,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod output;
+pub mod pid_file;
 pub mod proxy;
 pub mod route;
 pub mod server;

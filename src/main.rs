@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use longhaul::activation::{ActivationError, Inherited};
 use longhaul::config::Config;
 use longhaul::output;
 
@@ -138,6 +139,14 @@ fn run(path: PathBuf) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    // Before any thread starts: it reads and clears the environment.
+    let inherited = match passed_sockets(&config) {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            output::stderr(format_args!("{e}\n"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     longhaul::logging::init(&config.log);
     proxy_runtime().block_on(async {
         let signals = match longhaul::app::Signals::install() {
@@ -147,7 +156,7 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        let app = match longhaul::app::App::start(config, Some(path)).await {
+        let app = match longhaul::app::App::start_with(config, Some(path), inherited).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = %e, "longhaul failed to start");
@@ -163,6 +172,16 @@ fn run(path: PathBuf) -> ExitCode {
             }
         }
     })
+}
+
+/// The sockets systemd passed (socket activation), each matching a configured listener.
+fn passed_sockets(config: &Config) -> Result<Inherited, ActivationError> {
+    let inherited = Inherited::from_env()?;
+    let mut configured = config.listen_addrs();
+    configured.extend(config.tls_listen_addrs());
+    configured.extend(config.admin.listen.parse::<std::net::SocketAddr>());
+    inherited.check_matched(&configured)?;
+    Ok(inherited)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -62,6 +62,33 @@ pub fn bind_shared(
     Ok(listening_socket(addr, ip_transparent, true, Some(keepalive))?.into())
 }
 
+/// On a listener passed by socket activation: the options `bind_shared` sets before binding
+/// (SO_REUSEPORT aside) that accepted client sockets inherit.
+pub fn set_client_options(
+    listener: &std::net::TcpListener,
+    addr: SocketAddr,
+    ip_transparent: bool,
+    keepalive: &TcpKeepaliveConfig,
+) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(listener);
+    socket.set_tcp_keepalive(&keepalive.socket_option())?;
+    socket.set_tcp_nodelay(true)?;
+    if ip_transparent {
+        if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)?;
+        } else {
+            socket.set_ip_transparent_v6(true)?;
+        }
+    }
+    socket.set_nonblocking(true)
+}
+
+/// The admin listener from a socket passed by socket activation.
+pub fn adopt(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
 fn listening_socket(
     addr: SocketAddr,
     ip_transparent: bool,

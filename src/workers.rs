@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::activation::Inherited;
 use crate::config::TcpKeepaliveConfig;
 use crate::server::{self, Serving};
 
@@ -51,26 +52,38 @@ impl Listeners {
         ip_transparent: bool,
         client_keepalive: &TcpKeepaliveConfig,
     ) -> Result<Listeners, WorkerError> {
-        let bind = |addr| {
-            server::bind_shared(addr, ip_transparent, client_keepalive)
-                .map_err(|source| WorkerError::Bind { addr, source })
+        let options = SocketOptions {
+            workers,
+            ip_transparent,
+            client_keepalive,
         };
-        let mut sockets: Vec<Vec<Bound>> = (0..workers).map(|_| Vec::new()).collect();
+        Listeners::bind_or_adopt(configured, tls_configured, &options, &mut Inherited::none())
+    }
+
+    /// Like `bind`, but an address with a socket in `inherited` (socket activation) uses it
+    /// instead: every worker accepts on a duplicate of that one descriptor.
+    pub fn bind_or_adopt(
+        configured: &[SocketAddr],
+        tls_configured: &[SocketAddr],
+        options: &SocketOptions<'_>,
+        inherited: &mut Inherited,
+    ) -> Result<Listeners, WorkerError> {
+        let mut sockets: Vec<Vec<Bound>> = (0..options.workers).map(|_| Vec::new()).collect();
         let mut bind_all = |addrs: &[SocketAddr], tls: bool| {
             let mut bound_addrs = Vec::new();
             for &addr in addrs {
-                let first = bind(addr)?;
-                let bound = first
-                    .local_addr()
-                    .map_err(|source| WorkerError::Bind { addr, source })?;
-                sockets[0].push(Bound { socket: first, tls });
-                for worker in sockets.iter_mut().skip(1) {
-                    worker.push(Bound {
-                        socket: bind(bound)?,
-                        tls,
-                    });
+                let per_worker = match inherited.take(addr) {
+                    Some(socket) => options.share(addr, socket)?,
+                    None => options.bind_each(addr)?,
+                };
+                bound_addrs.push(
+                    per_worker[0]
+                        .local_addr()
+                        .map_err(|source| WorkerError::Bind { addr, source })?,
+                );
+                for (worker, socket) in sockets.iter_mut().zip(per_worker) {
+                    worker.push(Bound { socket, tls });
                 }
-                bound_addrs.push(bound);
             }
             Ok::<_, WorkerError>(bound_addrs)
         };
@@ -81,6 +94,51 @@ impl Listeners {
             tls_addrs,
             sockets,
         })
+    }
+}
+
+/// How client listeners are set up: how many workers share each address, and the options
+/// accepted sockets inherit from their listener.
+pub struct SocketOptions<'a> {
+    pub workers: usize,
+    pub ip_transparent: bool,
+    pub client_keepalive: &'a TcpKeepaliveConfig,
+}
+
+impl SocketOptions<'_> {
+    /// One SO_REUSEPORT socket per worker: worker 0 binds `addr`, the others the address it got.
+    fn bind_each(&self, addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, WorkerError> {
+        let bind = |addr| {
+            server::bind_shared(addr, self.ip_transparent, self.client_keepalive)
+                .map_err(|source| WorkerError::Bind { addr, source })
+        };
+        let first = bind(addr)?;
+        let bound = first
+            .local_addr()
+            .map_err(|source| WorkerError::Bind { addr, source })?;
+        let mut all = vec![first];
+        for _ in 1..self.workers {
+            all.push(bind(bound)?);
+        }
+        Ok(all)
+    }
+
+    /// The passed `socket`, with the options set that `bind_shared` would, and a duplicate of it
+    /// for each other worker: the workers share one accept queue.
+    fn share(
+        &self,
+        addr: SocketAddr,
+        socket: std::net::TcpListener,
+    ) -> Result<Vec<std::net::TcpListener>, WorkerError> {
+        let err = |source| WorkerError::Bind { addr, source };
+        server::set_client_options(&socket, addr, self.ip_transparent, self.client_keepalive)
+            .map_err(err)?;
+        let mut all = Vec::with_capacity(self.workers);
+        for _ in 1..self.workers {
+            all.push(socket.try_clone().map_err(err)?);
+        }
+        all.insert(0, socket);
+        Ok(all)
     }
 }
 

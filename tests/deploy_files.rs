@@ -717,13 +717,21 @@ fn unit_path() -> PathBuf {
     deploy_dir().join("systemd").join("longhaul.service")
 }
 
+fn socket_unit_path() -> PathBuf {
+    deploy_dir().join("systemd").join("longhaul.socket")
+}
+
 fn unit() -> Unit {
+    parse_unit(&unit_path())
+}
+
+fn parse_unit(path: &Path) -> Unit {
     let mut unit = Unit {
         entries: Vec::new(),
         commented: Vec::new(),
     };
     let mut section = String::new();
-    for line in read(&unit_path()).lines() {
+    for line in read(path).lines() {
         let t = line.trim();
         if let Some(c) = t.strip_prefix('#').or_else(|| t.strip_prefix(';')) {
             if let Some((k, v)) = c.trim().split_once('=')
@@ -743,7 +751,7 @@ fn unit() -> Unit {
         }
         let (k, v) = t
             .split_once('=')
-            .unwrap_or_else(|| panic!("longhaul.service: `{t}` is not Key=value"));
+            .unwrap_or_else(|| panic!("{}: `{t}` is not Key=value", rel(path)));
         unit.entries
             .push((section.clone(), k.trim().to_string(), v.trim().to_string()));
     }
@@ -1879,6 +1887,60 @@ fn systemd_analyze_security_rates_the_unit_exposure_low() {
     assert!(
         all.contains("Overall exposure level"),
         "unexpected output:\n{all}"
+    );
+}
+
+#[test]
+fn systemd_socket_listens_where_proxy_toml_does() {
+    let socket = parse_unit(&socket_unit_path());
+    let config = root_proxy_toml();
+    let mut expected: Vec<String> = config["server"]["listen"]
+        .as_array()
+        .expect("[server] listen is a list")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    expected.push(config["admin"]["listen"].as_str().unwrap().to_string());
+    assert_eq!(socket.values("ListenStream"), expected);
+}
+
+#[test]
+fn systemd_socket_activates_the_service() {
+    let socket = parse_unit(&socket_unit_path());
+    assert_eq!(
+        (socket.value("Service"), socket.value("WantedBy")),
+        (Some("longhaul.service"), Some("sockets.target"))
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_socket_unit() {
+    if !tool_available("systemd-analyze", "--version") {
+        skip_missing_tool("systemd-analyze", "apt-get install systemd");
+        return;
+    }
+    let dir = TempDir::new("verify-socket");
+    let service = unit_for_analysis(&dir);
+    let socket = dir.0.join("longhaul.socket");
+    fs::copy(socket_unit_path(), &socket).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&socket)
+        .arg(&service)
+        .output()
+        .expect("run systemd-analyze verify");
+    let all = output_text(&out);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{all}"
+    );
+    let complaints: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("longhaul.socket") || l.contains("longhaul.service"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify warns:\n{all}"
     );
 }
 

@@ -1,0 +1,202 @@
+//! systemd socket activation, run for real with `systemd-socket-activate`: longhaul serves on the
+//! socket it is passed, and a passed socket that matches no configured listener is refused.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use support::backend::Backend;
+use support::client;
+use support::proxy::{BIN, ProxyConfig, TempDir};
+use support::real_servers::have;
+use support::wait_until;
+
+const TOOL: &str = "systemd-socket-activate";
+
+/// A port free on 127.0.0.1 a moment ago, for `systemd-socket-activate -l`.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// `systemd-socket-activate -l ADDR [--fdname=NAME] longhaul --config CFG`: it listens, and on
+/// the first connection execs longhaul in its own process with the socket as fd 3.
+struct Activated {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl Activated {
+    fn start(listen: SocketAddr, fdname: Option<&str>, config: &ProxyConfig) -> Activated {
+        Activated::start_raw(&[listen], fdname, &config.render())
+    }
+
+    /// Passes a socket for each of `listen`, in order, with this exact config text.
+    fn start_raw(listen: &[SocketAddr], fdname: Option<&str>, config_text: &str) -> Activated {
+        let dir = TempDir::new();
+        let config_path = dir.write_config(config_text);
+        let mut command = Command::new(TOOL);
+        for addr in listen {
+            command.arg("-l").arg(addr.to_string());
+        }
+        if let Some(name) = fdname {
+            command.arg(format!("--fdname={name}"));
+        }
+        let mut child = command
+            .arg(BIN)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn systemd-socket-activate");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let keep = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line);
+            }
+        });
+        let activated = Activated {
+            child: Some(child),
+            lines,
+            reader: Some(reader),
+            _dir: dir,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || activated
+                .stderr()
+                .contains("Listening on")),
+            "{TOOL} did not listen:\n{}",
+            activated.stderr()
+        );
+        activated
+    }
+
+    fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+            self.join_reader();
+        }
+        status
+    }
+
+    /// SIGTERM (the process is longhaul once activated), then a bounded wait, then kill.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let pid = self.child.as_ref()?.id();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let status = self.wait_exit(Duration::from_secs(10));
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        self.stop();
+        self.join_reader();
+    }
+}
+
+#[test]
+fn a_socket_passed_by_systemd_serves_requests_through_to_the_backend() {
+    if !have(TOOL) {
+        return;
+    }
+    let backend = Backend::start();
+    let listen = free_addr();
+    // Two workers: both accept on duplicates of the one passed socket.
+    let config = ProxyConfig::single(&[backend.addr()])
+        .server("listen", &format!("\"{listen}\""))
+        .server("workers", "2");
+    let mut activated = Activated::start(listen, None, &config);
+    let responses: Vec<(u16, Vec<u8>)> = (0..4)
+        .map(|i| {
+            let r = client::get10(listen, &format!("/activated/{i}"));
+            (r.status, r.body)
+        })
+        .collect();
+    let expected: Vec<(u16, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                200,
+                backend.expected_body("GET", &format!("/activated/{i}")),
+            )
+        })
+        .collect();
+    assert_eq!(responses, expected, "stderr:\n{}", activated.stderr());
+    assert_eq!(activated.stop().and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn a_passed_socket_matching_no_configured_listener_is_refused_with_exit_2() {
+    if !have(TOOL) {
+        return;
+    }
+    let backend = Backend::start();
+    let passed = free_addr();
+    let config = ProxyConfig::single(&[backend.addr()]);
+    let mut activated = Activated::start(passed, Some("web"), &config);
+    // The first connection makes systemd-socket-activate exec longhaul.
+    let _trigger = TcpStream::connect(passed).expect("connect to the passed socket");
+    let status = activated.wait_exit(Duration::from_secs(20));
+    let stderr = activated.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "stderr:\n{stderr}");
+    let message = format!(
+        "error: socket activation: fd 3 (web) listens on {passed}, which is not in server.listen, server.tls_listen or admin.listen"
+    );
+    assert!(stderr.contains(&message), "stderr:\n{stderr}");
+}
+
+#[test]
+fn a_passed_socket_on_the_admin_address_serves_the_admin_listener() {
+    if !have(TOOL) {
+        return;
+    }
+    let backend = Backend::start();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = ProxyConfig::single(&[backend.addr()])
+        .server("listen", &format!("\"{listen}\""))
+        .render()
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        );
+    let activated = Activated::start_raw(&[listen, admin], None, &config);
+    let r = client::get10(admin, "/healthz");
+    assert_eq!(r.status, 200, "stderr:\n{}", activated.stderr());
+}
