@@ -14,6 +14,7 @@ use support::backend::Backend;
 use support::client;
 use support::proxy::{BIN, ProxyConfig, TempDir};
 use support::real_servers::have;
+use support::tls::{Pki, TlsClient};
 use support::wait_until;
 
 const TOOL: &str = "systemd-socket-activate";
@@ -199,4 +200,36 @@ fn a_passed_socket_on_the_admin_address_serves_the_admin_listener() {
     let activated = Activated::start_raw(&[listen, admin], None, &config);
     let r = client::get10(admin, "/healthz");
     assert_eq!(r.status, 200, "stderr:\n{}", activated.stderr());
+}
+
+#[test]
+fn a_passed_socket_on_a_tls_listen_address_terminates_tls() {
+    if !(have(TOOL) && have("openssl")) {
+        return;
+    }
+    let backend = Backend::start();
+    let pki = Pki::new();
+    let site = pki.issue("localhost", &["localhost"]);
+    let tls_listen = free_addr();
+    let certificates = format!(
+        "[{{ cert = {:?}, key = {:?} }}]",
+        site.cert.display().to_string(),
+        site.key.display().to_string()
+    );
+    let config = ProxyConfig::single(&[backend.addr()])
+        .server("tls_listen", &format!("[\"{tls_listen}\"]"))
+        .server_tls("certificates", &certificates);
+    let activated = Activated::start(tls_listen, None, &config);
+    let r = TlsClient::new(&pki.ca, "localhost")
+        .get10(tls_listen, "/over-tls")
+        .unwrap_or_else(|e| {
+            panic!(
+                "HTTPS request failed ({e}); stderr:\n{}",
+                activated.stderr()
+            )
+        });
+    assert_eq!(
+        (r.status, r.body),
+        (200, backend.expected_body("GET", "/over-tls"))
+    );
 }
