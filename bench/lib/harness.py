@@ -858,6 +858,12 @@ def scenarios(quick):
              "HTTP/1.0 short clients to the proxies, HTTPS (a full handshake each) direct" % n,
              backend="sim-tls", backend_args=dict(conn_cost="0ms"), load="ab", n=n, c=50, rounds=rounds,
              targets=allt, kind="throughput"),
+        # TLS on both sides: the issue's main case, short HTTPS clients (a full handshake each) to
+        # a proxy that speaks TLS to the backend; direct = the same clients straight to the backend.
+        dict(key="tls-both", title="(j*) short HTTPS clients (a full handshake each) -> proxy -> TLS backend "
+             "(backend-sim over TLS, conn-cost 0); ab -n %d -c 50 https://" % sn,
+             backend="sim-tls", backend_args=dict(conn_cost="0ms"), load="ab-tls", n=sn, c=50, rounds=rounds,
+             tls=True, targets=allt, kind="throughput", needs=["openssl"]),
         dict(key="mem-tls-pooled", title="(j') RSS per idle pooled upstream TLS connection (%d held)"
              % (200 if q else 1000), n=200 if q else 1000, backend="sim-tls", targets=["longhaul", "haproxy"],
              kind="idle",
@@ -1240,7 +1246,7 @@ def main():
     ap.add_argument("--json-out", default=None, help="raw results as JSON (default: in the temp dir)")
     ap.add_argument("--only", default="", help="comma-separated scenario keys (a5,a20,b,c,d-sim,d-dup,e-idle,e-slow,"
                     "cg-short,cg-ka,sys-short,sys-ka,mem-pooled,mem-client,tls-short,mem-tls-client,"
-                    "tls-upstream,mem-tls-pooled,tls-resume)")
+                    "tls-upstream,tls-both,mem-tls-pooled,tls-resume)")
     ap.add_argument("--targets", default="", help="comma-separated subset of direct,longhaul,nginx,haproxy")
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--pidfile", default=None, help="where child pids are recorded (run.sh's trap reads it)")
