@@ -8,19 +8,20 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::certs::{Ca, Pem};
 use support::client::{Client, get10};
 use support::nginx::{NginxTls, NginxTlsOptions};
 use support::proxy::{Proxy, ProxyConfig, TempDir, run};
 use support::real_servers::{ab, have};
+use support::tls::{CertFiles, Pki};
 use support::tls_echo::TlsUpgradeEcho;
 
 const HANDSHAKES: &str = "longhaul_tls_handshakes_total";
 
-/// A CA and a server certificate it signed for `backend.test` and 127.0.0.1.
-fn backend_certs(dir: &Path) -> (Ca, Pem) {
-    let ca = Ca::new(dir, "test-ca");
-    let server = ca.issue("backend", "DNS:backend.test,IP:127.0.0.1");
+/// A CA and a server certificate it signed for `backend.test` and 127.0.0.1 (the files live as
+/// long as the `Pki`).
+fn backend_certs() -> (Pki, CertFiles) {
+    let ca = Pki::new();
+    let server = ca.issue("backend", &["backend.test", "127.0.0.1"]);
     (ca, server)
 }
 
@@ -29,8 +30,8 @@ fn quoted(path: &Path) -> String {
 }
 
 /// One upstream to `nginx` over TLS trusting `ca`.
-fn tls_proxy(nginx: &NginxTls, ca: &Ca) -> ProxyConfig {
-    ProxyConfig::single(&[nginx.addr]).tls("ca", &quoted(&ca.pem.cert))
+fn tls_proxy(nginx: &NginxTls, ca: &Pki) -> ProxyConfig {
+    ProxyConfig::single(&[nginx.addr]).tls("ca", &quoted(&ca.ca))
 }
 
 fn upstream_handshakes(proxy: &Proxy, result: &str, resumed: &str) -> f64 {
@@ -49,8 +50,7 @@ fn short_plain_clients_reach_a_tls_backend_over_at_most_max_size_tls_connections
     if !have("nginx") || !have("openssl") || !have("ab") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let proxy = Proxy::start(&tls_proxy(&nginx, &ca).pool("max_size", "4"));
 
@@ -74,8 +74,7 @@ fn a_new_connection_after_the_pools_connection_closed_resumes_the_session() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     // One request per connection: the second request needs a new TLS connection.
     let proxy = Proxy::start(&tls_proxy(&nginx, &ca).pool("max_requests", "1"));
@@ -98,8 +97,7 @@ fn pools_shows_per_server_that_it_is_tls_its_handshakes_and_resumed_ratio() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let proxy = Proxy::start(&tls_proxy(&nginx, &ca).pool("max_requests", "1"));
     assert_eq!(get10(proxy.addr, "/index.html").status, 200);
@@ -119,8 +117,7 @@ fn verify_refuses_a_backend_whose_certificate_does_not_match_server_name() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let proxy = Proxy::start(&tls_proxy(&nginx, &ca).tls("server_name", "\"legacy.internal\""));
 
@@ -142,9 +139,8 @@ fn a_ca_file_of_another_ca_refuses_the_backend() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (_, server) = backend_certs(dir.path());
-    let other = Ca::new(dir.path(), "other-ca");
+    let (_ca, server) = backend_certs();
+    let other = Pki::new();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let proxy = Proxy::start(&tls_proxy(&nginx, &other));
 
@@ -164,9 +160,8 @@ fn verify_false_accepts_a_certificate_of_another_ca_and_warns_at_start() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (_, server) = backend_certs(dir.path());
-    let other = Ca::new(dir.path(), "other-ca");
+    let (_ca, server) = backend_certs();
+    let other = Pki::new();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let proxy = Proxy::start(&tls_proxy(&nginx, &other).tls("verify", "false"));
 
@@ -188,9 +183,9 @@ fn verify_false_accepts_a_certificate_of_another_ca_and_warns_at_start() {
 }
 
 /// nginx requiring a client certificate signed by `ca`.
-fn mtls_nginx(ca: &Ca, server: Pem) -> NginxTls {
+fn mtls_nginx(ca: &Pki, server: CertFiles) -> NginxTls {
     let mut options = NginxTlsOptions::new(server);
-    options.client_ca = Some(ca.pem.cert.clone());
+    options.client_ca = Some(ca.ca.clone());
     NginxTls::start(&options)
 }
 
@@ -199,9 +194,8 @@ fn mutual_tls_with_cert_and_key_is_accepted_by_a_backend_that_requires_a_client_
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
-    let client = ca.issue("longhaul-client", "DNS:longhaul.test");
+    let (ca, server) = backend_certs();
+    let client = ca.issue_client("longhaul-client");
     let nginx = mtls_nginx(&ca, server);
     let proxy = Proxy::start(
         &tls_proxy(&nginx, &ca)
@@ -220,8 +214,7 @@ fn without_a_client_certificate_a_backend_that_requires_one_refuses() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = mtls_nginx(&ca, server);
     let proxy = Proxy::start(&tls_proxy(&nginx, &ca));
 
@@ -242,8 +235,7 @@ fn a_backend_closing_idle_tls_connections_costs_clients_no_errors() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let mut options = NginxTlsOptions::new(server);
     options.keepalive_timeout = "1s";
     let nginx = NginxTls::start(&options);
@@ -280,8 +272,7 @@ fn an_idle_tls13_connection_that_received_session_tickets_is_reused() {
     if !have("nginx") || !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     // One warm connection, opened at start: nginx's NewSessionTickets reach it while it is idle.
     let proxy = Proxy::start(
@@ -356,11 +347,9 @@ fn an_upgrade_to_a_tls_upstream_tunnels_bytes_both_ways_over_tls() {
     if !have("openssl") {
         return;
     }
-    let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let backend = TlsUpgradeEcho::start(&server);
-    let proxy =
-        Proxy::start(&ProxyConfig::single(&[backend.addr]).tls("ca", &quoted(&ca.pem.cert)));
+    let proxy = Proxy::start(&ProxyConfig::single(&[backend.addr]).tls("ca", &quoted(&ca.ca)));
     let mut client = Client::connect(proxy.addr).expect("connect to the proxy");
     client
         .send(
@@ -416,9 +405,9 @@ fn check_refuses_a_key_that_does_not_match_the_client_certificate() {
         return;
     }
     let dir = TempDir::new();
-    let ca = Ca::new(dir.path(), "ca");
-    let one = ca.issue("one", "DNS:one.test");
-    let two = ca.issue("two", "DNS:two.test");
+    let ca = Pki::in_dir(dir.path(), "ca");
+    let one = ca.issue("one", &["one.test"]);
+    let two = ca.issue("two", &["two.test"]);
     let tls = format!("cert = {}\nkey = {}\n", quoted(&one.cert), quoted(&two.key));
 
     let out = check_with_tls(&dir, &tls);
@@ -452,9 +441,9 @@ fn check_prints_the_tls_table_with_verify_on_by_default() {
         return;
     }
     let dir = TempDir::new();
-    let ca = Ca::new(dir.path(), "ca");
+    let ca = Pki::in_dir(dir.path(), "ca");
 
-    let out = check_with_tls(&dir, &format!("ca = {}\n", quoted(&ca.pem.cert)));
+    let out = check_with_tls(&dir, &format!("ca = {}\n", quoted(&ca.ca)));
 
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("[upstream.tls]"), "{}", out.stdout);

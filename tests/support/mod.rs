@@ -5,7 +5,6 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod backend;
-pub mod certs;
 pub mod client;
 pub mod faults;
 pub mod lab;

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use super::certs::Pem;
 use super::lab;
+use super::tls::CertFiles;
 
 /// How the nginx TLS backend is set up.
 pub struct NginxTlsOptions {
-    pub server: Pem,
+    pub server: CertFiles,
     /// Require a client certificate signed by this CA (`ssl_verify_client on`).
     pub client_ca: Option<PathBuf>,
     /// nginx's `keepalive_timeout`: how long it keeps an idle connection.
@@ -19,7 +19,7 @@ pub struct NginxTlsOptions {
 }
 
 impl NginxTlsOptions {
-    pub fn new(server: Pem) -> NginxTlsOptions {
+    pub fn new(server: CertFiles) -> NginxTlsOptions {
         NginxTlsOptions {
             server,
             client_ca: None,

@@ -1,5 +1,5 @@
-//! TLS for tests: a throwaway CA and certificates made with the `openssl` CLI in a temp dir, a
-//! blocking rustls client for many short HTTPS requests, and `curl` / `openssl s_client` runs.
+//! TLS for tests: a throwaway CA and the server and client certificates it issues, made with the
+//! `openssl` CLI; a blocking rustls client for short HTTPS requests; `curl` / `openssl s_client` runs.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,9 +20,11 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
-/// A CA and the certificates it issues, in a temp dir removed on drop.
+/// A CA and the certificates it issues, in a temp dir removed on drop (`Pki::new`) or in the
+/// caller's directory (`Pki::in_dir`).
 pub struct Pki {
-    dir: TempDir,
+    _temp: Option<TempDir>,
+    dir: PathBuf,
     pub ca: PathBuf,
     ca_key: PathBuf,
 }
@@ -61,53 +63,76 @@ fn new_key(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl Pki {
+    /// A CA `ca.pem` in a new temp dir; its certificates go there too.
     pub fn new() -> Pki {
-        let dir = TempDir::new();
-        let ca_key = new_key(dir.path(), "ca");
+        let temp = TempDir::new();
+        let mut pki = Pki::in_dir(temp.path(), "ca");
+        pki._temp = Some(temp);
+        pki
+    }
+
+    /// A CA `name.pem` (key `name.key`) in `dir`, which the caller owns; its certificates go
+    /// there too, so several CAs can share a directory with a config that names their files.
+    pub fn in_dir(dir: &Path, name: &str) -> Pki {
+        let ca_key = new_key(dir, name);
+        let ca = format!("{name}.pem");
+        // Distinct subjects: a verifier meeting another test CA's certificate reports an unknown
+        // issuer, not a bad signature from a namesake.
+        let place = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         openssl(
-            dir.path(),
+            dir,
             &[
                 "req",
                 "-x509",
                 "-new",
                 "-key",
-                "ca.key",
+                ca_key.to_str().expect("utf-8 path"),
                 "-days",
                 "30",
                 "-subj",
-                "/CN=longhaul test CA",
+                &format!("/CN=longhaul test CA {name} {place}"),
                 "-out",
-                "ca.pem",
+                &ca,
             ],
         );
-        let ca = dir.path().join("ca.pem");
-        Pki { dir, ca, ca_key }
+        Pki {
+            _temp: None,
+            dir: dir.to_path_buf(),
+            ca: dir.join(ca),
+            ca_key,
+        }
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
-    /// A leaf certificate for `cn` with DNS names `sans`, valid for 30 days.
+    /// A server certificate for `cn` with subject names `sans` (IP addresses become `IP:`
+    /// entries, the rest `DNS:`), valid for 30 days.
     pub fn issue(&self, cn: &str, sans: &[&str]) -> CertFiles {
-        self.issue_for_days(cn, sans, "30")
+        self.issue_for_days(cn, sans, "30", "serverAuth")
     }
 
-    /// A leaf certificate whose notAfter was a day ago.
+    /// A client certificate (mutual TLS) for `cn`, valid for 30 days.
+    pub fn issue_client(&self, cn: &str) -> CertFiles {
+        self.issue_for_days(cn, &[cn], "30", "clientAuth")
+    }
+
+    /// A server certificate whose notAfter was a day ago.
     pub fn issue_expired(&self, cn: &str) -> CertFiles {
-        self.issue_for_days(cn, &[cn], "-1")
+        self.issue_for_days(cn, &[cn], "-1", "serverAuth")
     }
 
-    fn issue_for_days(&self, cn: &str, sans: &[&str], days: &str) -> CertFiles {
-        let dir = self.dir.path();
+    fn issue_for_days(&self, cn: &str, sans: &[&str], days: &str, usage: &str) -> CertFiles {
+        let dir = self.dir.as_path();
         let key = new_key(dir, cn);
         let csr = format!("{cn}.csr");
         let ext = format!("{cn}.ext");
-        let names: Vec<String> = sans.iter().map(|n| format!("DNS:{n}")).collect();
+        let names: Vec<String> = sans.iter().map(|n| subject_alt_name(n)).collect();
         std::fs::write(
             dir.join(&ext),
             format!(
-                "basicConstraints=CA:FALSE\nsubjectAltName={}\n",
+                "basicConstraints=CA:FALSE\nsubjectAltName={}\nextendedKeyUsage={usage}\n",
                 names.join(",")
             ),
         )
@@ -136,7 +161,7 @@ impl Pki {
                 "-in",
                 &csr,
                 "-CA",
-                "ca.pem",
+                self.ca.to_str().expect("utf-8 path"),
                 "-CAkey",
                 ca_key,
                 "-CAcreateserial",
@@ -152,6 +177,14 @@ impl Pki {
             cert: dir.join(cert),
             key,
         }
+    }
+}
+
+/// `IP:addr` for an IP address, else `DNS:name`.
+fn subject_alt_name(name: &str) -> String {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(_) => format!("IP:{name}"),
+        Err(_) => format!("DNS:{name}"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! A TLS backend on a std thread (rustls, certificates from `certs`): it answers one request head
+//! A TLS backend on a std thread (rustls, certificates from `tls::Pki`): it answers one request head
 //! with `101 Switching Protocols` and then echoes every byte back, over TLS.
 
 use std::io::{Read, Write};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::certs::Pem;
+use super::tls::CertFiles;
 
 const SWITCHING: &[u8] =
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
@@ -22,7 +22,7 @@ pub struct TlsUpgradeEcho {
 }
 
 impl TlsUpgradeEcho {
-    pub fn start(server: &Pem) -> TlsUpgradeEcho {
+    pub fn start(server: &CertFiles) -> TlsUpgradeEcho {
         let chain = CertificateDer::pem_file_iter(&server.cert)
             .expect("read cert")
             .collect::<Result<Vec<_>, _>>()
