@@ -467,9 +467,9 @@ fn rewrite_and_reload(proxy: &Proxy, live: &Path, content: &[u8], message: &str)
 }
 
 /// A copy of `ca`'s certificate under another name, for tests to overwrite in place.
-fn live_ca(dir: &Path, ca: &Ca) -> std::path::PathBuf {
+fn live_ca(dir: &Path, ca: &Pki) -> std::path::PathBuf {
     let live = dir.join("live-ca.pem");
-    std::fs::copy(&ca.pem.cert, &live).expect("copy CA");
+    std::fs::copy(&ca.ca, &live).expect("copy CA");
     live
 }
 
@@ -479,8 +479,8 @@ fn sighup_with_a_changed_ca_file_verifies_new_connections_against_the_new_ca() {
         return;
     }
     let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
-    let other = Ca::new(dir.path(), "other-ca");
+    let (ca, server) = backend_certs();
+    let other = Pki::in_dir(dir.path(), "other-ca");
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let live = live_ca(dir.path(), &other);
     let proxy = Proxy::start(&ProxyConfig::single(&[nginx.addr]).tls("ca", &quoted(&live)));
@@ -490,7 +490,7 @@ fn sighup_with_a_changed_ca_file_verifies_new_connections_against_the_new_ca() {
         "the wrong CA first"
     );
 
-    let right = std::fs::read(&ca.pem.cert).expect("read CA");
+    let right = std::fs::read(&ca.ca).expect("read CA");
     rewrite_and_reload(&proxy, &live, &right, "configuration reloaded");
 
     assert_eq!(get10(proxy.addr, "/index.html").status, 200);
@@ -502,7 +502,7 @@ fn sighup_with_a_bad_ca_file_keeps_the_running_ca() {
         return;
     }
     let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let live = live_ca(dir.path(), &ca);
     // One request per connection: every request after the reload needs a new TLS connection.
@@ -528,7 +528,7 @@ fn a_failed_ca_reload_logs_the_file_and_the_reason() {
         return;
     }
     let dir = TempDir::new();
-    let (ca, server) = backend_certs(dir.path());
+    let (ca, server) = backend_certs();
     let nginx = NginxTls::start(&NginxTlsOptions::new(server));
     let live = live_ca(dir.path(), &ca);
     let proxy = Proxy::start(&ProxyConfig::single(&[nginx.addr]).tls("ca", &quoted(&live)));
