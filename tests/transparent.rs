@@ -343,6 +343,78 @@ fn server_first_protocol_passes_through_byte_for_byte() {
     });
 }
 
+/// `openssl s_server -www` on `addr` with `cert`, killed on drop (its stdout kept open).
+struct OpensslServer(
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+);
+
+impl OpensslServer {
+    fn start(addr: &str, cert: &support::tls::CertFiles) -> OpensslServer {
+        use std::io::BufRead;
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-www", "-accept", addr, "-naccept", "4"])
+            .arg("-cert")
+            .arg(&cert.cert)
+            .arg("-key")
+            .arg(&cert.key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start openssl s_server");
+        // s_server prints ACCEPT once it listens (after a line or two about its parameters).
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("s_server stdout"));
+        let mut seen = Vec::new();
+        while seen.len() < 10 {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).expect("read s_server") == 0 {
+                break;
+            }
+            if line.trim() == "ACCEPT" {
+                return OpensslServer(child, stdout);
+            }
+            seen.push(line);
+        }
+        let _ = child.kill();
+        panic!("s_server did not start: {seen:?}");
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tls_it_does_not_terminate_passes_through_to_the_backend_as_raw_tcp() {
+    in_netns(Firewall::Iptables, REDIRECTED, |lab| {
+        // The client verifies the *backend's* certificate: longhaul never terminated the TLS.
+        let pki = support::tls::Pki::new();
+        let cert = pki.issue("legacy-tls-backend", &["127.0.0.6"]);
+        let _backend = OpensslServer::start(CLIENT_FIRST, &cert);
+        let client = support::tls::TlsClient::new(&pki.ca, "127.0.0.6");
+        let response = client
+            .get10(addr(CLIENT_FIRST), "/")
+            .expect("HTTPS through the transparent proxy");
+        assert_eq!(response.status, 200);
+        assert!(
+            String::from_utf8_lossy(&response.body).contains("s_server"),
+            "the page came from openssl s_server"
+        );
+        assert_eq!(
+            metric_sum(
+                &lab.metrics(),
+                "longhaul_tcp_passthrough_connections_total",
+                &[("upstream", "tunnels")]
+            ),
+            1.0
+        );
+    });
+}
+
 #[test]
 fn client_first_binary_protocol_passes_through_byte_for_byte() {
     in_netns(Firewall::Iptables, REDIRECTED, |lab| {
