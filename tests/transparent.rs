@@ -343,11 +343,12 @@ fn server_first_protocol_passes_through_byte_for_byte() {
     });
 }
 
-/// `openssl s_server -www` on `addr` with `cert`, killed on drop (its stdout kept open).
-struct OpensslServer(
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-);
+/// `openssl s_server -www` on `addr` with `cert`, killed on drop. Its stdout stays open while it
+/// runs: s_server would die of SIGPIPE writing to a closed pipe.
+struct OpensslServer {
+    child: std::process::Child,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
 
 impl OpensslServer {
     fn start(addr: &str, cert: &support::tls::CertFiles) -> OpensslServer {
@@ -372,19 +373,23 @@ impl OpensslServer {
                 break;
             }
             if line.trim() == "ACCEPT" {
-                return OpensslServer(child, stdout);
+                return OpensslServer {
+                    child,
+                    _stdout: stdout,
+                };
             }
             seen.push(line);
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("s_server did not start: {seen:?}");
     }
 }
 
 impl Drop for OpensslServer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
