@@ -9,6 +9,10 @@ use longhaul::activation::{ActivationError, Inherited};
 use longhaul::config::Config;
 use longhaul::output;
 
+/// mimalloc instead of glibc malloc: see Cargo.toml and bench/README.md ("Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "longhaul",
