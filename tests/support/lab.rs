@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,11 +18,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// longhaul must log `longhaul started` within this (the machine may be busy compiling).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-unsafe extern "C" {
-    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
-}
-const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
-const SIGKILL: std::ffi::c_ulong = 9;
+pub use super::process::die_with_parent;
 
 /// `config` with `workers = $LONGHAUL_TEST_WORKERS` under `[server]`, unless it sets `workers`
 /// itself or the variable is unset (the same variable as `support::proxy::WORKERS_ENV`).
@@ -48,17 +43,6 @@ fn with_test_workers(config: &str) -> String {
             format!("{}workers = {value}\n{}", &config[..end], &config[end..])
         }
         None => format!("[server]\nworkers = {value}\n{config}"),
-    }
-}
-
-/// Children get SIGKILL if the test thread that started them dies without its Drop running.
-pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            Ok(())
-        });
     }
 }
 

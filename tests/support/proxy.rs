@@ -12,6 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::client::{self, Response};
+use super::process::die_with_parent;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
 
@@ -280,14 +281,13 @@ impl Proxy {
     pub fn start_raw(config_text: &str) -> Proxy {
         let dir = TempDir::new();
         let config_path = dir.write_config(config_text);
-        let mut child = Command::new(BIN)
-            .arg("--config")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn longhaul");
+            .stderr(Stdio::piped());
+        let mut child = die_with_parent(&mut cmd).spawn().expect("spawn longhaul");
         let stderr = child.stderr.take().expect("stderr pipe");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
