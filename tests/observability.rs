@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::proxy::Proxy;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -416,23 +418,13 @@ impl Backend {
     }
 }
 
-struct Proxy {
-    proc: Proc,
-    _dir: TempDir,
-    /// Keeps the "dead" upstream's port refusing for the proxy's whole life.
-    _dead: socket2::Socket,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Proxy {
-    /// longhaul with two upstreams: "legacy" (the backend-sim, everything but /dead) and "dead"
-    /// (a port nobody listens on, /dead), so error, 5xx and server-down series exist too.
-    fn start(backend: SocketAddr, min_idle: u32) -> Proxy {
-        let dir = TempDir::new("proxy");
-        let (dead, dead_port) = refusing_port();
-        let config = format!(
-            r#"[server]
+/// longhaul with two upstreams: "legacy" (the backend-sim, everything but /dead) and "dead"
+/// (a port nobody listens on, /dead), so error, 5xx and server-down series exist too. The socket
+/// keeps the "dead" upstream's port refusing for the proxy's whole life.
+fn start_proxy(backend: SocketAddr, min_idle: u32) -> (Proxy, socket2::Socket) {
+    let (dead, dead_port) = refusing_port();
+    let config = format!(
+        r#"[server]
 listen = "127.0.0.1:0"
 
 [admin]
@@ -477,61 +469,14 @@ host = "*"
 path_prefix = "/"
 upstream = "legacy"
 "#
-        );
-        let path = dir.path().join("proxy.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut proc = Proc::spawn(
-            "longhaul",
-            Command::new(LONGHAUL).arg("--config").arg(&path),
-        );
-        let stdout = proc.take_stdout();
-        proc.drain(stdout);
-        let stderr = proc.take_stderr();
-        let (listen, admin) = proc.watch(stderr, STARTUP_TIMEOUT, |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            if v["message"] != "longhaul started" {
-                return None;
-            }
-            let listen = v["listen"]
-                .as_str()?
-                .split(',')
-                .next()?
-                .trim()
-                .parse()
-                .ok()?;
-            let admin = v["admin"].as_str()?.trim().parse().ok()?;
-            Some((listen, admin))
-        });
-        Proxy {
-            proc,
-            _dir: dir,
-            _dead: dead_port,
-            listen,
-            admin,
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http(self.admin, "GET", "/metrics", None);
-        assert_eq!(status, 200, "/metrics: {body}");
-        body
-    }
-
-    /// Sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
-    fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| labels.iter().all(|kv| l.contains(kv)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
+    );
+    (Proxy::start_text(&config), dead_port)
 }
 
 struct Stack {
     backend: Backend,
     proxy: Proxy,
+    _dead: socket2::Socket,
 }
 
 impl Stack {
@@ -542,8 +487,12 @@ impl Stack {
 
     fn with_min_idle(min_idle: u32) -> Stack {
         let backend = Backend::start();
-        let proxy = Proxy::start(backend.addr, min_idle);
-        Stack { backend, proxy }
+        let (proxy, dead) = start_proxy(backend.addr, min_idle);
+        Stack {
+            backend,
+            proxy,
+            _dead: dead,
+        }
     }
 }
 
@@ -1071,10 +1020,10 @@ fn promtool_accepts_metrics_exposition_after_traffic() {
         return;
     };
     let stack = Stack::start();
-    let mut traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(2), 10);
+    let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(2), 10);
     traffic.wait_ok(100, Duration::from_secs(30));
     traffic.stop();
-    let metrics = stack.proxy.metrics();
+    let metrics = stack.proxy.metrics_text();
     for name in CONTRACT_METRICS {
         assert!(
             metrics.contains(&format!("# TYPE {name} ")),
@@ -1253,7 +1202,7 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
     };
     let stack = Stack::start();
     let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
-    let traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(5), 10);
+    let traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(5), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
     // Rates over 15s windows need a few scrapes of moving counters.
     prometheus.wait_for(
@@ -1332,7 +1281,7 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
         failures.len(),
         checks.len(),
         failures.join("\n"),
-        stack.proxy.proc.output()
+        stack.proxy.stderr()
     );
 
     // Prometheus itself loaded and evaluated every rule without error.
@@ -1363,22 +1312,22 @@ fn prometheus_reuse_rate_matches_backend_stats() {
     // sides' counters while the test reads them one after the other.
     let stack = Stack::with_min_idle(0);
     let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
-    let mut traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(3), 0);
+    let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(3), 0);
     traffic.wait_ok(400, Duration::from_secs(60));
     traffic.stop();
 
     // Take the backend's stats at a moment when longhaul's counters stand still (after the
     // traffic stops, the pool may still top itself up to min_idle), then wait until Prometheus
     // has scraped exactly those counter values.
-    let legacy = r#"upstream="legacy""#;
+    let legacy = ("upstream", "legacy");
     let counters = || {
         (
             stack
                 .proxy
-                .metric_sum("longhaul_upstream_requests_total", &[legacy]),
+                .metric_or_zero("longhaul_upstream_requests_total", &[legacy]),
             stack
                 .proxy
-                .metric_sum("longhaul_upstream_connections_opened_total", &[legacy]),
+                .metric_or_zero("longhaul_upstream_connections_opened_total", &[legacy]),
         )
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1408,7 +1357,7 @@ fn prometheus_reuse_rate_matches_backend_stats() {
              Prometheus: {:?}\n/metrics:\n{}",
             scraped(),
             prometheus.query("longhaul_upstream_connections_opened_total"),
-            stack.proxy.metrics()
+            stack.proxy.metrics_text()
         );
         thread::sleep(Duration::from_millis(300));
     }
@@ -1481,7 +1430,7 @@ fn status_page_in_chromium_shows_the_numbers_from_pools() {
         return;
     };
     let stack = Stack::start();
-    let mut traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(4), 10);
+    let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(4), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
     let browser = Browser::start(&tools[0], &tools[1]);
     browser.open(&format!("http://{}/", stack.proxy.admin));
