@@ -211,3 +211,13 @@ fn proxy_dies_with_the_thread_that_started_it() {
         "longhaul {pid} outlived the thread that spawned it"
     );
 }
+
+#[test]
+fn child_guard_kills_and_reaps_its_process_on_drop() {
+    let child =
+        support::process::Child::spawn("sleep", std::process::Command::new("sleep").arg("600"));
+    let pid = child.id();
+    drop(child);
+    // Reaped, not a zombie: the pid is gone from /proc.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}

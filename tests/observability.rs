@@ -9,17 +9,17 @@
 
 mod support;
 
+use support::process::Child;
 use support::proxy::Proxy;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -117,100 +117,6 @@ fn require(test: &str, tools: &[&str]) -> Option<Vec<PathBuf>> {
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(rel)
-}
-
-/// A child process that is killed and reaped when dropped; its output lines are collected.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc {
-            name,
-            child,
-            lines: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
-    /// Reads `stream` line by line on a thread, keeping every line, and hands each line to
-    /// `first` until it returns a value (or the wait times out).
-    fn watch<R, T>(
-        &self,
-        stream: R,
-        timeout: Duration,
-        mut first: impl FnMut(&str) -> Option<T>,
-    ) -> T
-    where
-        R: Read + Send + 'static,
-        T: Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel::<String>();
-        let lines = Arc::clone(&self.lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(found) = first(&line) {
-                        return found;
-                    }
-                }
-                Err(_) => panic!(
-                    "{} did not print the expected line within {timeout:?}; output so far:\n{}",
-                    self.name,
-                    self.output()
-                ),
-            }
-        }
-    }
-
-    /// Collects a stream's lines on a thread without waiting for anything.
-    fn drain<R: Read + Send + 'static>(&self, stream: R) {
-        let lines = Arc::clone(&self.lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-
-    fn take_stdout(&mut self) -> ChildStdout {
-        self.child.stdout.take().expect("stdout piped")
-    }
-
-    fn take_stderr(&mut self) -> ChildStderr {
-        self.child.stderr.take().expect("stderr piped")
-    }
-
-    fn output(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        let start = lines.len().saturating_sub(40);
-        lines[start..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An address on 127.0.0.1 that nothing listens on (bound, then released), for a server the
@@ -367,7 +273,7 @@ fn percent_encode(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 struct Backend {
-    _proc: Proc,
+    _proc: Child,
     addr: SocketAddr,
     stats: SocketAddr,
 }
@@ -376,7 +282,7 @@ impl Backend {
     /// `longhaul backend-sim`; its first stdout line is
     /// `backend-sim listening on ADDR stats on ADDR`.
     fn start() -> Backend {
-        let mut proc = Proc::spawn(
+        let mut proc = Child::spawn(
             "backend-sim",
             Command::new(LONGHAUL).args([
                 "backend-sim",
@@ -572,7 +478,7 @@ impl Drop for Traffic {
 // ---------------------------------------------------------------------------------------------
 
 struct Prometheus {
-    _proc: Proc,
+    _proc: Child,
     _dir: TempDir,
     addr: SocketAddr,
 }
@@ -593,7 +499,7 @@ impl Prometheus {
         // The port comes from a released ephemeral port: a tiny race, retried once.
         for attempt in 0..3 {
             let addr = closed_port();
-            let mut proc = Proc::spawn(
+            let mut proc = Child::spawn(
                 "prometheus",
                 Command::new(binary)
                     .arg(format!("--config.file={}", config_path.display()))
@@ -609,7 +515,7 @@ impl Prometheus {
             proc.drain(err);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = proc.child.try_wait() {
+                if proc.try_wait().is_some() {
                     break;
                 }
                 if matches!(try_http(addr, "GET", "/-/ready", None), Ok((200, _))) {
@@ -862,14 +768,14 @@ struct Browser {
     driver: SocketAddr,
     session: String,
     _group: ProcessGroup,
-    _proc: Proc,
+    _proc: Child,
     _profile: TempDir,
 }
 
 impl Browser {
     fn start(chromium: &Path, chromedriver: &Path) -> Browser {
         let profile = TempDir::new("chromium-profile");
-        let mut proc = Proc::spawn(
+        let mut proc = Child::spawn(
             "chromedriver",
             Command::new(chromedriver)
                 .args(["--port=0", "--allowed-ips=127.0.0.1"])
@@ -877,7 +783,7 @@ impl Browser {
         );
         // chromedriver leads a process group of its own that chromium joins, so whatever goes
         // wrong, killing the group on drop leaves no browser behind.
-        let group = ProcessGroup(proc.child.id());
+        let group = ProcessGroup(proc.id());
         let stderr = proc.take_stderr();
         proc.drain(stderr);
         let stdout = proc.take_stdout();
