@@ -1018,14 +1018,12 @@ mod netns {
 }
 
 mod backend_sim {
-    use std::io::{BufRead, BufReader};
     use std::net::SocketAddr;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
-    use std::thread::{self, JoinHandle};
+    use std::process::Command;
     use std::time::Duration;
 
     use super::lab;
+    use crate::support::process::Child;
 
     pub struct Stats {
         pub connections_accepted: u64,
@@ -1034,42 +1032,31 @@ mod backend_sim {
 
     /// `longhaul backend-sim`, the HTTP/1.0 keep-alive backend; killed on drop.
     pub struct BackendSim {
-        child: Child,
-        reader: Option<JoinHandle<()>>,
+        _child: Child,
         stats: SocketAddr,
     }
 
     impl BackendSim {
         pub fn start(listen: &str, stats: &str) -> BackendSim {
-            let mut cmd = Command::new(crate::support::proxy::BIN);
-            cmd.args(["backend-sim", "--listen", listen, "--stats-listen", stats])
-                .args(["--conn-cost", "0ms"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            lab::die_with_parent(&mut cmd);
-            let mut child = cmd.spawn().expect("spawn backend-sim");
-            let stdout = child.stdout.take().expect("piped stdout");
-            let (tx, rx) = mpsc::channel();
-            let reader = thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-            let mut sim = BackendSim {
-                child,
-                reader: Some(reader),
+            let mut child = Child::spawn(
+                "backend-sim",
+                Command::new(crate::support::proxy::BIN)
+                    .args(["backend-sim", "--listen", listen, "--stats-listen", stats])
+                    .args(["--conn-cost", "0ms"]),
+            );
+            let stderr = child.take_stderr();
+            child.drain(stderr);
+            let stdout = child.take_stdout();
+            let first = child.watch(stdout, Duration::from_secs(20), |l| Some(l.to_string()));
+            assert!(
+                first.starts_with("backend-sim listening on"),
+                "backend-sim on {listen} did not start: {first}\n{}",
+                child.output()
+            );
+            BackendSim {
+                _child: child,
                 stats: stats.parse().expect("stats address"),
-            };
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) if line.starts_with("backend-sim listening on") => {}
-                other => {
-                    let _ = sim.child.kill();
-                    panic!("backend-sim on {listen} did not start: {other:?}");
-                }
             }
-            sim
         }
 
         pub fn stats(&self) -> Stats {
@@ -1083,16 +1070,6 @@ mod backend_sim {
             Stats {
                 connections_accepted: field("connections_accepted"),
                 requests: field("requests"),
-            }
-        }
-    }
-
-    impl Drop for BackendSim {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            if let Some(r) = self.reader.take() {
-                let _ = r.join();
             }
         }
     }
