@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 /// Every socket read or write in these tests gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-pub use super::process::die_with_parent;
 
 /// A fresh directory under the system temp dir, unique per process and call.
 pub fn temp_dir(prefix: &str) -> PathBuf {

@@ -50,6 +50,15 @@ impl Child {
         }
     }
 
+    /// Spawns and collects both stdout and stderr lines, for a server watched by other means.
+    pub fn spawn_drained(name: &str, cmd: &mut Command) -> Child {
+        let mut child = Child::spawn(name, cmd);
+        let (out, err) = (child.take_stdout(), child.take_stderr());
+        child.drain(out);
+        child.drain(err);
+        child
+    }
+
     /// Reads `stream` line by line on a thread, keeping every line, and hands each line to
     /// `first` until it returns a value; panics with the output so far after `timeout`.
     pub fn watch<R, T>(
