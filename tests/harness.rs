@@ -8,7 +8,7 @@ use std::time::Duration;
 use support::Stopwatch;
 use support::backend::{Backend, Closed, Framing};
 use support::client::{self, Client};
-use support::proxy::metric_in;
+use support::proxy::{Proxy, ProxyConfig, metric_in};
 
 #[test]
 fn backend_keeps_alive_only_when_asked() {
@@ -183,4 +183,41 @@ fn metrics_parser_sums_matching_series() {
         Some(100.0)
     );
     assert_eq!(metric_in(text, "longhaul_missing", &[]), None);
+}
+
+/// Whether `pid` has exited: gone from /proc, or a zombie waiting for its parent to reap it.
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(str::trim_start)
+            .is_some_and(|s| s.starts_with('Z')),
+    }
+}
+
+#[test]
+fn proxy_dies_with_the_thread_that_started_it() {
+    // The Proxy is handed back undropped, as if the test thread had been killed mid-test.
+    let backend = Backend::start();
+    let config = ProxyConfig::single(&[backend.addr()]);
+    let proxy = std::thread::spawn(move || Proxy::start(&config))
+        .join()
+        .expect("starter thread");
+    let pid = proxy.pid();
+    assert!(
+        support::wait_until(Duration::from_secs(10), || has_exited(pid)),
+        "longhaul {pid} outlived the thread that spawned it"
+    );
+}
+
+#[test]
+fn child_guard_kills_and_reaps_its_process_on_drop() {
+    let child =
+        support::process::Child::spawn("sleep", std::process::Command::new("sleep").arg("600"));
+    let pid = child.id();
+    drop(child);
+    // Reaped, not a zombie: the pid is gone from /proc.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }

@@ -9,15 +9,17 @@
 
 mod support;
 
+use support::process::Child;
+use support::proxy::Proxy;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -115,100 +117,6 @@ fn require(test: &str, tools: &[&str]) -> Option<Vec<PathBuf>> {
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(rel)
-}
-
-/// A child process that is killed and reaped when dropped; its output lines are collected.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc {
-            name,
-            child,
-            lines: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
-    /// Reads `stream` line by line on a thread, keeping every line, and hands each line to
-    /// `first` until it returns a value (or the wait times out).
-    fn watch<R, T>(
-        &self,
-        stream: R,
-        timeout: Duration,
-        mut first: impl FnMut(&str) -> Option<T>,
-    ) -> T
-    where
-        R: Read + Send + 'static,
-        T: Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel::<String>();
-        let lines = Arc::clone(&self.lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(found) = first(&line) {
-                        return found;
-                    }
-                }
-                Err(_) => panic!(
-                    "{} did not print the expected line within {timeout:?}; output so far:\n{}",
-                    self.name,
-                    self.output()
-                ),
-            }
-        }
-    }
-
-    /// Collects a stream's lines on a thread without waiting for anything.
-    fn drain<R: Read + Send + 'static>(&self, stream: R) {
-        let lines = Arc::clone(&self.lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-
-    fn take_stdout(&mut self) -> ChildStdout {
-        self.child.stdout.take().expect("stdout piped")
-    }
-
-    fn take_stderr(&mut self) -> ChildStderr {
-        self.child.stderr.take().expect("stderr piped")
-    }
-
-    fn output(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        let start = lines.len().saturating_sub(40);
-        lines[start..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An address on 127.0.0.1 that nothing listens on (bound, then released), for a server the
@@ -365,7 +273,7 @@ fn percent_encode(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 struct Backend {
-    _proc: Proc,
+    _proc: Child,
     addr: SocketAddr,
     stats: SocketAddr,
 }
@@ -374,7 +282,7 @@ impl Backend {
     /// `longhaul backend-sim`; its first stdout line is
     /// `backend-sim listening on ADDR stats on ADDR`.
     fn start() -> Backend {
-        let mut proc = Proc::spawn(
+        let mut proc = Child::spawn(
             "backend-sim",
             Command::new(LONGHAUL).args([
                 "backend-sim",
@@ -416,23 +324,13 @@ impl Backend {
     }
 }
 
-struct Proxy {
-    proc: Proc,
-    _dir: TempDir,
-    /// Keeps the "dead" upstream's port refusing for the proxy's whole life.
-    _dead: socket2::Socket,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Proxy {
-    /// longhaul with two upstreams: "legacy" (the backend-sim, everything but /dead) and "dead"
-    /// (a port nobody listens on, /dead), so error, 5xx and server-down series exist too.
-    fn start(backend: SocketAddr, min_idle: u32) -> Proxy {
-        let dir = TempDir::new("proxy");
-        let (dead, dead_port) = refusing_port();
-        let config = format!(
-            r#"[server]
+/// longhaul with two upstreams: "legacy" (the backend-sim, everything but /dead) and "dead"
+/// (a port nobody listens on, /dead), so error, 5xx and server-down series exist too. The socket
+/// keeps the "dead" upstream's port refusing for the proxy's whole life.
+fn start_proxy(backend: SocketAddr, min_idle: u32) -> (Proxy, socket2::Socket) {
+    let (dead, dead_port) = refusing_port();
+    let config = format!(
+        r#"[server]
 listen = "127.0.0.1:0"
 
 [admin]
@@ -477,61 +375,14 @@ host = "*"
 path_prefix = "/"
 upstream = "legacy"
 "#
-        );
-        let path = dir.path().join("proxy.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut proc = Proc::spawn(
-            "longhaul",
-            Command::new(LONGHAUL).arg("--config").arg(&path),
-        );
-        let stdout = proc.take_stdout();
-        proc.drain(stdout);
-        let stderr = proc.take_stderr();
-        let (listen, admin) = proc.watch(stderr, STARTUP_TIMEOUT, |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            if v["message"] != "longhaul started" {
-                return None;
-            }
-            let listen = v["listen"]
-                .as_str()?
-                .split(',')
-                .next()?
-                .trim()
-                .parse()
-                .ok()?;
-            let admin = v["admin"].as_str()?.trim().parse().ok()?;
-            Some((listen, admin))
-        });
-        Proxy {
-            proc,
-            _dir: dir,
-            _dead: dead_port,
-            listen,
-            admin,
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http(self.admin, "GET", "/metrics", None);
-        assert_eq!(status, 200, "/metrics: {body}");
-        body
-    }
-
-    /// Sum of every sample of `name` whose labels contain all of `labels` (`key="value"`).
-    fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| labels.iter().all(|kv| l.contains(kv)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
+    );
+    (Proxy::start_text(&config), dead_port)
 }
 
 struct Stack {
     backend: Backend,
     proxy: Proxy,
+    _dead: socket2::Socket,
 }
 
 impl Stack {
@@ -542,8 +393,12 @@ impl Stack {
 
     fn with_min_idle(min_idle: u32) -> Stack {
         let backend = Backend::start();
-        let proxy = Proxy::start(backend.addr, min_idle);
-        Stack { backend, proxy }
+        let (proxy, dead) = start_proxy(backend.addr, min_idle);
+        Stack {
+            backend,
+            proxy,
+            _dead: dead,
+        }
     }
 }
 
@@ -623,7 +478,7 @@ impl Drop for Traffic {
 // ---------------------------------------------------------------------------------------------
 
 struct Prometheus {
-    _proc: Proc,
+    _proc: Child,
     _dir: TempDir,
     addr: SocketAddr,
 }
@@ -644,7 +499,7 @@ impl Prometheus {
         // The port comes from a released ephemeral port: a tiny race, retried once.
         for attempt in 0..3 {
             let addr = closed_port();
-            let mut proc = Proc::spawn(
+            let mut proc = Child::spawn(
                 "prometheus",
                 Command::new(binary)
                     .arg(format!("--config.file={}", config_path.display()))
@@ -660,7 +515,7 @@ impl Prometheus {
             proc.drain(err);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = proc.child.try_wait() {
+                if proc.try_wait().is_some() {
                     break;
                 }
                 if matches!(try_http(addr, "GET", "/-/ready", None), Ok((200, _))) {
@@ -913,14 +768,14 @@ struct Browser {
     driver: SocketAddr,
     session: String,
     _group: ProcessGroup,
-    _proc: Proc,
+    _proc: Child,
     _profile: TempDir,
 }
 
 impl Browser {
     fn start(chromium: &Path, chromedriver: &Path) -> Browser {
         let profile = TempDir::new("chromium-profile");
-        let mut proc = Proc::spawn(
+        let mut proc = Child::spawn(
             "chromedriver",
             Command::new(chromedriver)
                 .args(["--port=0", "--allowed-ips=127.0.0.1"])
@@ -928,7 +783,7 @@ impl Browser {
         );
         // chromedriver leads a process group of its own that chromium joins, so whatever goes
         // wrong, killing the group on drop leaves no browser behind.
-        let group = ProcessGroup(proc.child.id());
+        let group = ProcessGroup(proc.id());
         let stderr = proc.take_stderr();
         proc.drain(stderr);
         let stdout = proc.take_stdout();
@@ -1071,10 +926,10 @@ fn promtool_accepts_metrics_exposition_after_traffic() {
         return;
     };
     let stack = Stack::start();
-    let mut traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(2), 10);
+    let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(2), 10);
     traffic.wait_ok(100, Duration::from_secs(30));
     traffic.stop();
-    let metrics = stack.proxy.metrics();
+    let metrics = stack.proxy.metrics_text();
     for name in CONTRACT_METRICS {
         assert!(
             metrics.contains(&format!("# TYPE {name} ")),
@@ -1253,7 +1108,7 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
     };
     let stack = Stack::start();
     let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
-    let traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(5), 10);
+    let traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(5), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
     // Rates over 15s windows need a few scrapes of moving counters.
     prometheus.wait_for(
@@ -1332,7 +1187,7 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
         failures.len(),
         checks.len(),
         failures.join("\n"),
-        stack.proxy.proc.output()
+        stack.proxy.stderr()
     );
 
     // Prometheus itself loaded and evaluated every rule without error.
@@ -1363,22 +1218,22 @@ fn prometheus_reuse_rate_matches_backend_stats() {
     // sides' counters while the test reads them one after the other.
     let stack = Stack::with_min_idle(0);
     let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
-    let mut traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(3), 0);
+    let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(3), 0);
     traffic.wait_ok(400, Duration::from_secs(60));
     traffic.stop();
 
     // Take the backend's stats at a moment when longhaul's counters stand still (after the
     // traffic stops, the pool may still top itself up to min_idle), then wait until Prometheus
     // has scraped exactly those counter values.
-    let legacy = r#"upstream="legacy""#;
+    let legacy = ("upstream", "legacy");
     let counters = || {
         (
             stack
                 .proxy
-                .metric_sum("longhaul_upstream_requests_total", &[legacy]),
+                .metric_or_zero("longhaul_upstream_requests_total", &[legacy]),
             stack
                 .proxy
-                .metric_sum("longhaul_upstream_connections_opened_total", &[legacy]),
+                .metric_or_zero("longhaul_upstream_connections_opened_total", &[legacy]),
         )
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1408,7 +1263,7 @@ fn prometheus_reuse_rate_matches_backend_stats() {
              Prometheus: {:?}\n/metrics:\n{}",
             scraped(),
             prometheus.query("longhaul_upstream_connections_opened_total"),
-            stack.proxy.metrics()
+            stack.proxy.metrics_text()
         );
         thread::sleep(Duration::from_millis(300));
     }
@@ -1481,7 +1336,7 @@ fn status_page_in_chromium_shows_the_numbers_from_pools() {
         return;
     };
     let stack = Stack::start();
-    let mut traffic = Traffic::start(stack.proxy.listen, 2, Duration::from_millis(4), 10);
+    let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(4), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
     let browser = Browser::start(&tools[0], &tools[1]);
     browser.open(&format!("http://{}/", stack.proxy.admin));

@@ -5,37 +5,30 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
+mod support;
 
-/// A child process killed when the test ends, whatever happens.
-struct Running(Child);
+use support::process::Child;
+use support::proxy::{BIN, TempDir};
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// How long a child gets to print its first line (the machine may be busy compiling).
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Starts `longhaul backend-sim` with `args` and returns it with its (serving, stats) addresses.
-fn backend_sim(args: &[&str]) -> (Running, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .arg("backend-sim")
-        .args(["--listen", "127.0.0.1:0", "--stats-listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn backend-sim");
-    let stdout = child.stdout.take().expect("piped");
-    let running = Running(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("first line");
+fn backend_sim(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    let mut running = Child::spawn(
+        "backend-sim",
+        Command::new(BIN)
+            .arg("backend-sim")
+            .args(["--listen", "127.0.0.1:0", "--stats-listen", "127.0.0.1:0"])
+            .args(args),
+    );
+    let stderr = running.take_stderr();
+    running.drain(stderr);
+    let stdout = running.take_stdout();
+    let line = running.watch(stdout, START_TIMEOUT, |line| Some(line.to_string()));
     // "backend-sim listening on ADDR stats on ADDR"
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
@@ -305,38 +298,20 @@ fn backend_sim_answers_http11_when_asked() {
 
 /// Starts the proxy with `log` settings and returns its first stderr lines until the start line.
 fn start_lines(log: &str) -> Vec<String> {
-    let dir = std::env::temp_dir().join(format!(
-        "longhaul-ship-it-{}-{}",
-        std::process::id(),
-        log.len()
+    let dir = TempDir::new();
+    let config = dir.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\n{log}\n\
+         [[upstream]]\nname = \"legacy\"\nservers = [\"127.0.0.1:9\"]\n[upstream.pool]\nmin_idle = 0\n"
     ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("proxy.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\n{log}\n\
-             [[upstream]]\nname = \"legacy\"\nservers = [\"127.0.0.1:9\"]\n[upstream.pool]\nmin_idle = 0\n"
-        ),
-    )
-    .expect("write config");
-    let mut child = Command::new(BIN)
-        .args(["--config", config.to_str().expect("utf-8 path")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn longhaul");
-    let stderr = child.stderr.take().expect("piped");
-    let _running = Running(child);
+    let mut running = Child::spawn("longhaul", Command::new(BIN).arg("--config").arg(&config));
+    let stdout = running.take_stdout();
+    running.drain(stdout);
+    let stderr = running.take_stderr();
     let mut lines = Vec::new();
-    for line in BufReader::new(stderr).lines().take(20) {
-        let line = line.expect("stderr line");
-        let done = line.contains("longhaul started");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    running.watch(stderr, START_TIMEOUT, |line| {
+        lines.push(line.to_string());
+        (line.contains("longhaul started") || lines.len() == 20).then_some(())
+    });
     lines
 }
 

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use lab::{After, Longhaul, Script, ScriptedServer, connect, metric_sum, read_exactly, read_head};
+use lab::{After, Script, ScriptedServer, connect, read_exactly, read_head};
 
 /// longhaul's transparent listener and admin listener inside the namespace.
 const PROXY_PORT: u16 = 15001;
@@ -117,13 +117,13 @@ impl Firewall {
 
 /// What a scenario gets: longhaul running in transparent mode behind installed rules.
 struct Lab {
-    proxy: Longhaul,
+    proxy: Proxy,
     _rules: Rules,
 }
 
 impl Lab {
     fn metrics(&self) -> String {
-        self.proxy.metrics()
+        self.proxy.metrics_text()
     }
 }
 
@@ -183,7 +183,7 @@ fn in_netns_with(
     }
     let worker = thread::spawn(move || -> Result<(), String> {
         netns::enter_new()?;
-        let proxy = Longhaul::start(&config());
+        let proxy = Proxy::start_text(&config());
         let rules = Rules::install(firewall, ports);
         scenario(&Lab {
             proxy,
@@ -281,13 +281,13 @@ fn pools_per_destination(lab: &Lab) {
 
     let metrics = lab.metrics();
     assert_eq!(
-        metric_sum(&metrics, "longhaul_transparent_destinations", &[]),
+        metric_sum_in(&metrics, "longhaul_transparent_destinations", &[]),
         2.0,
         "destinations with a pool:\n{metrics}"
     );
     for (rule, dst) in [("dest-a", DEST_A), ("dest-b", DEST_B)] {
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &metrics,
                 "longhaul_upstream_requests_total",
                 &[("upstream", rule), ("server", dst)]
@@ -333,7 +333,7 @@ fn server_first_protocol_passes_through_byte_for_byte() {
         assert_eq!(backend.received(), payload, "bytes the backend got");
         assert_eq!(backend.accepts(), 1);
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &lab.metrics(),
                 "longhaul_tcp_passthrough_connections_total",
                 &[("upstream", "tunnels")]
@@ -410,7 +410,7 @@ fn tls_it_does_not_terminate_passes_through_to_the_backend_as_raw_tcp() {
             "the page came from openssl s_server"
         );
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &lab.metrics(),
                 "longhaul_tcp_passthrough_connections_total",
                 &[("upstream", "tunnels")]
@@ -443,7 +443,7 @@ fn client_first_binary_protocol_passes_through_byte_for_byte() {
             [payload.as_slice(), b"GET / HTTP/1.0\r\n\r\n"].concat()
         );
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &lab.metrics(),
                 "longhaul_tcp_passthrough_connections_total",
                 &[("upstream", "tunnels")]
@@ -517,14 +517,14 @@ fn vanished_client_of_a_passthrough_tunnel_is_counted_as_a_tunnel_error() {
         |lab| {
             let (_backend, _client) = passthrough_whose_client_vanishes();
             let closed = || {
-                metric_sum(
+                metric_sum_in(
                     &lab.metrics(),
                     "longhaul_tunnels_closed_total",
                     &[("kind", "passthrough"), ("reason", "error")],
                 )
             };
             assert!(
-                lab::wait_until(VANISHED_BOUND, || closed() == 1.0),
+                support::wait_until(VANISHED_BOUND, || closed() == 1.0),
                 "{}",
                 lab.metrics()
             );
@@ -577,7 +577,7 @@ Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
             "backend got:\n{seen}"
         );
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &lab.metrics(),
                 "longhaul_tunnels_total",
                 &[("upstream", "tunnels"), ("kind", "upgrade")]
@@ -610,7 +610,7 @@ fn destination_outside_the_allow_list_is_refused() {
         assert_refused(addr(NOT_ALLOWED), lab);
         assert_eq!(backend.accepts(), 0, "the denied destination was contacted");
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &lab.metrics(),
                 "longhaul_transparent_denied_total",
                 &[("reason", "not_allowed")]
@@ -626,7 +626,7 @@ fn direct_connection_to_the_listener_is_refused_as_not_redirected() {
         assert_refused(addr(PROXY), lab);
         let metrics = lab.metrics();
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &metrics,
                 "longhaul_transparent_denied_total",
                 &[("reason", "not_redirected")]
@@ -645,7 +645,7 @@ fn redirected_connection_to_the_listener_port_is_refused_as_a_loop() {
         assert_refused(addr("127.0.0.8:15001"), lab);
         let metrics = lab.metrics();
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &metrics,
                 "longhaul_transparent_denied_total",
                 &[("reason", "loop")]
@@ -749,7 +749,7 @@ fn http10_burst(dst: SocketAddr, clients: usize, each: usize) -> Vec<Result<u16,
         .collect()
 }
 
-fn assert_all_ok(results: &[Result<u16, String>], proxy: &Longhaul) {
+fn assert_all_ok(results: &[Result<u16, String>], proxy: &Proxy) {
     let failed: Vec<_> = results.iter().filter(|r| **r != Ok(200)).collect();
     assert!(
         failed.is_empty(),
@@ -776,16 +776,16 @@ fn assert_pooled(name: &str, sim: &backend_sim::BackendSim, requests: usize) {
 }
 
 /// A pool per destination, named by rule and address, that served `requests` requests each.
-fn assert_destination_metrics(proxy: &Longhaul, dests: &[(&str, &str)], requests: usize) {
-    let metrics = proxy.metrics();
+fn assert_destination_metrics(proxy: &Proxy, dests: &[(&str, &str)], requests: usize) {
+    let metrics = proxy.metrics_text();
     assert_eq!(
-        metric_sum(&metrics, "longhaul_transparent_destinations", &[]),
+        metric_sum_in(&metrics, "longhaul_transparent_destinations", &[]),
         dests.len() as f64,
         "destinations with a pool:\n{metrics}"
     );
     for &(rule, dst) in dests {
         assert_eq!(
-            metric_sum(
+            metric_sum_in(
                 &metrics,
                 "longhaul_upstream_requests_total",
                 &[("upstream", rule), ("server", dst)]
@@ -815,7 +815,7 @@ fn ipv6_redirect_pools_per_original_destination() {
             run("ip", &["-6", "addr", "add", a, "dev", "lo", "nodad"], &[])
                 .map_err(|e| format!("no IPv6 in the namespace: {e}"))?;
         }
-        let proxy = Longhaul::start(&v6_config());
+        let proxy = Proxy::start_text(&v6_config());
         let _rules = ScriptRules::install(
             "ip6tables",
             &["--ports", "8001", "--proxy-port", "15001", "--mark", MARK],
@@ -943,7 +943,7 @@ fn tproxy_gateway_pools_forwarded_connections() {
             &[],
         )?;
 
-        let proxy = Longhaul::start(&tproxy_config());
+        let proxy = Proxy::start_text(&tproxy_config());
         let _rules = ScriptRules::install(
             "iptables",
             &[
@@ -1018,14 +1018,12 @@ mod netns {
 }
 
 mod backend_sim {
-    use std::io::{BufRead, BufReader};
     use std::net::SocketAddr;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
-    use std::thread::{self, JoinHandle};
+    use std::process::Command;
     use std::time::Duration;
 
     use super::lab;
+    use crate::support::process::Child;
 
     pub struct Stats {
         pub connections_accepted: u64,
@@ -1034,42 +1032,31 @@ mod backend_sim {
 
     /// `longhaul backend-sim`, the HTTP/1.0 keep-alive backend; killed on drop.
     pub struct BackendSim {
-        child: Child,
-        reader: Option<JoinHandle<()>>,
+        _child: Child,
         stats: SocketAddr,
     }
 
     impl BackendSim {
         pub fn start(listen: &str, stats: &str) -> BackendSim {
-            let mut cmd = Command::new(lab::BIN);
-            cmd.args(["backend-sim", "--listen", listen, "--stats-listen", stats])
-                .args(["--conn-cost", "0ms"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            lab::die_with_parent(&mut cmd);
-            let mut child = cmd.spawn().expect("spawn backend-sim");
-            let stdout = child.stdout.take().expect("piped stdout");
-            let (tx, rx) = mpsc::channel();
-            let reader = thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-            let mut sim = BackendSim {
-                child,
-                reader: Some(reader),
+            let mut child = Child::spawn(
+                "backend-sim",
+                Command::new(crate::support::proxy::BIN)
+                    .args(["backend-sim", "--listen", listen, "--stats-listen", stats])
+                    .args(["--conn-cost", "0ms"]),
+            );
+            let stderr = child.take_stderr();
+            child.drain(stderr);
+            let stdout = child.take_stdout();
+            let first = child.watch(stdout, Duration::from_secs(20), |l| Some(l.to_string()));
+            assert!(
+                first.starts_with("backend-sim listening on"),
+                "backend-sim on {listen} did not start: {first}\n{}",
+                child.output()
+            );
+            BackendSim {
+                _child: child,
                 stats: stats.parse().expect("stats address"),
-            };
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) if line.starts_with("backend-sim listening on") => {}
-                other => {
-                    let _ = sim.child.kill();
-                    panic!("backend-sim on {listen} did not start: {other:?}");
-                }
             }
-            sim
         }
 
         pub fn stats(&self) -> Stats {
@@ -1086,17 +1073,8 @@ mod backend_sim {
             }
         }
     }
-
-    impl Drop for BackendSim {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            if let Some(r) = self.reader.take() {
-                let _ = r.join();
-            }
-        }
-    }
 }
 
 mod support;
+use support::proxy::{Proxy, metric_sum_in};
 use support::{lab, tools};

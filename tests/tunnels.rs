@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use lab::{After, Longhaul, Script, ScriptedServer, connect, read_exactly, read_head};
+use lab::{After, Script, ScriptedServer, connect, read_exactly, read_head};
 use std::io::Write;
 use std::net::Shutdown;
 
@@ -76,8 +76,8 @@ fn connect_config(
 }
 
 /// Opens an upgraded connection through `proxy`; returns it with the client-visible response head.
-fn upgrade(proxy: &Longhaul) -> (std::net::TcpStream, lab::Head) {
-    let mut client = connect(proxy.listen);
+fn upgrade(proxy: &Proxy) -> (std::net::TcpStream, lab::Head) {
+    let mut client = connect(proxy.addr);
     client
         .write_all(UPGRADE_REQUEST)
         .expect("send upgrade request");
@@ -98,7 +98,7 @@ fn websocket_upgrade_answers_101_and_echoes_bytes_both_ways() {
             after: After::Echo,
         },
     );
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
     let (mut client, head) = upgrade(&proxy);
 
     assert_eq!(
@@ -148,7 +148,7 @@ fn upgrade_tunnel_client_close_reaches_the_backend() {
             after: After::Echo,
         },
     );
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
     let (mut client, head) = upgrade(&proxy);
     assert_eq!(head.status, 101, "status line: {}", head.raw);
     client.write_all(b"ping").expect("send");
@@ -173,7 +173,7 @@ fn upgrade_tunnel_backend_close_reaches_the_client() {
             after: After::EchoOnceThenClose,
         },
     );
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
     let (mut client, head) = upgrade(&proxy);
     assert_eq!(head.status, 101, "status line: {}", head.raw);
     client.write_all(b"last").expect("send");
@@ -195,8 +195,8 @@ no upgrades\n"
             after: After::Close,
         },
     );
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
-    let mut client = connect(proxy.listen);
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let mut client = connect(proxy.addr);
     client
         .write_all(UPGRADE_REQUEST)
         .expect("send upgrade request");
@@ -213,7 +213,7 @@ no upgrades\n"
     body.extend(read_exactly(&mut client, length - body.len()));
     assert_eq!(body, b"no upgrades\n");
     assert_eq!(
-        lab::metric_sum(&proxy.metrics(), "longhaul_tunnels_total", &[]),
+        metric_sum_in(&proxy.metrics_text(), "longhaul_tunnels_total", &[]),
         0.0,
         "a refused upgrade was counted as a tunnel"
     );
@@ -223,8 +223,8 @@ no upgrades\n"
 fn connect_to_a_routed_host_answers_200_and_tunnels_bytes_both_ways() {
     let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let proxy = Longhaul::start(&connect_config(true, tunnel.addr, web.addr));
-    let mut client = connect(proxy.listen);
+    let proxy = Proxy::start_text(&connect_config(true, tunnel.addr, web.addr));
+    let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
         .expect("send CONNECT");
@@ -251,8 +251,8 @@ fn connect_to_a_routed_host_answers_200_and_tunnels_bytes_both_ways() {
     );
     assert_eq!(web.accepts(), 0, "the catch-all upstream was contacted");
     assert_eq!(
-        lab::metric_sum(
-            &proxy.metrics(),
+        metric_sum_in(
+            &proxy.metrics_text(),
             "longhaul_tunnels_total",
             &[("upstream", "tunnel"), ("kind", "connect")]
         ),
@@ -264,8 +264,8 @@ fn connect_to_a_routed_host_answers_200_and_tunnels_bytes_both_ways() {
 fn connect_when_disabled_answers_405() {
     let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let proxy = Longhaul::start(&connect_config(false, tunnel.addr, web.addr));
-    let mut client = connect(proxy.listen);
+    let proxy = Proxy::start_text(&connect_config(false, tunnel.addr, web.addr));
+    let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
         .expect("send CONNECT");
@@ -282,8 +282,8 @@ fn connect_when_disabled_answers_405() {
 fn connect_to_a_host_no_route_names_answers_421_and_reaches_no_backend() {
     let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let proxy = Longhaul::start(&connect_config(true, tunnel.addr, web.addr));
-    let mut client = connect(proxy.listen);
+    let proxy = Proxy::start_text(&connect_config(true, tunnel.addr, web.addr));
+    let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: elsewhere.example:443\r\n\r\n")
         .expect("send CONNECT");
@@ -319,8 +319,8 @@ fn echo_after_101() -> ScriptedServer {
 }
 
 /// A CONNECT tunnel to the `tunnel` upstream, answered 200.
-fn connect_tunnel(proxy: &Longhaul) -> std::net::TcpStream {
-    let mut client = connect(proxy.listen);
+fn connect_tunnel(proxy: &Proxy) -> std::net::TcpStream {
+    let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
         .expect("send CONNECT");
@@ -329,9 +329,9 @@ fn connect_tunnel(proxy: &Longhaul) -> std::net::TcpStream {
     client
 }
 
-fn tunnels_closed(proxy: &Longhaul, kind: &str, reason: &str) -> f64 {
-    lab::metric_sum(
-        &proxy.metrics(),
+fn tunnels_closed(proxy: &Proxy, kind: &str, reason: &str) -> f64 {
+    metric_sum_in(
+        &proxy.metrics_text(),
         "longhaul_tunnels_closed_total",
         &[("kind", kind), ("reason", reason)],
     )
@@ -341,7 +341,7 @@ fn tunnels_closed(proxy: &Longhaul, kind: &str, reason: &str) -> f64 {
 fn silent_upgrade_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
     let backend = echo_after_101();
     let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
-    let proxy = Longhaul::start(&config);
+    let proxy = Proxy::start_text(&config);
     let (mut client, head) = upgrade(&proxy);
     assert_eq!(head.status, 101, "status line: {}", head.raw);
     lab::expect_eof(&mut client);
@@ -356,15 +356,15 @@ fn silent_upgrade_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
 fn silent_upgrade_tunnel_close_is_counted_as_idle_timeout() {
     let backend = echo_after_101();
     let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
-    let proxy = Longhaul::start(&config);
+    let proxy = Proxy::start_text(&config);
     let (mut client, _) = upgrade(&proxy);
     lab::expect_eof(&mut client);
     assert!(
-        lab::wait_until(Duration::from_secs(5), || {
+        support::wait_until(Duration::from_secs(5), || {
             tunnels_closed(&proxy, "upgrade", "idle_timeout") == 1.0
         }),
         "{}",
-        proxy.metrics()
+        proxy.metrics_text()
     );
 }
 
@@ -373,7 +373,7 @@ fn silent_connect_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
     let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let config = with_tunnel_idle_timeout(connect_config(true, tunnel.addr, web.addr), TUNNEL_IDLE);
-    let proxy = Longhaul::start(&config);
+    let proxy = Proxy::start_text(&config);
     let mut client = connect_tunnel(&proxy);
     lab::expect_eof(&mut client);
     assert!(
@@ -388,15 +388,15 @@ fn silent_connect_tunnel_close_is_counted_as_idle_timeout() {
     let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
     let config = with_tunnel_idle_timeout(connect_config(true, tunnel.addr, web.addr), TUNNEL_IDLE);
-    let proxy = Longhaul::start(&config);
+    let proxy = Proxy::start_text(&config);
     let mut client = connect_tunnel(&proxy);
     lab::expect_eof(&mut client);
     assert!(
-        lab::wait_until(Duration::from_secs(5), || {
+        support::wait_until(Duration::from_secs(5), || {
             tunnels_closed(&proxy, "connect", "idle_timeout") == 1.0
         }),
         "{}",
-        proxy.metrics()
+        proxy.metrics_text()
     );
 }
 
@@ -404,7 +404,7 @@ fn silent_connect_tunnel_close_is_counted_as_idle_timeout() {
 fn upgrade_tunnel_with_traffic_stays_open_past_tunnel_idle_timeout() {
     let backend = echo_after_101();
     let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
-    let proxy = Longhaul::start(&config);
+    let proxy = Proxy::start_text(&config);
     let (mut client, _) = upgrade(&proxy);
     // A byte each way every 200 ms for three idle timeouts: the tunnel is never silent for 1 s.
     for round in 0..15u8 {
@@ -417,16 +417,16 @@ fn upgrade_tunnel_with_traffic_stays_open_past_tunnel_idle_timeout() {
 #[test]
 fn upgrade_tunnel_closed_by_the_client_is_counted_as_client_closed() {
     let backend = echo_after_101();
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
     let (mut client, _) = upgrade(&proxy);
     client.shutdown(Shutdown::Write).expect("half-close");
     lab::expect_eof(&mut client);
     assert!(
-        lab::wait_until(Duration::from_secs(5), || {
+        support::wait_until(Duration::from_secs(5), || {
             tunnels_closed(&proxy, "upgrade", "client_closed") == 1.0
         }),
         "{}",
-        proxy.metrics()
+        proxy.metrics_text()
     );
 }
 
@@ -439,7 +439,7 @@ fn upgrade_tunnel_closed_by_the_backend_is_counted_as_upstream_closed() {
             after: After::EchoOnceThenClose,
         },
     );
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
     let (mut client, _) = upgrade(&proxy);
     client.write_all(b"last").expect("send");
     assert_eq!(read_exactly(&mut client, 4), b"last");
@@ -450,19 +450,19 @@ fn upgrade_tunnel_closed_by_the_backend_is_counted_as_upstream_closed() {
         .shutdown(Shutdown::Write)
         .expect("half-close after the backend's close");
     assert!(
-        lab::wait_until(Duration::from_secs(5), || {
+        support::wait_until(Duration::from_secs(5), || {
             tunnels_closed(&proxy, "upgrade", "upstream_closed") == 1.0
         }),
         "{}",
-        proxy.metrics()
+        proxy.metrics_text()
     );
 }
 
 #[test]
 fn tunnel_close_series_are_exported_at_zero_before_any_tunnel() {
     let backend = echo_after_101();
-    let proxy = Longhaul::start(&upgrade_config(backend.addr));
-    let metrics = proxy.metrics();
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let metrics = proxy.metrics_text();
     let series: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("longhaul_tunnels_closed_total{"))
@@ -480,3 +480,4 @@ fn tunnel_close_series_are_exported_at_zero_before_any_tunnel() {
 
 mod support;
 use support::lab;
+use support::proxy::{Proxy, metric_sum_in};

@@ -1,66 +1,18 @@
-//! Test plumbing for the tunnel and transparent-mode tests: the longhaul child process,
-//! scripted TCP backends and a raw-socket client. Both files include it with `#[path]`.
+//! Test plumbing for the tunnel and transparent-mode tests: scripted TCP backends and a
+//! raw-socket client (longhaul itself runs as a `support::proxy::Proxy`).
 // Wall-clock time is right in tests: the proxy under test is another process, out of reach of tokio's clock.
 #![allow(dead_code, clippy::disallowed_types)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
 /// Every socket read or write in these tests gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// longhaul must log `longhaul started` within this (the machine may be busy compiling).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-unsafe extern "C" {
-    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
-}
-const PR_SET_PDEATHSIG: std::ffi::c_int = 1;
-const SIGKILL: std::ffi::c_ulong = 9;
-
-/// `config` with `workers = $LONGHAUL_TEST_WORKERS` under `[server]`, unless it sets `workers`
-/// itself or the variable is unset (the same variable as `support::proxy::WORKERS_ENV`).
-fn with_test_workers(config: &str) -> String {
-    let Ok(workers) = std::env::var("LONGHAUL_TEST_WORKERS") else {
-        return config.to_string();
-    };
-    let workers = workers.trim();
-    let value = match workers.parse::<usize>() {
-        Ok(n) => n.to_string(),
-        Err(_) => format!("\"{workers}\""),
-    };
-    if config
-        .lines()
-        .any(|l| l.trim_start().starts_with("workers"))
-    {
-        return config.to_string();
-    }
-    match config.find("[server]\n") {
-        Some(at) => {
-            let end = at + "[server]\n".len();
-            format!("{}workers = {value}\n{}", &config[..end], &config[end..])
-        }
-        None => format!("[server]\nworkers = {value}\n{config}"),
-    }
-}
-
-/// Children get SIGKILL if the test thread that started them dies without its Drop running.
-pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            Ok(())
-        });
-    }
-}
 
 /// A fresh directory under the system temp dir, unique per process and call.
 pub fn temp_dir(prefix: &str) -> PathBuf {
@@ -73,101 +25,6 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
-}
-
-/// The longhaul binary running a config; killed (and its temp dir removed) on drop.
-pub struct Longhaul {
-    child: Child,
-    dir: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-}
-
-impl Longhaul {
-    /// Starts longhaul (config must use `[log] format = "json"`) and waits for its start line.
-    /// `LONGHAUL_TEST_WORKERS` sets `[server] workers` when the config does not.
-    pub fn start(config: &str) -> Longhaul {
-        let dir = temp_dir("longhaul-test");
-        let path = dir.join("proxy.toml");
-        let config = &with_test_workers(config);
-        std::fs::write(&path, config).expect("write config");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn longhaul");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let reader = {
-            let log = log.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if line.contains("longhaul started") {
-                        let _ = tx.send(line.clone());
-                    }
-                    log.lock().expect("log lock").push(line);
-                }
-            })
-        };
-        let unset: SocketAddr = "0.0.0.0:0".parse().expect("addr");
-        let mut proxy = Longhaul {
-            child,
-            dir,
-            log,
-            reader: Some(reader),
-            listen: unset,
-            admin: unset,
-        };
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "longhaul did not log `longhaul started` within {START_TIMEOUT:?}; config:\n{config}\nstderr:\n{}",
-                proxy.stderr()
-            ),
-        };
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("start line is not JSON ({e}): {line}"));
-        let field = |name: &str| -> SocketAddr {
-            v[name]
-                .as_str()
-                .and_then(|s| s.split(',').next())
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no `{name}` address in start line: {line}"))
-        };
-        proxy.listen = field("listen");
-        proxy.admin = field("admin");
-        proxy
-    }
-
-    /// Everything longhaul wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.log.lock().expect("log lock").join("\n")
-    }
-
-    /// GET /metrics on the admin listener.
-    pub fn metrics(&self) -> String {
-        let (status, body) = http_get(self.admin, "/metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        body
-    }
-}
-
-impl Drop for Longhaul {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// What a scripted backend does after the optional HTTP exchange.
@@ -386,20 +243,6 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A response head: status code, raw text, headers (names lowercased).
 #[derive(Debug)]
 pub struct Head {
@@ -516,54 +359,4 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
     (status, body.to_string())
-}
-
-/// The sum of every sample of `name` whose labels include `want` (0 when there is none).
-pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(parse_sample)
-        .filter(|(n, labels, _)| {
-            n == name
-                && want
-                    .iter()
-                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        })
-        .map(|(_, _, v)| v)
-        .sum()
-}
-
-type Sample = (String, Vec<(String, String)>, f64);
-
-fn parse_sample(line: &str) -> Option<Sample> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some((name, rest)) = series.split_once('{') else {
-        return Some((series.to_string(), Vec::new(), value));
-    };
-    let body = rest.strip_suffix('}')?;
-    let mut labels = Vec::new();
-    let mut chars = body.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        if chars.next() != Some('"') {
-            return None;
-        }
-        let mut val = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => val.push(chars.next()?),
-                '"' => break,
-                c => val.push(c),
-            }
-        }
-        labels.push((key.trim_start_matches(',').trim().to_string(), val));
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    Some((name.to_string(), labels, value))
 }

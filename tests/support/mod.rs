@@ -9,6 +9,7 @@ pub mod client;
 pub mod faults;
 pub mod lab;
 pub mod nginx;
+pub mod process;
 pub mod proxy;
 pub mod real_servers;
 pub mod tls;

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use super::lab;
+use super::process::Child;
+use super::proxy::TempDir;
 use super::tls::CertFiles;
 
 /// How the nginx TLS backend is set up.
@@ -42,13 +43,15 @@ pub struct Logged {
 /// config, in the foreground; killed on drop.
 pub struct NginxTls {
     pub addr: SocketAddr,
+    // Field order is drop order: nginx is killed before its directory goes.
     child: Child,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl NginxTls {
     pub fn start(options: &NginxTlsOptions) -> NginxTls {
-        let dir = lab::temp_dir("longhaul-nginx-tls");
+        let temp = TempDir::new();
+        let dir = temp.path();
         let root = dir.join("htdocs");
         std::fs::create_dir_all(&root).expect("create docroot");
         std::fs::write(root.join("index.html"), "hello over tls\n").expect("write index.html");
@@ -81,35 +84,38 @@ impl NginxTls {
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        lab::die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("spawn nginx");
-        let nginx = NginxTls { addr, child, dir };
+        let child = Child::spawn_drained(
+            "nginx",
+            Command::new("nginx")
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf_path)
+                .args(["-g", "daemon off;"]),
+        );
+        let nginx = NginxTls {
+            addr,
+            child,
+            dir: temp,
+        };
         assert!(
             super::wait_until(std::time::Duration::from_secs(10), || {
                 super::real_servers::accepting(addr)
             }),
-            "nginx never accepted on {addr}: {}",
-            nginx.error_log()
+            "nginx never accepted on {addr}: {}\n{}",
+            nginx.error_log(),
+            nginx.child.output()
         );
         nginx
     }
 
     pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
     /// Every request logged so far.
     pub fn requests(&self) -> Vec<Logged> {
-        let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
                 let mut f = line.split_whitespace();
@@ -129,13 +135,5 @@ impl NginxTls {
             .into_iter()
             .map(|r| (r.connection, r.reused))
             .collect()
-    }
-}
-
-impl Drop for NginxTls {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

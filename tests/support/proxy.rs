@@ -12,6 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::client::{self, Response};
+use super::process::die_with_parent;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
 
@@ -50,6 +51,27 @@ pub struct UpstreamConfig {
 /// Runs every test proxy with this many event loops (`[server] workers`): a number or `auto`.
 /// Unset: the proxy's own default. A test that needs a count sets `workers` itself.
 pub const WORKERS_ENV: &str = "LONGHAUL_TEST_WORKERS";
+
+/// `config` with `workers = $LONGHAUL_TEST_WORKERS` under `[server]`, unless it sets `workers`
+/// itself or the variable is unset.
+fn with_test_workers(config: &str) -> String {
+    let Some(value) = workers_from_env() else {
+        return config.to_string();
+    };
+    if config
+        .lines()
+        .any(|l| l.trim_start().starts_with("workers"))
+    {
+        return config.to_string();
+    }
+    match config.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}workers = {value}\n{}", &config[..end], &config[end..])
+        }
+        None => format!("[server]\nworkers = {value}\n{config}"),
+    }
+}
 
 /// `[server] workers` as TOML from `LONGHAUL_TEST_WORKERS`, if set.
 fn workers_from_env() -> Option<String> {
@@ -276,18 +298,23 @@ impl Proxy {
         Proxy::start_raw(&config.render())
     }
 
+    /// Starts longhaul with this config text; `LONGHAUL_TEST_WORKERS` sets `[server] workers`
+    /// unless the text sets `workers` itself.
+    pub fn start_text(config_text: &str) -> Proxy {
+        Proxy::start_raw(&with_test_workers(config_text))
+    }
+
     /// Starts longhaul with this exact config text.
     pub fn start_raw(config_text: &str) -> Proxy {
         let dir = TempDir::new();
         let config_path = dir.write_config(config_text);
-        let mut child = Command::new(BIN)
-            .arg("--config")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn longhaul");
+            .stderr(Stdio::piped());
+        let mut child = die_with_parent(&mut cmd).spawn().expect("spawn longhaul");
         let stderr = child.stderr.take().expect("stderr pipe");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
@@ -366,6 +393,11 @@ impl Proxy {
             reader: Some(reader),
             _dir: dir,
         }
+    }
+
+    /// Everything longhaul wrote to stderr so far, one string.
+    pub fn stderr(&self) -> String {
+        self.stderr_lines().join("\n")
     }
 
     /// Every stderr line so far.
@@ -533,6 +565,11 @@ pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
         }
     }
     total
+}
+
+/// Like `metric_in`, 0 when no series matched (counters not yet touched).
+pub fn metric_sum_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_in(text, name, labels).unwrap_or(0.0)
 }
 
 fn parse_labels(text: &str) -> Vec<(String, String)> {

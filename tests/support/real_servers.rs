@@ -3,7 +3,10 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use super::process::Child;
+use super::proxy::TempDir;
 use std::time::Duration;
 
 use super::lab;
@@ -39,35 +42,30 @@ fn docroot(dir: &Path) -> PathBuf {
 /// `python3 -m http.server` (HTTP/1.0, one connection per request, listen backlog 5) serving
 /// a temp dir; killed on drop.
 pub struct PythonHttpServer {
-    child: Child,
+    // Field order is drop order: the server is killed before its directory goes.
+    _child: Child,
     pub addr: SocketAddr,
-    dir: PathBuf,
+    _dir: TempDir,
 }
 
 impl PythonHttpServer {
     pub fn start(addr: SocketAddr) -> PythonHttpServer {
-        let dir = lab::temp_dir("longhaul-python-http");
-        let root = docroot(&dir);
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "http.server", &addr.port().to_string()])
-            .args(["--bind", &addr.ip().to_string()])
-            .arg("--directory")
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        lab::die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("spawn python3 -m http.server");
+        let dir = TempDir::new();
+        let root = docroot(dir.path());
+        let child = Child::spawn_drained(
+            "python3 -m http.server",
+            Command::new("python3")
+                .args(["-m", "http.server", &addr.port().to_string()])
+                .args(["--bind", &addr.ip().to_string()])
+                .arg("--directory")
+                .arg(&root),
+        );
         wait_accepting(addr, "python3 -m http.server");
-        PythonHttpServer { child, addr, dir }
-    }
-}
-
-impl Drop for PythonHttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        PythonHttpServer {
+            _child: child,
+            addr,
+            _dir: dir,
+        }
     }
 }
 
