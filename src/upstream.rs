@@ -1,6 +1,7 @@
 //! A named upstream: its servers, one deadpool pool of keep-alive connections per server, the
 //! balancer, and `forward`, which sends one request with the retry rules that keep it safe.
 
+mod adaptive;
 mod balance;
 mod body;
 mod conn;

@@ -1,0 +1,231 @@
+//! The adaptive concurrency limit of one server: a pure state machine that learns, from
+//! first-byte latency, how many requests the backend serves at once (≤ `max_size`).
+//!
+//! Signal: smoothed RTT and RTT variance (as TCP's RTO) of first-byte times on *reused*
+//! connections that were answered. A request is late when its first byte takes longer than
+//! `srtt + 4·rttvar` (at least 50 ms). Fresh connections still unanswered past that while others
+//! are answered are connections the backend has not picked up (a prefork accept queue): the limit
+//! shrinks to what is being served, never below 1, at most halving once per RTT, and never before
+//! a baseline exists. While saturated and prompt, the limit grows by one per `limit` prompt
+//! answers (one per RTT's worth), up to `max_size`; a failed probe backs further probes off.
+// Not wired into the pool yet (see the branch report): only the unit tests use it so far.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A first byte later than this is never "late" on its own.
+const LATE_FLOOR: Duration = Duration::from_millis(50);
+/// The limit a server starts with, when `max_size` allows.
+const INITIAL_LIMIT: usize = 8;
+/// First and largest wait before probing again after a probe was late.
+const FIRST_PROBE_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why the limit changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Grew {
+        to: usize,
+    },
+    /// `late` fresh connections were not being answered.
+    Shrank {
+        to: usize,
+        late: usize,
+    },
+}
+
+#[derive(Debug)]
+pub struct Limiter {
+    max: usize,
+    limit: usize,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    last_shrink: Option<Instant>,
+    prompt_since_grow: usize,
+    probe_backoff: Duration,
+    no_probe_until: Option<Instant>,
+}
+
+impl Limiter {
+    pub fn new(max: usize) -> Limiter {
+        let max = max.max(1);
+        Limiter {
+            max,
+            limit: max.min(INITIAL_LIMIT),
+            srtt: None,
+            rttvar: Duration::ZERO,
+            last_shrink: None,
+            prompt_since_grow: 0,
+            probe_backoff: FIRST_PROBE_BACKOFF,
+            no_probe_until: None,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The first-byte time past which a request is late; `None` before the baseline.
+    pub fn threshold(&self) -> Option<Duration> {
+        self.srtt.map(|s| (s + self.rttvar * 4).max(LATE_FLOOR))
+    }
+
+    fn is_late(&self, waited: Duration) -> bool {
+        self.threshold().is_some_and(|t| waited > t)
+    }
+
+    /// A first byte after `latency`; `in_use` requests hold permits, `late_fresh` of them are
+    /// fresh connections unanswered past the threshold.
+    pub fn on_answer(
+        &mut self,
+        now: Instant,
+        reused: bool,
+        latency: Duration,
+        in_use: usize,
+        late_fresh: usize,
+    ) -> Option<Change> {
+        let late = self.is_late(latency);
+        if reused && !late {
+            self.sample(latency);
+        }
+        if !reused && !late {
+            // A fresh connection answered promptly: the backend picked it up.
+            self.probe_backoff = FIRST_PROBE_BACKOFF;
+        }
+        if late_fresh > 0 {
+            return self.shrink(now, in_use, late_fresh);
+        }
+        if late || in_use < self.limit {
+            return None;
+        }
+        self.grow(now)
+    }
+
+    fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = rtt.abs_diff(srtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    fn shrink(&mut self, now: Instant, in_use: usize, late: usize) -> Option<Change> {
+        let srtt = self.srtt?;
+        self.prompt_since_grow = 0;
+        self.no_probe_until = Some(now + self.probe_backoff);
+        if self.last_shrink.is_some_and(|at| now - at < srtt) {
+            return None;
+        }
+        let served = in_use.saturating_sub(late).max(1);
+        let to = served.max(self.limit / 2).max(1);
+        if to >= self.limit {
+            return None;
+        }
+        self.probe_backoff = (self.probe_backoff * 2).min(MAX_PROBE_BACKOFF);
+        self.last_shrink = Some(now);
+        self.limit = to;
+        Some(Change::Shrank { to, late })
+    }
+
+    fn grow(&mut self, now: Instant) -> Option<Change> {
+        if self.limit >= self.max || self.no_probe_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.prompt_since_grow += 1;
+        if self.prompt_since_grow < self.limit {
+            return None;
+        }
+        self.prompt_since_grow = 0;
+        self.limit += 1;
+        Some(Change::Grew { to: self.limit })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RTT: Duration = Duration::from_millis(1);
+
+    /// Drives a backend that serves `serving` connections: requests beyond it are late.
+    async fn drive(l: &mut Limiter, serving: impl Fn(u32) -> usize, rounds: u32) {
+        for r in 0..rounds {
+            let in_use = l.limit();
+            let late = in_use.saturating_sub(serving(r));
+            for _ in 0..in_use.min(serving(r)) {
+                tokio::time::advance(RTT).await;
+                l.on_answer(Instant::now(), true, RTT, in_use, late);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lates_before_any_baseline_do_not_shrink() {
+        let mut l = Limiter::new(32);
+        let change = l.on_answer(Instant::now(), false, Duration::from_secs(1), 8, 7);
+        assert_eq!(change, None);
+        assert_eq!(l.limit(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_serving_everything_grows_to_max_size() {
+        let mut l = Limiter::new(32);
+        drive(&mut l, |_| 32, 200).await;
+        assert_eq!(l.limit(), 32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_serving_four_settles_at_four() {
+        let mut l = Limiter::new(32);
+        drive(&mut l, |_| 4, 2000).await;
+        assert_eq!(l.limit(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_prefork_ramp_never_collapses_and_follows_the_children() {
+        let mut l = Limiter::new(32);
+        let mut lowest = usize::MAX;
+        // 8 children, more forked as time passes (1 ms per answer round here).
+        let children = |r: u32| (8 + r as usize / 200).min(32);
+        for r in 0..20_000u32 {
+            drive(&mut l, |_| children(r), 1).await;
+            lowest = lowest.min(l.limit());
+        }
+        assert_eq!(lowest, 8);
+        assert_eq!(l.limit(), 32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_recovers_after_a_shrink_once_the_backend_keeps_up() {
+        let mut l = Limiter::new(32);
+        drive(&mut l, |r| if r < 500 { 4 } else { 32 }, 8000).await;
+        assert_eq!(l.limit(), 32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrink_at_most_halves_the_limit() {
+        let mut l = Limiter::new(32);
+        drive(&mut l, |_| 32, 200).await;
+        tokio::time::advance(RTT).await;
+        let change = l.on_answer(Instant::now(), true, RTT, 32, 31);
+        assert_eq!(change, Some(Change::Shrank { to: 16, late: 31 }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsaturated_pool_does_not_grow() {
+        let mut l = Limiter::new(32);
+        for _ in 0..1000 {
+            tokio::time::advance(RTT).await;
+            l.on_answer(Instant::now(), true, RTT, 3, 0);
+        }
+        assert_eq!(l.limit(), 8);
+    }
+}
