@@ -244,10 +244,10 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
         // The slot is taken after accepting: a loop holding a free slot while its own listener
         // is quiet would starve a client queued on another worker's listener. Past the limit,
         // each worker holds at most this one connection; the rest wait in the kernel backlog.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            _ = shutdown.changed() => return,
-        };
+        // Not cut short by a drain: this client connected before the listener closed (or was
+        // handed to a new process), and dropping it now would reset its unread request. A drain
+        // that holds every permit lets this wait end only when the process is done.
+        let permit = limit.clone().acquire_owned().await.expect("never closed");
         tracing::debug!(worker, client = %peer, tls, "client connection accepted");
         let stack = stack.clone();
         let settings = settings.clone();
@@ -288,18 +288,16 @@ pub async fn serve_client(
     peer: SocketAddr,
     stack: Stack,
     settings: &ClientSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     destination: Option<Destination>,
 ) {
     let _counted = Counted::new();
     // hyper's buffers are built only once the client has said something; a client silent for
-    // header_read_timeout is closed without an answer, as hyper itself would do.
+    // header_read_timeout is closed without an answer, as hyper itself would do. A drain does
+    // not cut this wait short: the client connected before the listener closed (or was handed
+    // to a new process) and its request is owed an answer.
     let started = tokio::time::Instant::now();
-    let first = tokio::select! {
-        first = first_bytes(&stream, settings.header_read_timeout) => first,
-        () = stopping(&mut shutdown) => None,
-    };
-    let Some(first) = first else {
+    let Some(first) = first_bytes(&stream, settings.header_read_timeout).await else {
         return;
     };
     let client = Client {
@@ -325,15 +323,13 @@ async fn serve_tls(
     peer: SocketAddr,
     stack: Stack,
     settings: &ClientSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     terminator: &TlsTerminator,
 ) {
     let _counted = Counted::new();
-    let handshake = tokio::select! {
-        handshake = terminator.accept(stream) => handshake,
-        () = stopping(&mut shutdown) => return,
-    };
-    let mut tls = match handshake {
+    // As on plain connections, a drain lets the handshake and the first request arrive (each
+    // bounded by its own timeout): the client connected before the listener closed.
+    let mut tls = match terminator.accept(stream).await {
         Ok(tls) => tls,
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -342,11 +338,7 @@ async fn serve_tls(
     };
     // As on plain connections: hyper's buffers only once the client has sent a request's bytes.
     let started = tokio::time::Instant::now();
-    let first = tokio::select! {
-        first = first_tls_bytes(&mut tls, settings.header_read_timeout) => first,
-        () = stopping(&mut shutdown) => None,
-    };
-    let Some(first) = first else {
+    let Some(first) = first_tls_bytes(&mut tls, settings.header_read_timeout).await else {
         return;
     };
     let client = Client {
@@ -391,7 +383,10 @@ async fn serve_http<I>(
         tls,
         head_time_left,
     } = client;
+    let first_request = FirstRequest::default();
+    let seen = first_request.clone();
     let service = service_fn(move |mut req: http::Request<Incoming>| {
+        seen.arrived();
         req.extensions_mut().insert(ClientAddr(peer));
         if tls {
             req.extensions_mut().insert(ClientTls);
@@ -431,12 +426,34 @@ async fn serve_http<I>(
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = stopping(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            // hyper closes a connection at once if no request has started on it: wait for
+            // the first one (hyper bounds that by the head timeout), then close after its answer.
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = first_request.wait(head_time_left) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Whether hyper has handed a client connection's first request to the service yet.
+#[derive(Clone, Default)]
+struct FirstRequest(Arc<tokio::sync::Notify>);
+
+impl FirstRequest {
+    fn arrived(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves once a request has arrived (at once if one already has), or after `limit`.
+    async fn wait(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.0.notified()).await;
     }
 }
 
