@@ -1,5 +1,6 @@
-//! systemd socket activation (sd_listen_fds(3)): the listening sockets passed in fds 3.. with
-//! `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`, matched to the configured listeners by address.
+//! Listening sockets this process did not bind: those systemd passes (sd_listen_fds(3): fds 3..
+//! with `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) and those the old process hands over at an
+//! upgrade ([`crate::upgrade`]), matched to the configured listeners by role and address.
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -30,19 +31,59 @@ pub enum ActivationError {
     },
 }
 
+/// What a listening socket serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `[server] listen`
+    Listen,
+    /// `[server] tls_listen`
+    TlsListen,
+    /// `[admin] listen`
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Listen => "listen",
+            Role::TlsListen => "tls_listen",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::Listen, Role::TlsListen, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+    }
+}
+
 /// The listening sockets this process was given and has not yet used.
 #[derive(Debug, Default)]
 pub struct Inherited {
     sockets: Vec<Passed>,
 }
 
-/// One passed socket: its descriptor number and name (for messages) and its local address.
+/// One passed socket: its descriptor number and name (for messages), its local address, and,
+/// for a handed-over one, its role and the configured address it was bound for.
 #[derive(Debug)]
 struct Passed {
     fd: RawFd,
     name: Option<String>,
     addr: SocketAddr,
+    handed: Option<(Role, SocketAddr)>,
     socket: Socket,
+}
+
+impl Passed {
+    /// Whether this socket serves the listener configured as `role` on `configured`. A socket
+    /// from systemd has no role and is matched by address alone.
+    fn serves(&self, role: Role, configured: SocketAddr) -> bool {
+        match self.handed {
+            Some((r, was)) => r == role && (was == configured || self.addr == configured),
+            None => self.addr == configured,
+        }
+    }
 }
 
 /// ` (name)` after the descriptor number in messages, when systemd named the socket.
@@ -89,8 +130,34 @@ impl Inherited {
     pub fn from_fds(
         fds: Vec<(RawFd, Option<String>, OwnedFd)>,
     ) -> Result<Inherited, ActivationError> {
+        Inherited::checked(
+            fds.into_iter()
+                .map(|(fd, name, owned)| (fd, name, None, owned)),
+        )
+    }
+
+    /// The sockets an old process handed over at an upgrade, each with its role and the
+    /// configured address it was bound for.
+    pub fn from_handed(
+        handed: Vec<(Role, SocketAddr, OwnedFd)>,
+    ) -> Result<Inherited, ActivationError> {
+        Inherited::checked(handed.into_iter().map(|(role, configured, owned)| {
+            use std::os::fd::AsRawFd;
+            let fd = owned.as_raw_fd();
+            (
+                fd,
+                Some(role.as_str().to_string()),
+                Some((role, configured)),
+                owned,
+            )
+        }))
+    }
+
+    fn checked(
+        fds: impl Iterator<Item = (RawFd, Option<String>, Option<(Role, SocketAddr)>, OwnedFd)>,
+    ) -> Result<Inherited, ActivationError> {
         let mut sockets = Vec::new();
-        for (fd, name, owned) in fds {
+        for (fd, name, handed, owned) in fds {
             let not_tcp = |why: String| ActivationError::NotTcp {
                 fd,
                 name: label(&name),
@@ -106,15 +173,17 @@ impl Inherited {
                 fd,
                 name,
                 addr,
+                handed,
                 socket,
             });
         }
         Ok(Inherited { sockets })
     }
 
-    /// An error for the first passed socket whose address is none of `configured`.
+    /// An error for the first socket from systemd whose address is none of `configured`.
     pub fn check_matched(&self, configured: &[SocketAddr]) -> Result<(), ActivationError> {
-        match self.sockets.iter().find(|p| !configured.contains(&p.addr)) {
+        let unmatched = |p: &&Passed| p.handed.is_none() && !configured.contains(&p.addr);
+        match self.sockets.iter().find(unmatched) {
             Some(p) => Err(ActivationError::Unmatched {
                 fd: p.fd,
                 name: label(&p.name),
@@ -124,12 +193,31 @@ impl Inherited {
         }
     }
 
-    /// The passed socket listening on `addr`, if any (non-blocking), removed from the set.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
-        let i = self.sockets.iter().position(|p| p.addr == addr)?;
-        let passed = self.sockets.remove(i);
-        tracing::info!(fd = passed.fd, name = passed.name.as_deref().unwrap_or(""), %addr, "using a socket passed by systemd");
-        Some(passed.socket.into())
+    /// Every socket serving the listener configured as `role` on `configured` (non-blocking),
+    /// removed from the set: one from systemd, or one per worker of the old process.
+    pub fn take_all(&mut self, role: Role, configured: SocketAddr) -> Vec<std::net::TcpListener> {
+        let (taken, rest) = std::mem::take(&mut self.sockets)
+            .into_iter()
+            .partition::<Vec<_>, _>(|p| p.serves(role, configured));
+        self.sockets = rest;
+        for p in &taken {
+            let from = if p.handed.is_some() {
+                "the old process"
+            } else {
+                "systemd"
+            };
+            tracing::info!(fd = p.fd, name = p.name.as_deref().unwrap_or(""), addr = %p.addr,
+                role = role.as_str(), from, "using a passed listening socket");
+        }
+        taken.into_iter().map(|p| p.socket.into()).collect()
+    }
+
+    /// Closes the sockets no listener took (an upgrade whose config dropped an address),
+    /// logging each.
+    pub fn close_unused(&mut self) {
+        for p in self.sockets.drain(..) {
+            tracing::warn!(fd = p.fd, addr = %p.addr, "a passed listening socket matches no configured listener; closed");
+        }
     }
 
     /// How many passed sockets have not been taken.
@@ -186,8 +274,30 @@ mod tests {
     fn a_passed_socket_is_taken_by_its_address() {
         let (addr, fd) = listener_fd();
         let mut inherited = Inherited::from_fds(vec![(3, None, fd)]).unwrap();
-        let taken = inherited.take(addr).map(|l| l.local_addr().unwrap());
-        assert_eq!((taken, inherited.len()), (Some(addr), 0));
+        let taken: Vec<_> = inherited
+            .take_all(Role::Listen, addr)
+            .iter()
+            .map(|l| l.local_addr().unwrap())
+            .collect();
+        assert_eq!((taken, inherited.len()), (vec![addr], 0));
+    }
+
+    #[test]
+    fn handed_sockets_are_taken_by_role_and_configured_address() {
+        let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (listen, listen_fd) = listener_fd();
+        let (_, admin_fd) = listener_fd();
+        let mut inherited = Inherited::from_handed(vec![
+            (Role::Listen, configured, listen_fd),
+            (Role::Admin, configured, admin_fd),
+        ])
+        .unwrap();
+        let taken: Vec<_> = inherited
+            .take_all(Role::Listen, configured)
+            .iter()
+            .map(|l| l.local_addr().unwrap())
+            .collect();
+        assert_eq!((taken, inherited.len()), (vec![listen], 1));
     }
 
     #[test]

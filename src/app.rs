@@ -1,5 +1,5 @@
-//! Wires a configuration into a running proxy: binds listeners, starts the accept loops, the
-//! admin listener and the pools; reloads on SIGHUP; drains and reports totals on shutdown.
+//! Wires a configuration into a running proxy: binds listeners, warms the pools, starts the accept
+//! loops and the admin listener; reloads on SIGHUP, upgrades on SIGUSR2, drains on shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,13 +10,14 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::activation::Inherited;
+use crate::activation::{Inherited, Role};
 use crate::config::Config;
 use crate::metrics::{CloseReason, METRICS};
 use crate::pid_file::{PidFile, PidFileError};
 use crate::proxy::{Proxy, Routing, UpgradeAllowList};
 use crate::server::{self, ClientSettings, Serving};
 use crate::tls::{TlsError, TlsTerminator};
+use crate::upgrade::{HandedSocket, Launch};
 use crate::workers::{Listeners, SocketOptions, WorkerError, Workers};
 
 /// Why the proxy could not start or run.
@@ -35,6 +36,9 @@ pub enum AppError {
     PidFile(#[from] PidFileError),
 }
 
+/// Beyond the longest `connect_timeout`, how long a start waits for its pools to be warm.
+const WARM_UP_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A started proxy: where it listens, and the handle to stop it.
 pub struct App {
     pub listen: Vec<SocketAddr>,
@@ -50,6 +54,8 @@ pub struct App {
     transparent: Option<Arc<crate::transparent::Transparent>>,
     tls: Option<Arc<TlsTerminator>>,
     pid_file: Option<PidFile>,
+    /// Every listening socket, duplicated, for the new process at an upgrade.
+    handover: Vec<HandedSocket>,
 }
 
 impl App {
@@ -58,8 +64,9 @@ impl App {
         App::start_with(config, config_path, Inherited::none()).await
     }
 
-    /// Like `start`, but a listener whose address has a socket in `inherited` (systemd socket
-    /// activation) serves on it instead of binding.
+    /// Like `start`, but a listener with sockets in `inherited` (systemd socket activation, or
+    /// the old process's at an upgrade) serves on them instead of binding. The pools are warm
+    /// (`min_idle`, within the longest `connect_timeout`) before the first accept.
     pub async fn start_with(
         config: Config,
         config_path: Option<PathBuf>,
@@ -83,7 +90,7 @@ impl App {
             ip_transparent: tproxy,
             client_keepalive: &config.server.tcp_keepalive,
         };
-        let listeners = Listeners::bind_or_adopt(
+        let mut listeners = Listeners::bind_or_adopt(
             &config.listen_addrs(),
             &config.tls_listen_addrs(),
             &options,
@@ -91,6 +98,7 @@ impl App {
         )?;
         let listen = listeners.addrs.clone();
         let tls_listen = listeners.tls_addrs.clone();
+        let mut handover = std::mem::take(&mut listeners.handover);
         let transparent = crate::transparent::Transparent::for_config(&config, &listen);
         let serving = Serving {
             stack,
@@ -100,17 +108,32 @@ impl App {
             transparent: transparent.clone(),
             tls: tls.clone(),
         };
-        let workers = Workers::start(listeners, &serving)?;
         let admin_addr: SocketAddr = config.admin.listen.parse().expect("validated");
-        let admin_listener = match inherited.take(admin_addr) {
+        let admin_bind = |source| AppError::Bind {
+            addr: admin_addr,
+            source,
+        };
+        let admin_listener = match inherited.take_all(Role::Admin, admin_addr).pop() {
             Some(passed) => server::adopt(passed),
             None => server::bind(admin_addr),
         }
-        .map_err(|source| AppError::Bind {
-            addr: admin_addr,
-            source,
-        })?;
+        .map_err(admin_bind)?;
+        inherited.close_unused();
+        handover.push(HandedSocket {
+            role: Role::Admin,
+            configured: admin_addr,
+            fd: socket2::SockRef::from(&admin_listener)
+                .try_clone()
+                .map_err(admin_bind)?
+                .into(),
+        });
         let admin = admin_listener.local_addr().expect("bound");
+        let warm_bound = config.upstream.iter().map(|u| u.connect_timeout).max();
+        let warm_bound = warm_bound.unwrap_or_default() + WARM_UP_SLACK;
+        if !routing.load().warm_up(warm_bound).await {
+            tracing::warn!(waited = ?warm_bound, "not every pool is warm; accepting anyway");
+        }
+        let workers = Workers::start(listeners, &serving)?;
         let sources = crate::admin::Sources {
             routing: routing.clone(),
             transparent: transparent.clone(),
@@ -135,6 +158,7 @@ impl App {
             transparent,
             tls,
             pid_file,
+            handover,
         };
         app.log_started();
         Ok(app)
@@ -164,6 +188,14 @@ impl App {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        let pooled: usize = self
+            .routing
+            .load()
+            .upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter())
+            .map(|sp| sp.pool.status().size)
+            .sum();
         tracing::info!(
             listen = %join(&self.listen),
             tls_listen = %join(&self.tls_listen),
@@ -171,6 +203,7 @@ impl App {
             mode = ?self.config.server.mode,
             workers = self.config.server.workers.count(),
             upstreams = %upstreams,
+            pooled,
             version = env!("CARGO_PKG_VERSION"),
             "longhaul started"
         );
@@ -248,14 +281,45 @@ impl App {
         }
     }
 
+    /// Starts the binary at `launch` with this process's listening sockets and waits until it
+    /// is ready (`upgrade_timeout`). On `true` this process should drain and exit; on `false`
+    /// (logged with the reason) it keeps serving.
+    pub async fn upgrade(&self, launch: Option<&Launch>) -> bool {
+        let Some(launch) = launch else {
+            tracing::warn!("SIGUSR2 ignored: this process does not know its binary's path");
+            return false;
+        };
+        crate::systemd::notify_reloading();
+        let timeout = self.config.server.upgrade_timeout;
+        match crate::upgrade::start_successor(launch, &self.handover, timeout).await {
+            Ok(pid) => {
+                tracing::info!(
+                    pid,
+                    "upgrade: the new process is ready; this one stops accepting and drains"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade failed; this process keeps serving");
+                crate::systemd::notify_ready(false);
+                false
+            }
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, closes the pools.
     pub async fn shutdown(mut self) {
+        // The duplicates kept for an upgrade would hold the listening sockets open: closed
+        // first, so new connections are refused (or go to the new process) rather than queued.
+        self.handover.clear();
         let _ = self.shutdown.send(true);
         let max = self.config.server.max_connections as u32;
-        let drained = tokio::time::timeout(
-            self.config.server.drain_timeout,
-            self.limit.acquire_many(max),
-        )
+        // Accept loops first: one may hold a connection it accepted as the signal came, which
+        // takes its slot before the count below, so it is drained rather than dropped.
+        let drained = tokio::time::timeout(self.config.server.drain_timeout, async {
+            self.workers.stop_accepting().await;
+            self.limit.acquire_many(max).await
+        })
         .await;
         if drained.is_err() {
             tracing::warn!("drain timeout reached; closing the remaining client connections");
@@ -306,6 +370,7 @@ pub struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -314,20 +379,30 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
 
-/// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
-pub async fn run_until_signalled(mut app: App, mut signals: Signals) -> std::io::Result<()> {
-    loop {
+/// Runs until SIGTERM or SIGINT, or until a SIGUSR2 upgrade has a new process serving;
+/// reloads on SIGHUP. `launch` is what an upgrade starts.
+pub async fn run_until_signalled(
+    mut app: App,
+    mut signals: Signals,
+    launch: Option<Launch>,
+) -> std::io::Result<()> {
+    let upgraded = loop {
         tokio::select! {
-            _ = signals.term.recv() => break,
-            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => break false,
+            _ = signals.int.recv() => break false,
             _ = signals.hup.recv() => app.reload(),
+            _ = signals.usr2.recv() => if app.upgrade(launch.as_ref()).await { break true },
         }
+    };
+    if !upgraded {
+        crate::systemd::notify_stopping();
     }
-    tracing::info!("shutting down: draining in-flight requests");
+    tracing::info!(upgraded, "shutting down: draining in-flight requests");
     app.shutdown().await;
     Ok(())
 }

@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// On SIGUSR2, how long the new binary may take to start and report ready before it is
+    /// stopped and this process keeps serving.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
     /// Whether `CONNECT host:port` is tunnelled (only to hosts a route names).
     pub allow_connect: bool,
     /// `Upgrade` protocols passed to the backend (names, case-insensitive); any other is
@@ -109,6 +113,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            upgrade_timeout: Duration::from_secs(30),
             allow_connect: false,
             upgrades: vec!["websocket".into()],
             workers: Workers::Auto,

@@ -24,9 +24,11 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod systemd;
 pub mod tls;
 pub mod transparent;
 pub mod tunnel;
+pub mod upgrade;
 pub mod upstream;
 pub mod workers;
 

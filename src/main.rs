@@ -1,5 +1,5 @@
-//! The `longhaul` command line: run the proxy, check a config, run the demo or the simulated
-//! backend. Exit codes: 0 ok, 1 runtime failure, 2 bad config or arguments.
+//! The `longhaul` command line: run the proxy, check a config, upgrade a running proxy, run the
+//! demo or the simulated backend. Exit codes: 0 ok, 1 runtime failure, 2 bad config or arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use longhaul::activation::{ActivationError, Inherited};
 use longhaul::config::Config;
 use longhaul::output;
+use longhaul::upgrade::{Launch, Predecessor};
 
 /// mimalloc instead of glibc malloc: see Cargo.toml and bench/README.md ("Allocator").
 #[global_allocator]
@@ -31,11 +32,21 @@ struct Cli {
 enum Command {
     /// Validate the configuration, print the effective configuration as TOML, exit 0 or 2.
     Check,
+    /// Upgrade the running proxy in place: validate the configuration, send SIGUSR2 to the
+    /// process the pid file names, and wait until a new process owns the listeners.
+    Upgrade(UpgradeArgs),
     /// Show what longhaul does: the same short-connection load straight to a simulated
     /// legacy backend and through longhaul, side by side.
     Demo(DemoArgs),
     /// Run a simulated legacy backend (for demos, benchmarks and tests).
     BackendSim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct UpgradeArgs {
+    /// The running proxy's pid file; default: the configuration's `[server] pid_file`.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +77,9 @@ struct SimArgs {
     /// Cost of each new connection, paid before its first response.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     conn_cost: std::time::Duration,
+    /// Time every request waits before its response.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    response_delay: std::time::Duration,
     /// Idle keep-alive connections are closed after this.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     keepalive_timeout: std::time::Duration,
@@ -106,6 +120,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Upgrade(args)) => upgrade(&cli.config, args),
         Some(Command::BackendSim(args)) => backend_sim(args),
         Some(Command::Demo(args)) => demo(args),
         None => run(cli.config),
@@ -138,18 +153,47 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Waits a little longer than the running process gives its successor.
+const UPGRADE_WAIT_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn upgrade(path: &Path, args: UpgradeArgs) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(pid_file) = args.pid_file.or(config.server.pid_file) else {
+        output::stderr(format_args!(
+            "error: no pid file: pass --pid-file or set [server] pid_file in {}\n",
+            path.display()
+        ));
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let wait = config.server.upgrade_timeout + UPGRADE_WAIT_SLACK;
+    match longhaul::upgrade::request(&pid_file, wait) {
+        Ok((old, new)) => {
+            output::stderr(format_args!(
+                "upgraded: process {new} serves; process {old} drains and exits\n"
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            output::stderr(format_args!("error: {e}\n"));
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn run(path: PathBuf) -> ExitCode {
+    // Read first: an upgrade replaces the file at this path, and runs the new one.
+    let launch = Launch::current().ok();
     let config = match load(&path) {
         Ok(config) => config,
         Err(code) => return code,
     };
     // Before any thread starts: it reads and clears the environment.
-    let inherited = match passed_sockets(&config) {
-        Ok(inherited) => inherited,
-        Err(e) => {
-            output::stderr(format_args!("{e}\n"));
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let (predecessor, inherited) = match adopted_sockets(&config) {
+        Ok(adopted) => adopted,
+        Err(code) => return code,
     };
     longhaul::logging::init(&config.log);
     proxy_runtime().block_on(async {
@@ -160,6 +204,7 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        let upgraded = predecessor.is_some();
         let app = match longhaul::app::App::start_with(config, Some(path), inherited).await {
             Ok(app) => app,
             Err(e) => {
@@ -168,7 +213,13 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        match longhaul::app::run_until_signalled(app, signals).await {
+        if let Some(predecessor) = predecessor
+            && let Err(e) = predecessor.report_ready()
+        {
+            tracing::warn!(error = %e, "cannot tell the old process that this one is ready");
+        }
+        longhaul::systemd::notify_ready(upgraded);
+        match longhaul::app::run_until_signalled(app, signals, launch).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 output::stderr(format_args!("error: {e}\n"));
@@ -176,6 +227,25 @@ fn run(path: PathBuf) -> ExitCode {
             }
         }
     })
+}
+
+/// The sockets an upgrading old process hands over, with the channel to tell it this one is
+/// ready; otherwise those systemd passed. A hand-over that fails exits 1, a bad passed socket 2.
+fn adopted_sockets(config: &Config) -> Result<(Option<Predecessor>, Inherited), ExitCode> {
+    match Predecessor::from_env() {
+        Ok(Some((predecessor, inherited))) => Ok((Some(predecessor), inherited)),
+        Ok(None) => match passed_sockets(config) {
+            Ok(inherited) => Ok((None, inherited)),
+            Err(e) => {
+                output::stderr(format_args!("{e}\n"));
+                Err(ExitCode::from(EXIT_CONFIG))
+            }
+        },
+        Err(e) => {
+            output::stderr(format_args!("error: {e}\n"));
+            Err(ExitCode::from(EXIT_RUNTIME))
+        }
+    }
 }
 
 /// The sockets systemd passed (socket activation), each matching a configured listener.
@@ -209,6 +279,7 @@ fn backend_sim(args: SimArgs) -> ExitCode {
         listen: args.listen,
         stats_listen: args.stats_listen,
         conn_cost: args.conn_cost,
+        response_delay: args.response_delay,
         keepalive_timeout: args.keepalive_timeout,
         max_requests: args.max_requests,
         body_size: args.body_size,

@@ -64,6 +64,18 @@ impl Routing {
         }
     }
 
+    /// Waits, at most `bound`, until every pool holds its `min_idle` connections or has given up
+    /// opening them; returns whether that happened in time. A start accepts only after this, so
+    /// the first requests after an upgrade do not all pay for a connect.
+    pub async fn warm_up(&self, bound: std::time::Duration) -> bool {
+        let every_pool = async {
+            for sp in self.upstreams.iter().flat_map(|u| u.servers.iter()) {
+                sp.warmed().await;
+            }
+        };
+        tokio::time::timeout(bound, every_pool).await.is_ok()
+    }
+
     /// Closes pools that `next` no longer uses.
     pub fn retire_unused(&self, next: &Routing) {
         for old in &self.upstreams {

@@ -31,6 +31,8 @@ pub struct SimConfig {
     pub stats_listen: Option<SocketAddr>,
     /// Paid once per accepted connection before its first response (fork, TLS, a far backend).
     pub conn_cost: Duration,
+    /// Paid by every request before its response (a backend that takes time to answer).
+    pub response_delay: Duration,
     /// Idle keep-alive connections are closed after this; announced in `Keep-Alive: timeout=`.
     pub keepalive_timeout: Duration,
     /// Requests per connection, then `Connection: close`; 0 = unlimited.
@@ -48,6 +50,7 @@ impl Default for SimConfig {
             listen: "127.0.0.1:8000".parse().expect("literal"),
             stats_listen: None,
             conn_cost: Duration::from_millis(5),
+            response_delay: Duration::ZERO,
             keepalive_timeout: Duration::from_secs(5),
             max_requests: 0,
             body_size: 1024,
@@ -192,7 +195,13 @@ async fn serve<IO>(
         let n = served.fetch_add(1, Ordering::Relaxed) + 1;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let resp = respond(&config, &req, n, body.clone());
-        async move { Ok::<_, std::convert::Infallible>(resp) }
+        let delay = config.response_delay;
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

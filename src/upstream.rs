@@ -50,6 +50,8 @@ pub struct ServerPool {
     queue: WaitQueue,
     /// Pool upkeep and, when configured, active health checks; aborted with the pool.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Set once upkeep's first round has opened `min_idle` connections.
+    warmed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ServerPool {
@@ -65,7 +67,9 @@ impl ServerPool {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .expect("a runtime is configured");
-        let mut tasks = vec![tokio::spawn(maintain::run(pool.clone(), server.clone()))];
+        let (warmed_tx, warmed) = tokio::sync::watch::channel(false);
+        let upkeep = maintain::run(pool.clone(), server.clone(), warmed_tx);
+        let mut tasks = vec![tokio::spawn(upkeep)];
         if let Some(path) = server.settings.health.path.clone() {
             tasks.push(tokio::spawn(health::run(server.clone(), path)));
         }
@@ -74,7 +78,13 @@ impl ServerPool {
             server,
             pool,
             tasks,
+            warmed,
         }
+    }
+
+    /// Returns once the pool holds its `min_idle` connections, or upkeep gave up opening them.
+    pub async fn warmed(&self) {
+        let _ = self.warmed.clone().wait_for(|warm| *warm).await;
     }
 
     /// Stops maintenance and closes idle connections; busy ones close when their response ends.

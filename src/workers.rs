@@ -7,9 +7,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use crate::activation::Inherited;
+use crate::activation::{Inherited, Role};
 use crate::config::TcpKeepaliveConfig;
 use crate::server::{self, Serving};
+use crate::upgrade::HandedSocket;
 
 /// Why the event loops could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub struct Listeners {
     pub addrs: Vec<SocketAddr>,
     /// The bound TLS addresses (`tls_listen`), likewise.
     pub tls_addrs: Vec<SocketAddr>,
+    /// A duplicate of each distinct listening socket, for the new process at an upgrade.
+    pub handover: Vec<HandedSocket>,
     sockets: Vec<Vec<Bound>>,
 }
 
@@ -60,8 +63,8 @@ impl Listeners {
         Listeners::bind_or_adopt(configured, tls_configured, &options, &mut Inherited::none())
     }
 
-    /// Like `bind`, but an address with a socket in `inherited` (socket activation) uses it
-    /// instead: every worker accepts on a duplicate of that one descriptor.
+    /// Like `bind`, but an address with sockets in `inherited` (socket activation, or an
+    /// upgrade's hand-over) uses them instead of binding: see [`SocketOptions::share`].
     pub fn bind_or_adopt(
         configured: &[SocketAddr],
         tls_configured: &[SocketAddr],
@@ -69,29 +72,41 @@ impl Listeners {
         inherited: &mut Inherited,
     ) -> Result<Listeners, WorkerError> {
         let mut sockets: Vec<Vec<Bound>> = (0..options.workers).map(|_| Vec::new()).collect();
-        let mut bind_all = |addrs: &[SocketAddr], tls: bool| {
+        let mut handover = Vec::new();
+        let mut bind_all = |addrs: &[SocketAddr], role: Role| {
             let mut bound_addrs = Vec::new();
             for &addr in addrs {
-                let per_worker = match inherited.take(addr) {
-                    Some(socket) => options.share(addr, socket)?,
-                    None => options.bind_each(addr)?,
+                let err = |source| WorkerError::Bind { addr, source };
+                let passed = inherited.take_all(role, addr);
+                let distinct = if passed.is_empty() {
+                    options.bind_each(addr)?
+                } else {
+                    passed
                 };
-                bound_addrs.push(
-                    per_worker[0]
-                        .local_addr()
-                        .map_err(|source| WorkerError::Bind { addr, source })?,
-                );
-                for (worker, socket) in sockets.iter_mut().zip(per_worker) {
-                    worker.push(Bound { socket, tls });
+                bound_addrs.push(distinct[0].local_addr().map_err(err)?);
+                for socket in &distinct {
+                    handover.push(HandedSocket {
+                        role,
+                        configured: addr,
+                        fd: socket.try_clone().map_err(err)?.into(),
+                    });
+                }
+                let per_worker = options.share(addr, distinct)?;
+                for (worker, own) in sockets.iter_mut().zip(per_worker) {
+                    worker.extend(own.into_iter().map(|socket| Bound {
+                        socket,
+                        tls: role == Role::TlsListen,
+                    }));
                 }
             }
             Ok::<_, WorkerError>(bound_addrs)
         };
-        let addrs = bind_all(configured, false)?;
-        let tls_addrs = bind_all(tls_configured, true)?;
+        let addrs = bind_all(configured, Role::Listen)?;
+        let tls_addrs = bind_all(tls_configured, Role::TlsListen)?;
         Ok(Listeners {
             addrs,
             tls_addrs,
+            handover,
             sockets,
         })
     }
@@ -123,22 +138,31 @@ impl SocketOptions<'_> {
         Ok(all)
     }
 
-    /// The passed `socket`, with the options set that `bind_shared` would, and a duplicate of it
-    /// for each other worker: the workers share one accept queue.
+    /// Spreads `sockets` (all listening on `addr`) over the workers: socket `i` goes to worker
+    /// `i % workers`, and a worker left without one accepts on a duplicate of socket
+    /// `w % sockets.len()` (a shared accept queue). Bound sockets are one per worker; a socket
+    /// from systemd is one for all; an old process with more workers hands over more, and
+    /// every one is accepted from, so no connection waits in a queue nobody reads.
     fn share(
         &self,
         addr: SocketAddr,
-        socket: std::net::TcpListener,
-    ) -> Result<Vec<std::net::TcpListener>, WorkerError> {
+        sockets: Vec<std::net::TcpListener>,
+    ) -> Result<Vec<Vec<std::net::TcpListener>>, WorkerError> {
         let err = |source| WorkerError::Bind { addr, source };
-        server::set_client_options(&socket, addr, self.ip_transparent, self.client_keepalive)
-            .map_err(err)?;
-        let mut all = Vec::with_capacity(self.workers);
-        for _ in 1..self.workers {
-            all.push(socket.try_clone().map_err(err)?);
+        for socket in &sockets {
+            server::set_client_options(socket, addr, self.ip_transparent, self.client_keepalive)
+                .map_err(err)?;
         }
-        all.insert(0, socket);
-        Ok(all)
+        let count = sockets.len();
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+            (0..self.workers).map(|_| Vec::new()).collect();
+        for w in count..self.workers {
+            per_worker[w].push(sockets[w % count].try_clone().map_err(err)?);
+        }
+        for (i, socket) in sockets.into_iter().enumerate() {
+            per_worker[i % self.workers].push(socket);
+        }
+        Ok(per_worker)
     }
 }
 
@@ -151,6 +175,8 @@ pub struct Workers {
 
 struct WorkerThread {
     stop: oneshot::Sender<()>,
+    /// Fires once this worker's accept loops have ended (after shutdown was signalled).
+    done_accepting: Option<oneshot::Receiver<()>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -168,6 +194,18 @@ impl Workers {
             .map(|(worker, sockets)| WorkerThread::spawn(worker, sockets, serving.clone()))
             .collect::<Result<_, _>>()?;
         Ok(Workers { first, others })
+    }
+
+    /// Returns once every accept loop has seen the shutdown signal and ended. An accept loop
+    /// ends only after handing the connection it accepted to a task holding a connection slot,
+    /// so after this no connection is in between: drain can count the slots.
+    pub async fn stop_accepting(&mut self) {
+        while self.first.join_next().await.is_some() {}
+        for worker in &mut self.others {
+            if let Some(done) = worker.done_accepting.take() {
+                let _ = done.await;
+            }
+        }
     }
 
     /// Ends every accept loop and every connection still open on any worker, then waits for the
@@ -210,6 +248,7 @@ impl WorkerThread {
             register(worker, sockets)?
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        let (accepting_ended, done_accepting) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("longhaul-worker-{worker}"))
             .spawn(move || {
@@ -218,11 +257,23 @@ impl WorkerThread {
                     for (listener, tls) in listeners {
                         loops.spawn(server::accept_loop(listener, serving.clone(), worker, tls));
                     }
-                    let _ = stopped.await;
+                    let accepting = async {
+                        while loops.join_next().await.is_some() {}
+                        let _ = accepting_ended.send(());
+                        std::future::pending::<()>().await
+                    };
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = accepting => {}
+                    }
                 });
             })
             .map_err(start)?;
-        Ok(WorkerThread { stop, thread })
+        Ok(WorkerThread {
+            stop,
+            done_accepting: Some(done_accepting),
+            thread,
+        })
     }
 }
 

@@ -1724,7 +1724,12 @@ fn systemd_unit_runs_longhaul_with_the_etc_config() {
         unit.value("ExecStart"),
         Some("/usr/local/bin/longhaul --config /etc/longhaul/proxy.toml")
     );
-    assert_eq!(unit.value("ExecReload"), Some("/bin/kill -HUP $MAINPID"));
+    assert_eq!(
+        unit.value("ExecReload"),
+        Some(
+            "/usr/local/bin/longhaul upgrade --config /etc/longhaul/proxy.toml --pid-file /run/longhaul/longhaul.pid"
+        )
+    );
     assert_eq!(unit.value("Restart"), Some("on-failure"));
     assert_eq!(
         unit.value("RestartPreventExitStatus"),
@@ -1732,6 +1737,19 @@ fn systemd_unit_runs_longhaul_with_the_etc_config() {
         "a bad config (exit 2) should not restart in a loop"
     );
     assert_eq!(unit.value("WantedBy"), Some("multi-user.target"));
+}
+
+#[test]
+fn systemd_unit_follows_the_new_main_pid_after_an_upgrade() {
+    let unit = unit();
+    assert_eq!(
+        (
+            unit.value("Type"),
+            unit.value("NotifyAccess"),
+            unit.value("RuntimeDirectory")
+        ),
+        (Some("notify"), Some("all"), Some("longhaul"))
+    );
 }
 
 #[test]

@@ -233,3 +233,59 @@ fn a_passed_socket_on_a_tls_listen_address_terminates_tls() {
         (200, backend.expected_body("GET", "/over-tls"))
     );
 }
+
+#[test]
+fn an_upgrade_hands_the_socket_systemd_passed_to_the_new_process() {
+    if !have(TOOL) {
+        return;
+    }
+    let backend = Backend::start();
+    let listen = free_addr();
+    let dir = TempDir::new();
+    let pid_file = dir.path().join("longhaul.pid");
+    let config = ProxyConfig::single(&[backend.addr()])
+        .server("listen", &format!("\"{listen}\""))
+        .server("workers", "2")
+        .server("pid_file", &format!("{:?}", pid_file.display().to_string()));
+    let mut activated = Activated::start(listen, None, &config);
+    let before = client::get10(listen, "/before").status;
+    let config_path = dir.write_config(&config.render());
+    let upgrade = Command::new(BIN)
+        .args(["upgrade", "--config"])
+        .arg(&config_path)
+        .output()
+        .expect("run longhaul upgrade");
+    let new_pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Polled here, not with `wait_exit`: the new process still holds the stderr pipe.
+    let mut old = activated.child.take().expect("the activated process");
+    let mut old_exit = None;
+    wait_until(Duration::from_secs(40), || {
+        old_exit = old.try_wait().ok().flatten();
+        old_exit.is_some()
+    });
+    let after = client::get10(listen, "/after").status;
+    let _ = Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status();
+    let new_exited = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{new_pid}/stat"))
+            .map_or(true, |stat| stat.contains(") Z"))
+    });
+    assert_eq!(
+        (
+            before,
+            upgrade.status.code(),
+            old_exit.and_then(|s| s.code()),
+            after,
+            new_exited
+        ),
+        (200, Some(0), Some(0), 200, true),
+        "upgrade: {}\nstderr:\n{}",
+        String::from_utf8_lossy(&upgrade.stderr),
+        activated.stderr()
+    );
+}

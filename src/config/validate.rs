@@ -124,6 +124,7 @@ impl Config {
             ("server.body_read_timeout", s.body_read_timeout),
             ("server.request_timeout", s.request_timeout),
             ("server.drain_timeout", s.drain_timeout),
+            ("server.upgrade_timeout", s.upgrade_timeout),
             ("server.send_timeout", s.send_timeout),
             ("server.tunnel_idle_timeout", s.tunnel_idle_timeout),
         ] {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use deadpool::managed::Pool;
@@ -14,13 +15,16 @@ use super::server::Server;
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(25);
 
-pub async fn run(pool: Pool<ConnManager>, server: Arc<Server>) {
+/// Keeps the pool; `warmed` is set once the first round has opened `min_idle` connections (or
+/// given up on the first that failed), so a start can wait for a warm pool before it accepts.
+pub async fn run(pool: Pool<ConnManager>, server: Arc<Server>, warmed: watch::Sender<bool>) {
     let mut traffic = Traffic::new(&server);
     loop {
         reap_expired(&pool);
         if traffic.recent(&server) {
             warm(&pool, &server).await;
         }
+        warmed.send_replace(true);
         let interval = (server.idle_limit() / 4).clamp(MIN_SWEEP_INTERVAL, MAX_SWEEP_INTERVAL);
         tokio::time::sleep(interval).await;
     }

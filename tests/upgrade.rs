@@ -1,0 +1,671 @@
+//! Binary upgrades in place (SIGUSR2, `longhaul upgrade`): the new binary gets every listening
+//! socket, warms its pools and takes over; the old one drains; a new binary that fails leaves it.
+
+// Tests wait on the wall clock: they watch real processes, not a paused tokio clock.
+#![allow(clippy::disallowed_types)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use support::client;
+use support::process::die_with_parent;
+use support::proxy::{BIN, ProxyConfig, TempDir, log_field, log_message, parse_log_line};
+use support::tls::{Pki, TlsClient};
+use support::tools::require_tool;
+use support::wait_until;
+
+const MIN_IDLE: usize = 8;
+const MAX_SIZE: usize = 16;
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A copy of the binary in a directory of its own, so a test can install another file at its
+/// path the way `install(1)` does (a new file renamed over the old one).
+struct Installed {
+    dir: TempDir,
+    bin: PathBuf,
+}
+
+impl Installed {
+    fn new() -> Installed {
+        let dir = TempDir::new();
+        let bin = dir.path().join("longhaul");
+        let installed = Installed { dir, bin };
+        installed.install(Path::new(BIN));
+        installed
+    }
+
+    /// A copy of `source` at the binary's path, executable, through a rename. `cp` writes the
+    /// copy: a descriptor of it open in this process could leak into a child another test
+    /// thread is forking, and exec of the file would then fail with ETXTBSY.
+    fn install(&self, source: &Path) {
+        let temp = self.dir.path().join(".longhaul.new");
+        let copied = Command::new("cp")
+            .arg(source)
+            .arg(&temp)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "cp {} failed", source.display());
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&temp, &self.bin).expect("install the new binary");
+    }
+
+    /// A shell script with `text` at the binary's path.
+    fn install_script(&self, text: &str) {
+        let source = self.dir.path().join("script.sh");
+        std::fs::write(&source, text).expect("write the script");
+        self.install(&source);
+    }
+}
+
+/// The proxy across upgrades: the first process is this test's child; later ones are started by
+/// their predecessors and found through the pid file. Every process writes to the same stderr
+/// pipe, whose lines are kept. On drop, whatever process the pid file names is killed.
+struct Running {
+    config: PathBuf,
+    pid_file: PathBuf,
+    first: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_lines: Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    admin: SocketAddr,
+}
+
+impl Running {
+    /// Starts `installed` on `config`, which must set `pid_file` to `dir/longhaul.pid`.
+    fn start(installed: &Installed, config: &ProxyConfig, extra_env: &[(&str, &str)]) -> Running {
+        become_subreaper();
+        let pid_file = installed.dir.path().join("longhaul.pid");
+        let config = config
+            .clone()
+            .server("pid_file", &format!("{:?}", pid_file.display().to_string()));
+        let config_path = installed.dir.write_config(&config.render());
+        let mut command = Command::new(&installed.bin);
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut first = die_with_parent(&mut command)
+            .spawn()
+            .expect("spawn longhaul");
+        let stderr = first.stderr.take().expect("stderr piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, new_lines) = mpsc::channel();
+        let keep = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut running = Running {
+            config: config_path,
+            pid_file,
+            first,
+            lines,
+            new_lines,
+            reader: Some(reader),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            tls_addr: None,
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        let started = running.wait_for_message("longhaul started");
+        let addrs = |key: &str| -> Vec<SocketAddr> {
+            let text = log_field(&started, key)
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            text.split(',').filter_map(|a| a.parse().ok()).collect()
+        };
+        running.addr = addrs("listen")[0];
+        running.tls_addr = addrs("tls_listen").first().copied();
+        running.admin = addrs("admin")[0];
+        running
+    }
+
+    /// The next log line (from any process) with this message; panics with the log after 20 s.
+    fn wait_for_message(&self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.new_lines.recv_timeout(left) {
+                Ok(line) => match parse_log_line(&line) {
+                    Some(v) if log_message(&v) == Some(message) => return v,
+                    _ => {}
+                },
+                Err(_) => panic!("no {message:?} in the log:\n{}", self.log_tail()),
+            }
+        }
+    }
+
+    /// The pid the pid file names now.
+    fn pid(&self) -> u32 {
+        let text = std::fs::read_to_string(&self.pid_file).expect("read the pid file");
+        text.trim().parse().expect("a pid")
+    }
+
+    /// `longhaul upgrade --config CFG --pid-file PID_FILE`, run with the installed binary.
+    fn upgrade_command(&self, installed: &Installed) -> Output {
+        Command::new(&installed.bin)
+            .arg("upgrade")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pid-file")
+            .arg(&self.pid_file)
+            .output()
+            .expect("run longhaul upgrade")
+    }
+
+    fn signal(&self, pid: u32, signal: libc::c_int) {
+        // SAFETY: kill(2) on a longhaul process this test started (directly or by upgrade).
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    }
+
+    /// Parsed log lines with this message, in order.
+    fn messages(&self, message: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| parse_log_line(l))
+            .filter(|v| log_message(v) == Some(message))
+            .collect()
+    }
+
+    fn stderr_text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn log_tail(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERM to the current process; returns once every process holding the log pipe is gone.
+    fn stop(&mut self) {
+        self.signal(self.pid(), libc::SIGTERM);
+        if let Some(reader) = self.reader.take() {
+            let (done_tx, done) = mpsc::channel();
+            thread::spawn(move || {
+                let _ = reader.join();
+                let _ = done_tx.send(());
+            });
+            done.recv_timeout(Duration::from_secs(40))
+                .unwrap_or_else(|_| panic!("longhaul did not exit:\n{}", self.log_tail()));
+        }
+        let _ = self.first.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.reader.is_some()
+            && let Ok(text) = std::fs::read_to_string(&self.pid_file)
+            && let Ok(pid) = text.trim().parse::<u32>()
+        {
+            self.signal(pid, libc::SIGKILL);
+        }
+        let _ = self.first.kill();
+        let _ = self.first.wait();
+    }
+}
+
+/// Orphaned longhaul processes (an old one exited) become this test process's children, so a
+/// test can reap them and tell that they exited.
+fn become_subreaper() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who reaps this process's orphans.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+}
+
+/// Reaps `pid` (an orphan re-parented to this process); whether it exited within `timeout`.
+fn reaped(pid: u32, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let mut status = 0;
+        // SAFETY: waitpid(2) on a pid; WNOHANG never blocks.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        r == pid as libc::pid_t || !Path::new(&format!("/proc/{pid}")).exists()
+    })
+}
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `longhaul backend-sim` on a free port, with its stats listener.
+struct Sim {
+    _child: support::process::Child,
+    addr: SocketAddr,
+    stats: SocketAddr,
+}
+
+impl Sim {
+    fn start(response_delay: &str) -> Sim {
+        let mut command = Command::new(BIN);
+        command.args([
+            "backend-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--stats-listen",
+            "127.0.0.1:0",
+            "--conn-cost",
+            "1ms",
+            "--keepalive-timeout",
+            "300s",
+            "--response-delay",
+            response_delay,
+        ]);
+        let mut child = support::process::Child::spawn("backend-sim", &mut command);
+        let stdout = child.take_stdout();
+        let stderr = child.take_stderr();
+        child.drain(stderr);
+        let (addr, stats) = child.watch(stdout, START_TIMEOUT, |line| {
+            let rest = line.strip_prefix("backend-sim listening on ")?;
+            let (addr, stats) = rest.split_once(" stats on ")?;
+            Some((addr.parse().ok()?, stats.trim().parse().ok()?))
+        });
+        Sim {
+            _child: child,
+            addr,
+            stats,
+        }
+    }
+
+    /// (connections accepted, requests) so far.
+    fn counts(&self) -> (u64, u64) {
+        let body = client::get10(self.stats, "/stats").body;
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("stats JSON");
+        let n = |k: &str| v[k].as_u64().expect("a count");
+        (n("connections_accepted"), n("requests"))
+    }
+}
+
+fn pooled_config(sim: &Sim) -> ProxyConfig {
+    ProxyConfig::single(&[sim.addr])
+        .server("workers", "2")
+        .log("access_log", "false")
+        .pool("min_idle", &MIN_IDLE.to_string())
+        .pool("max_size", &MAX_SIZE.to_string())
+        // No connection is retired by use during the run: every backend connection counted
+        // below was opened to fill a pool.
+        .pool("max_requests", "1000000")
+}
+
+fn a_field(line: &serde_json::Value, key: &str) -> u64 {
+    let v = log_field(line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("{key} is not a count in {line}"))
+}
+
+// === three upgrades under `ab -n 20000 -c 50` (run once, checked by the tests below) ===
+
+const REQUESTS: u64 = 20_000;
+/// Backend request counts at which the test upgrades.
+const UPGRADE_AT: [u64; 3] = [3_000, 8_000, 13_000];
+
+struct LoadRun {
+    ab_output: String,
+    ab_status: Option<i32>,
+    backend_before: (u64, u64),
+    backend_after: (u64, u64),
+    started: Vec<serde_json::Value>,
+    stopped: Vec<serde_json::Value>,
+    upgrade_outputs: Vec<(Option<i32>, String)>,
+    /// Backend connections opened from each upgrade's start until 1,000 requests after it was
+    /// ready: the new process's warm ones and its pool's growth.
+    opened_by_upgrade: Vec<u64>,
+    pids: Vec<u32>,
+    all_reaped: bool,
+    /// Descriptors other than pooled connections: first process before the load, last after.
+    fds_besides_pool: (usize, usize),
+    log: String,
+}
+
+/// Descriptors of the process the pid file names, minus its pooled backend connections.
+fn fds_besides_pool(running: &Running) -> usize {
+    let pools = client::get10(running.admin, "/pools").body;
+    let v: serde_json::Value = serde_json::from_slice(&pools).expect("pools JSON");
+    let server = &v["upstreams"][0]["servers"][0];
+    let pooled = server["idle"].as_u64().unwrap() + server["busy"].as_u64().unwrap();
+    fd_count(running.pid()) - pooled as usize
+}
+
+fn load_run() -> &'static LoadRun {
+    static RUN: OnceLock<LoadRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        require_tool("ab").expect("ab (apache2-utils) runs the load");
+        let sim = Sim::start("2ms");
+        let installed = Installed::new();
+        let mut running = Running::start(&installed, &pooled_config(&sim), &[]);
+        let fds_before = fds_besides_pool(&running);
+        let backend_before = sim.counts();
+        let mut pids = vec![running.pid()];
+        let ab = Command::new("ab")
+            .args(["-q", "-r", "-n", &REQUESTS.to_string(), "-c", "50"])
+            .arg(format!("http://{}/", running.addr))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ab");
+        let mut upgrade_outputs = Vec::new();
+        let mut opened_by_upgrade = Vec::new();
+        for at in UPGRADE_AT {
+            let reached = wait_until(Duration::from_secs(60), || {
+                sim.counts().1 - backend_before.1 >= at
+            });
+            assert!(reached, "the load did not reach {at} requests");
+            // A new file at the path each time, as a package upgrade installs one.
+            installed.install(Path::new(BIN));
+            let accepted_before = sim.counts().0;
+            let out = running.upgrade_command(&installed);
+            upgrade_outputs.push((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into(),
+            ));
+            pids.push(running.pid());
+            let requests = sim.counts().1;
+            wait_until(Duration::from_secs(60), || {
+                sim.counts().1 >= requests + 1000
+            });
+            opened_by_upgrade.push(sim.counts().0 - accepted_before);
+        }
+        let ab = ab.wait_with_output().expect("ab finishes");
+        // The admin connection that asked for /pools may still be closing: a bounded poll.
+        let mut fds_after = fds_besides_pool(&running);
+        wait_until(Duration::from_secs(5), || {
+            fds_after = fds_besides_pool(&running);
+            fds_after == fds_before
+        });
+        let backend_after = sim.counts();
+        running.stop();
+        let all_reaped = pids
+            .iter()
+            .skip(1)
+            .all(|&pid| reaped(pid, Duration::from_secs(10)));
+        LoadRun {
+            ab_output: String::from_utf8_lossy(&ab.stdout).into_owned()
+                + &String::from_utf8_lossy(&ab.stderr),
+            ab_status: ab.status.code(),
+            backend_before,
+            backend_after,
+            started: running.messages("longhaul started"),
+            stopped: running.messages("longhaul stopped"),
+            upgrade_outputs,
+            opened_by_upgrade,
+            pids,
+            all_reaped,
+            fds_besides_pool: (fds_before, fds_after),
+            log: running.log_tail(),
+        }
+    })
+}
+
+/// `ab`'s figure on the line starting with `label`.
+fn ab_figure(output: &str, label: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in ab's output:\n{output}"))
+}
+
+#[test]
+fn each_upgrade_under_load_hands_over_to_a_new_process() {
+    let run = load_run();
+    let codes: Vec<Option<i32>> = run.upgrade_outputs.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes, vec![Some(0); 3], "{:?}", run.upgrade_outputs);
+    let distinct: std::collections::HashSet<u32> = run.pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 4, "pids {:?}", run.pids);
+}
+
+#[test]
+fn three_upgrades_under_ab_load_fail_no_request() {
+    let run = load_run();
+    let complete = ab_figure(&run.ab_output, "Complete requests:");
+    let failed = ab_figure(&run.ab_output, "Failed requests:");
+    let non_2xx = run
+        .ab_output
+        .lines()
+        .any(|l| l.starts_with("Non-2xx responses:"));
+    assert_eq!(
+        (run.ab_status, complete, failed, non_2xx),
+        (Some(0), REQUESTS, 0, false),
+        "{}",
+        run.ab_output
+    );
+}
+
+/// The processes' own totals add up to what ab sent and the backend saw: none was lost or sent
+/// twice. (ab may open a few connections it closes unused once its count is reached, so client
+/// connections are not compared.)
+#[test]
+fn every_request_is_answered_by_exactly_one_process() {
+    let run = load_run();
+    let answered: u64 = run
+        .stopped
+        .iter()
+        .map(|l| a_field(l, "upstream_requests"))
+        .sum();
+    let backend_requests = run.backend_after.1 - run.backend_before.1;
+    assert_eq!(
+        (run.stopped.len(), answered, backend_requests),
+        (4, REQUESTS, REQUESTS),
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn every_new_process_is_warm_before_it_accepts() {
+    let run = load_run();
+    let pooled: Vec<u64> = run.started.iter().map(|l| a_field(l, "pooled")).collect();
+    assert_eq!(pooled, vec![MIN_IDLE as u64; 4], "{}", run.log);
+}
+
+/// The target of the issue: an upgrade and the first 1,000 requests after it open at most
+/// `min_idle` (warm, before ready) plus the pool's growth, which `max_size` bounds: no herd.
+#[test]
+fn the_first_requests_after_an_upgrade_find_warm_connections() {
+    let run = load_run();
+    println!(
+        "backend connections opened by each upgrade and its first 1,000 requests: {:?} (min_idle {MIN_IDLE}, max_size {MAX_SIZE})",
+        run.opened_by_upgrade
+    );
+    let bound = MAX_SIZE as u64;
+    assert!(
+        run.opened_by_upgrade.len() == 3 && run.opened_by_upgrade.iter().all(|&n| n <= bound),
+        "opened by each upgrade {:?}, at most min_idle + growth = max_size = {MAX_SIZE}",
+        run.opened_by_upgrade
+    );
+}
+
+#[test]
+fn backend_connections_are_bounded_by_the_pools() {
+    let run = load_run();
+    let per_process: Vec<u64> = run
+        .stopped
+        .iter()
+        .map(|l| a_field(l, "upstream_connections_opened"))
+        .collect();
+    let opened = run.backend_after.0 - run.backend_before.0;
+    println!("opened per process {per_process:?}, backend accepted {opened}");
+    assert!(
+        per_process.iter().all(|&n| n <= MAX_SIZE as u64) && opened <= 4 * MAX_SIZE as u64,
+        "opened per process {per_process:?}, backend accepted {opened} (max_size {MAX_SIZE})"
+    );
+}
+
+#[test]
+fn no_descriptor_or_process_is_left_behind_by_upgrades() {
+    let run = load_run();
+    assert_eq!(
+        (run.fds_besides_pool.1, run.all_reaped),
+        (run.fds_besides_pool.0, true),
+        "descriptors besides pooled connections (first, last process), every old process reaped"
+    );
+}
+
+// === failures: the old process keeps serving ===
+
+#[test]
+fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
+    let sim = Sim::start("0s");
+    let installed = Installed::new();
+    let running = Running::start(&installed, &pooled_config(&sim), &[]);
+    let old = running.pid();
+    std::fs::write(&running.config, "[server]\nlisten = 8080\n").unwrap();
+    running.signal(old, libc::SIGUSR2);
+    let failed = running.wait_for_message("upgrade failed; this process keeps serving");
+    let error = log_field(&failed, "error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("");
+    let response = client::get10(running.addr, "/");
+    assert_eq!(
+        (error, running.pid(), response.status),
+        (
+            "the new process exited with exit status: 2 before it was ready (its log says why)",
+            old,
+            200
+        )
+    );
+    assert!(
+        running.stderr_text().contains("server.listen"),
+        "the new process names the bad key:\n{}",
+        running.stderr_text()
+    );
+}
+
+#[test]
+fn longhaul_upgrade_refuses_a_bad_config_before_signalling() {
+    let sim = Sim::start("0s");
+    let installed = Installed::new();
+    let running = Running::start(&installed, &pooled_config(&sim), &[]);
+    std::fs::write(&running.config, "[server]\nlisten = 8080\n").unwrap();
+    let out = running.upgrade_command(&installed);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), stderr.contains("server.listen")),
+        (Some(2), true),
+        "{stderr}"
+    );
+    assert!(
+        running
+            .messages("upgrade: started the new process; handing over the listening sockets")
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_new_binary_that_is_not_ready_in_time_is_stopped_and_the_old_one_keeps_serving() {
+    let sim = Sim::start("0s");
+    let installed = Installed::new();
+    let config = pooled_config(&sim).server("upgrade_timeout", "\"1s\"");
+    let running = Running::start(&installed, &config, &[]);
+    let old = running.pid();
+    installed.install_script("#!/bin/sh\nexec sleep 30\n");
+    running.signal(old, libc::SIGUSR2);
+    let failed = running.wait_for_message("upgrade failed; this process keeps serving");
+    let error = log_field(&failed, "error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("");
+    let response = client::get10(running.addr, "/");
+    assert_eq!(
+        (error, running.pid(), response.status),
+        (
+            "the new process was not ready within 1s; it was stopped",
+            old,
+            200
+        )
+    );
+}
+
+// === what is handed over ===
+
+#[test]
+fn the_tls_and_admin_listeners_are_handed_over() {
+    let sim = Sim::start("0s");
+    let pki = Pki::new();
+    let cert = pki.issue("localhost", &["localhost"]);
+    let installed = Installed::new();
+    let config = pooled_config(&sim)
+        .server("tls_listen", "\"127.0.0.1:0\"")
+        .server_tls(
+            "certificates",
+            &format!(
+                "[{{ cert = {:?}, key = {:?} }}]",
+                cert.cert.display().to_string(),
+                cert.key.display().to_string()
+            ),
+        );
+    let running = Running::start(&installed, &config, &[]);
+    let old = running.pid();
+    let out = running.upgrade_command(&installed);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        reaped(old, Duration::from_secs(20)),
+        "the old process exited"
+    );
+    let tls = TlsClient::new(&pki.ca, "localhost")
+        .get10(running.tls_addr.expect("a TLS listener"), "/")
+        .expect("a TLS request to the new process");
+    let metrics = client::get10(running.admin, "/metrics");
+    assert_eq!((tls.status, metrics.status), (200, 200));
+}
+
+#[test]
+fn systemd_is_told_the_new_main_pid_once_it_is_ready() {
+    let sim = Sim::start("0s");
+    let installed = Installed::new();
+    let socket_path = installed.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    notify.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+    let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap())];
+    let running = Running::start(&installed, &pooled_config(&sim), &env);
+    let old = running.pid();
+    let out = running.upgrade_command(&installed);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = running.pid();
+    let mut buf = [0u8; 256];
+    let received: Vec<String> = (0..3)
+        .map(|_| {
+            let n = notify.recv(&mut buf).expect("a notification");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .collect();
+    assert_eq!(
+        received,
+        vec![
+            "READY=1\n".to_string(),
+            "RELOADING=1\n".to_string(),
+            format!("MAINPID={new}\nREADY=1\n"),
+        ],
+        "old pid {old}"
+    );
+}
