@@ -227,9 +227,12 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
         tls: terminator,
     } = serving;
     let terminator = if tls { terminator } else { None };
-    loop {
+    // Dropped when shutdown comes, even while a connection waits for its slot: from then on new
+    // clients are refused at once (or reach the new process) instead of queueing for a reset.
+    let mut listener = Some(listener);
+    while let Some(accepting) = &listener {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accepting.accept() => accepted,
             _ = shutdown.changed() => return,
         };
         let (stream, peer) = match accepted {
@@ -247,7 +250,16 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
         // Not cut short by a drain: this client connected before the listener closed (or was
         // handed to a new process), and dropping it now would reset its unread request. A drain
         // that holds every permit lets this wait end only when the process is done.
-        let permit = limit.clone().acquire_owned().await.expect("never closed");
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                permit = limit.clone().acquire_owned() => permit.expect("never closed"),
+                _ = shutdown.changed() => {
+                    listener = None;
+                    limit.clone().acquire_owned().await.expect("never closed")
+                }
+            },
+        };
         tracing::debug!(worker, client = %peer, tls, "client connection accepted");
         let stack = stack.clone();
         let settings = settings.clone();

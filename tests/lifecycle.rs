@@ -47,6 +47,54 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     );
 }
 
+/// At `max_connections`, a connection the accept loop took waits for a slot; a drain that starts
+/// meanwhile closes the listener at once, so later clients are refused, not queued to be reset.
+#[test]
+fn a_drain_at_max_connections_refuses_new_clients_at_once() {
+    let backend = Backend::builder()
+        .delay(Duration::from_millis(1500))
+        .start();
+    let mut proxy = Proxy::start(
+        &ProxyConfig::single(&[backend.addr()])
+            .server("workers", "1")
+            .server("max_connections", "1")
+            .server("drain_timeout", "\"10s\""),
+    );
+    let addr = proxy.addr;
+    let holding_the_slot = thread::spawn(move || client::try_get10(addr, "/first"));
+    assert!(
+        backend.wait_until(Duration::from_secs(3), |b| b.request_count() == 1),
+        "the first request never reached the backend"
+    );
+    let waiting = thread::spawn(move || client::try_get10(addr, "/waiting"));
+    // The accept loop takes the second connection at once, then waits for the only slot.
+    thread::sleep(Duration::from_millis(300));
+    proxy.signal("TERM");
+    assert!(
+        proxy
+            .wait_for_log(Duration::from_secs(3), |v| {
+                log_message(v) == Some("shutting down: draining in-flight requests")
+            })
+            .is_some(),
+        "no drain started:\n{}",
+        proxy.stderr_lines().join("\n")
+    );
+    thread::sleep(Duration::from_millis(100));
+    let late = std::net::TcpStream::connect(addr);
+    assert_eq!(
+        late.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a client connecting during the drain"
+    );
+    for (thread, path) in [(holding_the_slot, "/first"), (waiting, "/waiting")] {
+        let r = thread.join().expect("client thread");
+        let r = r.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body, backend.expected_body("GET", path), "{path}");
+    }
+    assert_eq!(proxy.stop().and_then(|s| s.code()), Some(0));
+}
+
 #[test]
 fn sighup_with_an_invalid_config_keeps_serving() {
     let backend = Backend::start();
