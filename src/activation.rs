@@ -216,7 +216,7 @@ impl Inherited {
     /// logging each.
     pub fn close_unused(&mut self) {
         for p in self.sockets.drain(..) {
-            tracing::warn!(fd = p.fd, addr = %p.addr, "a passed listening socket matches no configured listener; closed");
+            tracing::warn!(fd = p.fd, addr = %p.addr, "a passed listening socket matches no configured listener; closed (a client that connects to it before the old process, if any, exits is reset)");
         }
     }
 

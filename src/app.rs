@@ -54,19 +54,26 @@ pub struct App {
     transparent: Option<Arc<crate::transparent::Transparent>>,
     tls: Option<Arc<TlsTerminator>>,
     pid_file: Option<PidFile>,
+    /// Upstream connections open when accepting started (after the warm-up).
+    pooled_at_start: usize,
     /// Every listening socket, duplicated, for the new process at an upgrade.
     handover: Vec<HandedSocket>,
 }
 
 impl App {
-    /// Binds every listener and starts serving. `config_path` enables reloading.
+    /// Binds every listener, starts serving, writes the pid file. `config_path` enables
+    /// reloading.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<App, AppError> {
-        App::start_with(config, config_path, Inherited::none()).await
+        let mut app = App::start_with(config, config_path, Inherited::none()).await?;
+        app.announce()?;
+        Ok(app)
     }
 
     /// Like `start`, but a listener with sockets in `inherited` (systemd socket activation, or
     /// the old process's at an upgrade) serves on them instead of binding. The pools are warm
-    /// (`min_idle`, within the longest `connect_timeout`) before the first accept.
+    /// (`min_idle`, within the longest `connect_timeout`) before the first accept. Not yet
+    /// announced (`announce`): a new process at an upgrade does that only once the old one
+    /// says `go`.
     pub async fn start_with(
         config: Config,
         config_path: Option<PathBuf>,
@@ -130,20 +137,21 @@ impl App {
         let admin = admin_listener.local_addr().expect("bound");
         let warm_bound = config.upstream.iter().map(|u| u.connect_timeout).max();
         let warm_bound = warm_bound.unwrap_or_default() + WARM_UP_SLACK;
+        if config.server.upgrade_timeout < warm_bound {
+            tracing::warn!(upgrade_timeout = ?config.server.upgrade_timeout, warm_up = ?warm_bound,
+                "upgrade_timeout is shorter than a warm-up may take (connect_timeout + 1s): \
+                 an upgrade may give up on a new process that is still warming");
+        }
         if !routing.load().warm_up(warm_bound).await {
             tracing::warn!(waited = ?warm_bound, "not every pool is warm; accepting anyway");
         }
+        let pooled = routing.load().pooled();
         let workers = Workers::start(listeners, &serving)?;
         let sources = crate::admin::Sources {
             routing: routing.clone(),
             transparent: transparent.clone(),
         };
         tasks.spawn(crate::admin::serve(admin_listener, sources, shutdown_rx));
-        // Last: a script that sees the pid file can already connect to every listener.
-        let pid_file = match &config.server.pid_file {
-            Some(path) => Some(PidFile::write(path)?),
-            None => None,
-        };
         let app = App {
             listen,
             tls_listen,
@@ -157,14 +165,25 @@ impl App {
             limit,
             transparent,
             tls,
-            pid_file,
+            pid_file: None,
+            pooled_at_start: pooled,
             handover,
         };
-        app.log_started();
         Ok(app)
     }
 
-    fn log_started(&self) {
+    /// Says this process is the proxy: writes `[server] pid_file` (if set) and logs `longhaul
+    /// started`. Every listener accepts by then: a script that sees either can connect to each.
+    pub fn announce(&mut self) -> Result<(), AppError> {
+        if let Some(path) = &self.config.server.pid_file {
+            self.pid_file = Some(PidFile::write(path)?);
+        }
+        self.log_started(self.pooled_at_start);
+        Ok(())
+    }
+
+    /// `pooled`: upstream connections open when accepting started.
+    fn log_started(&self, pooled: usize) {
         let join = |addrs: &[SocketAddr]| {
             addrs
                 .iter()
@@ -188,14 +207,6 @@ impl App {
             })
             .collect::<Vec<_>>()
             .join("; ");
-        let pooled: usize = self
-            .routing
-            .load()
-            .upstreams
-            .iter()
-            .flat_map(|u| u.servers.iter())
-            .map(|sp| sp.pool.status().size)
-            .sum();
         tracing::info!(
             listen = %join(&self.listen),
             tls_listen = %join(&self.tls_listen),
@@ -282,27 +293,35 @@ impl App {
     }
 
     /// Starts the binary at `launch` with this process's listening sockets and waits until it
-    /// is ready (`upgrade_timeout`). On `true` this process should drain and exit; on `false`
-    /// (logged with the reason) it keeps serving.
-    pub async fn upgrade(&self, launch: Option<&Launch>) -> bool {
+    /// is ready (`upgrade_timeout`), or until `stopping` completes (SIGTERM, SIGINT), which
+    /// calls the upgrade off. Failures are logged with the reason.
+    pub async fn upgrade(
+        &self,
+        launch: Option<&Launch>,
+        stopping: impl Future<Output = ()>,
+    ) -> UpgradeOutcome {
         let Some(launch) = launch else {
             tracing::warn!("SIGUSR2 ignored: this process does not know its binary's path");
-            return false;
+            return UpgradeOutcome::KeepServing;
         };
         crate::systemd::notify_reloading();
         let timeout = self.config.server.upgrade_timeout;
-        match crate::upgrade::start_successor(launch, &self.handover, timeout).await {
+        match crate::upgrade::start_successor(launch, &self.handover, timeout, stopping).await {
             Ok(pid) => {
                 tracing::info!(
                     pid,
                     "upgrade: the new process is ready; this one stops accepting and drains"
                 );
-                true
+                UpgradeOutcome::HandedOver
+            }
+            Err(crate::upgrade::UpgradeError::Stopping) => {
+                tracing::info!("upgrade called off: this process was asked to stop");
+                UpgradeOutcome::Stop
             }
             Err(e) => {
                 tracing::error!(error = %e, "upgrade failed; this process keeps serving");
                 crate::systemd::notify_ready(false);
-                false
+                UpgradeOutcome::KeepServing
             }
         }
     }
@@ -382,6 +401,40 @@ impl Signals {
             usr2: signal(SignalKind::user_defined2())?,
         })
     }
+
+    async fn next(&mut self) -> Signalled {
+        tokio::select! {
+            _ = self.term.recv() => Signalled::Stop,
+            _ = self.int.recv() => Signalled::Stop,
+            _ = self.hup.recv() => Signalled::Reload,
+            _ = self.usr2.recv() => Signalled::Upgrade,
+        }
+    }
+
+    /// Completes at the next SIGTERM or SIGINT.
+    async fn stop_requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+enum Signalled {
+    Stop,
+    Reload,
+    Upgrade,
+}
+
+/// How an upgrade ended for the old process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeOutcome {
+    /// The new process serves: this one drains and exits.
+    HandedOver,
+    /// The upgrade failed: this one serves on.
+    KeepServing,
+    /// A stop request came during the upgrade: both processes drain and exit.
+    Stop,
 }
 
 /// Runs until SIGTERM or SIGINT, or until a SIGUSR2 upgrade has a new process serving;
@@ -392,11 +445,16 @@ pub async fn run_until_signalled(
     launch: Option<Launch>,
 ) -> std::io::Result<()> {
     let upgraded = loop {
-        tokio::select! {
-            _ = signals.term.recv() => break false,
-            _ = signals.int.recv() => break false,
-            _ = signals.hup.recv() => app.reload(),
-            _ = signals.usr2.recv() => if app.upgrade(launch.as_ref()).await { break true },
+        match signals.next().await {
+            Signalled::Stop => break false,
+            Signalled::Reload => app.reload(),
+            Signalled::Upgrade => {
+                match app.upgrade(launch.as_ref(), signals.stop_requested()).await {
+                    UpgradeOutcome::HandedOver => break true,
+                    UpgradeOutcome::Stop => break false,
+                    UpgradeOutcome::KeepServing => {}
+                }
+            }
         }
     };
     if !upgraded {

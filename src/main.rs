@@ -205,7 +205,7 @@ fn run(path: PathBuf) -> ExitCode {
             }
         };
         let upgraded = predecessor.is_some();
-        let app = match longhaul::app::App::start_with(config, Some(path), inherited).await {
+        let mut app = match longhaul::app::App::start_with(config, Some(path), inherited).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = %e, "longhaul failed to start");
@@ -213,10 +213,20 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        if let Some(predecessor) = predecessor
-            && let Err(e) = predecessor.report_ready()
-        {
-            tracing::warn!(error = %e, "cannot tell the old process that this one is ready");
+        // At an upgrade the old process decides whether this one takes over; until it says so,
+        // this one neither writes the pid file nor tells systemd anything.
+        let took_over = match predecessor {
+            Some(predecessor) => predecessor.report_ready().await,
+            None => Ok(()),
+        };
+        let started = took_over
+            .map_err(|e| format!("upgrade: this process does not take over: {e}"))
+            .and_then(|()| app.announce().map_err(|e| e.to_string()));
+        if let Err(e) = started {
+            tracing::error!(error = %e, "longhaul failed to start; draining what it accepted");
+            output::stderr(format_args!("error: {e}\n"));
+            app.shutdown().await;
+            return ExitCode::from(EXIT_RUNTIME);
         }
         longhaul::systemd::notify_ready(upgraded);
         match longhaul::app::run_until_signalled(app, signals, launch).await {

@@ -76,6 +76,15 @@ impl Routing {
         tokio::time::timeout(bound, every_pool).await.is_ok()
     }
 
+    /// Upstream connections open now, over every pool.
+    pub fn pooled(&self) -> usize {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.servers.iter())
+            .map(|sp| sp.pool.status().size)
+            .sum()
+    }
+
     /// Closes pools that `next` no longer uses.
     pub fn retire_unused(&self, next: &Routing) {
         for old in &self.upstreams {

@@ -4,6 +4,8 @@
 //! The hand-over channel is a datagram socket pair; the new process finds its end in fd
 //! `LONGHAUL_UPGRADE_FD`. Old to new: datagrams of `<role> <configured address>` lines, each with
 //! the matching descriptors (SCM_RIGHTS), then `end`. New to old: `ready <pid>` once it serves.
+//! Old to new: `go` (the new process takes over: pid file, systemd) or `abort` (it was late, or
+//! the old one is stopping: the new one drains and exits). Only the old process decides.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -32,6 +34,13 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new process that was not ready gets to exit on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a ready new process waits for `go`: the old one answers at once, so no answer
+/// means it is gone or stuck, and the new one does not take over on its own.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+const GO: &[u8] = b"go";
+const ABORT: &[u8] = b"abort";
+
 /// Why an upgrade did not happen; the running process keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -46,6 +55,12 @@ pub enum UpgradeError {
     Exited(ExitStatus),
     #[error("the new process was not ready within {0:?}; it was stopped")]
     NotReady(Duration),
+    #[error("this process was asked to stop; the new process was stopped")]
+    Stopping,
+    #[error("the old process called the upgrade off (it gave up waiting, or is stopping)")]
+    Aborted,
+    #[error("the old process did not answer within {0:?}")]
+    NoAnswer(Duration),
     #[error("the hand-over from the old process failed: {0}")]
     Receive(String),
     #[error(transparent)]
@@ -61,13 +76,33 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// This process's binary path and arguments.
+    /// This process's binary path and arguments. The path is the one it was started by
+    /// (`argv[0]`, made absolute, or found on `PATH`), not the file it resolved to: with a
+    /// symlinked install, an upgrade runs what the link names now.
     pub fn current() -> std::io::Result<Launch> {
+        let mut args = std::env::args_os();
+        let started_as = args.next().map(PathBuf::from);
+        let program = match started_as.and_then(|p| resolve_program(&p)) {
+            Some(program) => program,
+            None => std::env::current_exe()?,
+        };
         Ok(Launch {
-            program: std::env::current_exe()?,
-            args: std::env::args_os().skip(1).collect(),
+            program,
+            args: args.collect(),
         })
     }
+}
+
+/// `argv0` as an absolute path: relative to the working directory if it names a directory,
+/// else the first match on `PATH`, as the shell found it.
+fn resolve_program(argv0: &std::path::Path) -> Option<PathBuf> {
+    if argv0.components().count() > 1 {
+        return std::path::absolute(argv0).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(argv0))
+        .find(|candidate| candidate.is_absolute() && candidate.is_file())
 }
 
 /// A listening socket to hand over: what it serves, the configured address it was bound for
@@ -81,30 +116,42 @@ pub struct HandedSocket {
 }
 
 /// Starts `launch` with the hand-over channel, sends it `sockets`, and waits up to `timeout`
-/// for it to report ready; returns its pid. A new process that exits or is late is stopped.
+/// for it to report ready, then tells it to go on; returns its pid. A new process that exits,
+/// is late, or is still starting when `stopping` completes is told to abort and is stopped.
 pub async fn start_successor(
     launch: &Launch,
     sockets: &[HandedSocket],
     timeout: Duration,
+    stopping: impl Future<Output = ()>,
 ) -> Result<u32, UpgradeError> {
     let (ours, theirs) = UnixDatagram::pair().map_err(UpgradeError::HandOver)?;
+    ours.set_nonblocking(true).map_err(UpgradeError::HandOver)?;
+    let channel = tokio::net::UnixDatagram::from_std(ours).map_err(UpgradeError::HandOver)?;
     let mut child = spawn_with_channel(launch, &theirs)?;
     drop(theirs);
     let pid = child.id().unwrap_or(0);
     tracing::info!(pid, program = %launch.program.display(), sockets = sockets.len(),
         "upgrade: started the new process; handing over the listening sockets");
-    let outcome = tokio::time::timeout(timeout, async {
+    let ready = tokio::time::timeout(timeout, async {
         tokio::select! {
-            sent = hand_over_then_wait_ready(ours, sockets) => sent.map(|()| pid),
+            sent = hand_over_then_wait_ready(&channel, sockets) => sent,
             exited = child.wait() => Err(match exited {
                 Ok(status) => UpgradeError::Exited(status),
                 Err(e) => UpgradeError::HandOver(e),
             }),
+            () = stopping => Err(UpgradeError::Stopping),
         }
     })
     .await
     .unwrap_or(Err(UpgradeError::NotReady(timeout)));
+    // The one decision: once `go` is sent the new process owns the service; otherwise it must
+    // not take over, whether or not it reported ready meanwhile.
+    let outcome = match ready {
+        Ok(()) => send(&channel, GO, &[]).await.map(|()| pid),
+        Err(e) => Err(e),
+    };
     if outcome.is_err() {
+        let _ = channel.try_send(ABORT);
         stop(&mut child).await;
     }
     outcome
@@ -140,20 +187,18 @@ fn spawn_with_channel(
 
 /// Sends every socket, then waits for `ready`.
 async fn hand_over_then_wait_ready(
-    ours: UnixDatagram,
+    channel: &tokio::net::UnixDatagram,
     sockets: &[HandedSocket],
 ) -> Result<(), UpgradeError> {
-    ours.set_nonblocking(true).map_err(UpgradeError::HandOver)?;
-    let channel = tokio::net::UnixDatagram::from_std(ours).map_err(UpgradeError::HandOver)?;
     for chunk in sockets.chunks(FDS_PER_MESSAGE) {
         let lines: String = chunk
             .iter()
             .map(|s| format!("{} {}\n", s.role.as_str(), s.configured))
             .collect();
         let fds: Vec<RawFd> = chunk.iter().map(|s| s.fd.as_raw_fd()).collect();
-        send(&channel, lines.as_bytes(), &fds).await?;
+        send(channel, lines.as_bytes(), &fds).await?;
     }
-    send(&channel, b"end", &[]).await?;
+    send(channel, b"end", &[]).await?;
     let mut buf = [0u8; 64];
     loop {
         let n = channel
@@ -190,11 +235,16 @@ async fn stop(child: &mut tokio::process::Child) {
             libc::kill(pid as libc::pid_t, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
+    let exited = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(exited) => exited,
+        Err(_) => match child.kill().await {
+            Ok(()) => child.wait().await,
+            Err(e) => Err(e),
+        },
+    };
+    match exited {
+        Ok(status) => tracing::info!(%status, "upgrade: the new process stopped"),
+        Err(e) => tracing::warn!(error = %e, "upgrade: cannot reap the new process"),
     }
 }
 
@@ -253,15 +303,19 @@ fn read_pid(path: &std::path::Path) -> Result<Option<u32>, RequestError> {
         path: path.into(),
         source,
     })?;
-    Ok(text.trim().parse().ok())
+    Ok(text.trim().parse().ok().filter(|&pid| pid > 1))
 }
 
 /// kill(2): `signal` 0 only asks whether the process exists. A zombie counts as gone.
 #[allow(unsafe_code)]
 fn signal(pid: u32, signal: libc::c_int) -> bool {
+    // 0 and 1 are never a longhaul: kill(0, ...) would signal this process group.
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };
+    if pid <= 1 {
+        return false;
+    }
     // SAFETY: kill(2) has no memory effects; a wrong pid at worst signals the wrong process,
     // which is what a pid file read by an operator risks too.
     let exists = unsafe { libc::kill(pid, signal) } == 0;
@@ -298,7 +352,11 @@ impl Predecessor {
         let fd: RawFd = value
             .to_str()
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| UpgradeError::Receive(format!("{FD_ENV}={value:?} is not a number")))?;
+            .filter(|&fd| fd > 2)
+            .ok_or_else(|| {
+                UpgradeError::Receive(format!("{FD_ENV}={value:?} is not a descriptor above 2"))
+            })?;
+        check_channel(fd)?;
         // SAFETY: the old process opened this descriptor for us and named it in the variable,
         // cleared above, so it is adopted once; nothing else in this process owns it.
         let channel = UnixDatagram::from(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -311,12 +369,44 @@ impl Predecessor {
         Ok(Some((Predecessor { channel }, inherited)))
     }
 
-    /// Tells the old process that this one serves: it stops accepting and drains.
-    pub fn report_ready(self) -> std::io::Result<()> {
-        let _ = self.channel.set_nonblocking(true);
-        self.channel
-            .send(format!("ready {}", std::process::id()).as_bytes())
-            .map(|_| ())
+    /// Tells the old process that this one serves, and waits for its answer: `Ok` (`go`) means
+    /// this process took over and the old one drains; an error means this one must drain and
+    /// exit without taking over (no pid file, no word to systemd).
+    pub async fn report_ready(self) -> Result<(), UpgradeError> {
+        let io = |e: std::io::Error| UpgradeError::Receive(e.to_string());
+        self.channel.set_nonblocking(true).map_err(io)?;
+        let channel = tokio::net::UnixDatagram::from_std(self.channel).map_err(io)?;
+        let ready = format!("ready {}", std::process::id());
+        send(&channel, ready.as_bytes(), &[])
+            .await
+            .map_err(|e| UpgradeError::Receive(e.to_string()))?;
+        let mut answer = [0u8; 16];
+        match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv(&mut answer)).await {
+            Ok(Ok(n)) if &answer[..n] == GO => Ok(()),
+            Ok(Ok(_)) => Err(UpgradeError::Aborted),
+            Ok(Err(e)) => Err(io(e)),
+            Err(_) => Err(UpgradeError::NoAnswer(ANSWER_TIMEOUT)),
+        }
+    }
+}
+
+/// Whether `fd` is an open Unix datagram socket, before this process takes ownership of it.
+#[allow(unsafe_code)]
+fn check_channel(fd: RawFd) -> Result<(), UpgradeError> {
+    // SAFETY: borrowed only for the two queries below; a descriptor that is not open makes them
+    // fail with EBADF, which is reported.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let is_unix_datagram = socket.r#type().ok() == Some(socket2::Type::DGRAM)
+        && socket
+            .local_addr()
+            .is_ok_and(|a| a.domain() == socket2::Domain::UNIX);
+    if is_unix_datagram {
+        Ok(())
+    } else {
+        Err(UpgradeError::Receive(format!(
+            "{FD_ENV}={fd} is not a Unix datagram socket"
+        )))
     }
 }
 
@@ -378,6 +468,39 @@ mod tests {
     #[test]
     fn a_line_with_an_unknown_role_is_refused() {
         assert_eq!(parse_line("metrics 127.0.0.1:9901"), None);
+    }
+
+    #[test]
+    fn a_pid_file_naming_0_or_1_names_no_process() {
+        let dir = std::env::temp_dir().join(format!("longhaul-upgrade-pid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pid");
+        let mut read = Vec::new();
+        for text in ["0\n", "1\n", "4242\n"] {
+            std::fs::write(&path, text).unwrap();
+            read.push(read_pid(&path).unwrap());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read, [None, None, Some(4242)]);
+    }
+
+    #[test]
+    fn the_hand_over_descriptor_must_be_a_unix_datagram_socket() {
+        let (ours, _theirs) = UnixDatagram::pair().unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let checked = [ours.as_raw_fd(), tcp.as_raw_fd()].map(|fd| check_channel(fd).is_ok());
+        assert_eq!(checked, [true, false]);
+    }
+
+    #[test]
+    fn a_program_started_by_name_is_found_on_path_and_by_path_made_absolute() {
+        let by_name = resolve_program(std::path::Path::new("sh")).expect("sh on PATH");
+        let relative = resolve_program(std::path::Path::new("./longhaul")).unwrap();
+        assert_eq!(
+            (by_name.is_absolute(), by_name.ends_with("sh")),
+            (true, true)
+        );
+        assert_eq!(relative, std::env::current_dir().unwrap().join("longhaul"));
     }
 
     #[test]
