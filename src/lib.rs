@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod body;
 pub mod clock;

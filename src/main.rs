@@ -12,7 +12,7 @@ use longhaul::upgrade::{Launch, Predecessor};
 
 /// mimalloc instead of glibc malloc: see Cargo.toml and bench/README.md ("Allocator").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: longhaul::allocator::Allocator = longhaul::allocator::Allocator;
 
 #[derive(Parser)]
 #[command(

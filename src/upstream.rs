@@ -269,13 +269,7 @@ impl Upstream {
         let in_flight = InFlight::new(server);
         let exchange = lease.exchange(head, body, &self.limits);
         match tokio::time::timeout(self.response_timeout, exchange).await {
-            Ok(Ok((parts, body))) => Ok(Ok(self.accept(
-                parts,
-                body,
-                &head.method,
-                server,
-                in_flight,
-            )?)),
+            Ok(Ok((parts, body))) => Ok(Ok(self.accept(parts, body, server, in_flight)?)),
             Ok(Err(error)) => Ok(Err(error)),
             Err(_) => Err(ProxyError::ResponseTimeout {
                 upstream: self.name.clone(),
@@ -424,7 +418,6 @@ impl Upstream {
         &self,
         parts: Parts,
         body: ResponseBody<Lease>,
-        method: &Method,
         server: &Arc<Server>,
         in_flight: InFlight,
     ) -> Result<Response<PooledBody>, ProxyError> {
@@ -440,10 +433,7 @@ impl Upstream {
         let (timeout, max) = reuse::keep_alive_params(&parts.headers);
         server.learn_announced(timeout, max);
         let upgrading = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        if !upgrading
-            && let Some(why) =
-                reuse::not_reusable_reason(method, parts.status, parts.version, &parts.headers)
-        {
+        if !upgrading && let Some(why) = body.not_reusable_by_head() {
             server.warn_not_reusable(why);
         }
         server.record_success();

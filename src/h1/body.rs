@@ -41,6 +41,9 @@ pub struct ResponseBody<S> {
     buf: BytesMut,
     decoder: Decoder,
     reuse: Reuse,
+    /// Why the response's own head rules out reuse (`Connection: close`, HTTP/1.0 without
+    /// keep-alive, ...), apart from its framing.
+    head_says: Option<&'static str>,
 }
 
 impl<S> ResponseBody<S> {
@@ -73,11 +76,17 @@ impl<S> ResponseBody<S> {
             buf,
             decoder,
             reuse,
+            head_says: headers_say,
         };
         if matches!(body.decoder, Decoder::Done | Decoder::Length(0)) {
             body.end();
         }
         body
+    }
+
+    /// Why the response head itself rules out reusing the connection, if it does.
+    pub fn not_reusable_by_head(&self) -> Option<&'static str> {
+        self.head_says
     }
 
     /// The connection and whether it may carry another request. A body not read to its end,

@@ -1,6 +1,8 @@
 //! Reads a response head with `httparse` into `http::response::Parts`: a bounded, per-exchange
 //! buffer, interim 1xx responses skipped (101 returned), header values sliced without copying.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
@@ -70,14 +72,40 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     }
 }
 
+/// Header fields parsed into a stack array up to this many; a larger `max_headers` uses the heap.
+const STACK_FIELDS: usize = 128;
+
+/// Room for the fields the proxy adds to a response head (`Via`, `X-Request-Id`, ...), so the
+/// map does not grow when they are inserted.
+const ADDED_FIELDS: usize = 4;
+
+/// Where one field's name and value lie in the head's bytes.
+#[derive(Clone, Copy, Default)]
+struct FieldSpan {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
 /// One complete head from the front of `buf`, which then holds what follows it.
 fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, ErrorKind> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf)? {
+    let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut on_heap = Vec::new();
+    let fields = if limits.max_headers <= STACK_FIELDS {
+        &mut on_stack[..limits.max_headers]
+    } else {
+        on_heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+        &mut on_heap[..]
+    };
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        fields,
+    )?;
+    let len = match parsed {
         // A read may bring more than the limit when the allocator rounds the buffer up.
         httparse::Status::Complete(len) if len > limits.max_head_bytes => {
             return Err(ErrorKind::HeadTooLarge {
@@ -94,13 +122,26 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, Erro
         _ => Version::HTTP_11,
     };
     let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| ErrorKind::BadHeader("invalid field name"))?;
-        let start = field.value.as_ptr() as usize - base;
-        spans.push((name, start, start + field.value.len()));
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    let count = response.headers.len();
+    let mut spans_on_stack = [FieldSpan::default(); STACK_FIELDS];
+    let mut spans_on_heap = Vec::new();
+    let spans = if count <= STACK_FIELDS {
+        &mut spans_on_stack[..count]
+    } else {
+        spans_on_heap.resize(count, FieldSpan::default());
+        &mut spans_on_heap[..]
+    };
+    for (field, slot) in response.headers.iter().zip(spans.iter_mut()) {
+        *slot = FieldSpan {
+            name: span(field.name.as_bytes()),
+            value: span(field.value),
+        };
     }
+    // The head's bytes stay where they are: the spans index the frozen head.
     let head = buf.split_to(len).freeze();
     let headers = header_map(&head, spans)?;
     let (mut parts, ()) = Response::new(()).into_parts();
@@ -111,13 +152,12 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, Erro
 }
 
 /// The header map, each value a slice of the head's own bytes.
-fn header_map(
-    head: &Bytes,
-    spans: Vec<(HeaderName, usize, usize)>,
-) -> Result<HeaderMap, ErrorKind> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, end) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<HeaderMap, ErrorKind> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
+    for field in spans {
+        let name = HeaderName::from_bytes(&head[field.name.0..field.name.1])
+            .map_err(|_| ErrorKind::BadHeader("invalid field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))
             .map_err(|_| ErrorKind::BadHeader("invalid field value"))?;
         headers.append(name, value);
     }

@@ -25,7 +25,21 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A new id, unique within the process: `<8 hex random>-<hex counter>`.
 pub fn generate() -> HeaderValue {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{:08x}-{n:x}", *PREFIX)).expect("hex is a valid header value")
+    // Written by hand, not with `format!`: this runs for every request (callgrind: 1.2k
+    // instructions through core::fmt, about 150 this way).
+    let mut id = Vec::with_capacity(8 + 1 + 16);
+    push_hex(&mut id, *PREFIX, 8);
+    id.push(b'-');
+    push_hex(&mut id, n, 1);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).expect("hex is a valid header value")
+}
+
+/// `n` in lowercase hex, zero-padded to at least `min_digits`.
+fn push_hex(out: &mut Vec<u8>, n: u64, min_digits: u32) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(min_digits);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[((n >> (shift * 4)) & 0xf) as usize]);
+    }
 }
 
 /// The id of a request that went through `RequestIdLayer`.
@@ -106,5 +120,28 @@ where
             resp.headers_mut().insert(X_REQUEST_ID, id);
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_padded_to_the_asked_width_and_no_further() {
+        let hex = |n, width| {
+            let mut out = Vec::new();
+            push_hex(&mut out, n, width);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            [
+                hex(0, 1),
+                hex(0xab, 8),
+                hex(0x1_0000_0000, 8),
+                hex(u64::MAX, 1)
+            ],
+            ["0", "000000ab", "100000000", "ffffffffffffffff"]
+        );
     }
 }

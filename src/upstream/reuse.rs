@@ -47,12 +47,14 @@ fn is_close_delimited(
     !(version == Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING))
 }
 
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
 /// The `timeout` and `max` parameters of a `Keep-Alive` header, where present and valid.
 pub fn keep_alive_params(headers: &HeaderMap) -> (Option<Duration>, Option<u32>) {
     let mut timeout = None;
     let mut max = None;
     for value in headers
-        .get_all("keep-alive")
+        .get_all(KEEP_ALIVE)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
@@ -61,10 +63,11 @@ pub fn keep_alive_params(headers: &HeaderMap) -> (Option<Duration>, Option<u32>)
                 continue;
             };
             let val = val.trim().trim_matches('"');
-            match name.trim().to_ascii_lowercase().as_str() {
-                "timeout" => timeout = val.parse::<u64>().ok().map(Duration::from_secs),
-                "max" => max = val.parse::<u32>().ok(),
-                _ => {}
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("timeout") {
+                timeout = val.parse::<u64>().ok().map(Duration::from_secs);
+            } else if name.eq_ignore_ascii_case("max") {
+                max = val.parse::<u32>().ok();
             }
         }
     }
