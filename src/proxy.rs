@@ -160,10 +160,11 @@ impl Service<Request<Incoming>> for Proxy {
                 Ok(found) => found,
                 Err(e) => return Ok(failure_response(&e, &id)),
             };
+            // Tunnels are rare: boxed, so their futures do not size every request's.
             let outcome = if req.method() == Method::CONNECT {
-                upgrade::connect(&upstream, req, options).await
+                Box::pin(upgrade::connect(&upstream, req, options)).await
             } else if req.extensions().get::<UpgradeRequest>().is_some() {
-                upgrade::switch_protocols(&upstream, req, options).await
+                Box::pin(upgrade::switch_protocols(&upstream, req, options)).await
             } else {
                 proxy_request(&upstream, req, options).await
             };
