@@ -5,10 +5,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 
-use http::{Request, Response};
+use http::{HeaderValue, Method, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
@@ -43,13 +44,11 @@ pub struct AccessLog<S> {
 
 impl<S, B> Service<Request<B>> for AccessLog<S>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError> + Send,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Load shedding sits inside: it is always ready and sheds in `call` instead.
@@ -66,34 +65,70 @@ where
         let logged = self
             .enabled
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = match fut.await {
-                Ok(resp) => resp,
-                Err(err) => rescue(&err, &id),
-            };
-            let upstream = resp.extensions().get::<UpstreamName>().map(|u| u.0.clone());
-            let upstream = upstream.as_deref().unwrap_or(NO_UPSTREAM);
-            let elapsed = started.elapsed();
-            let status = resp.status();
-            METRICS
-                .requests_total
-                .with_label_values(&[upstream, status.as_str()])
-                .inc();
-            METRICS
-                .request_duration_seconds
-                .with_label_values(&[upstream])
-                .observe(elapsed.as_secs_f64());
-            if let Some((method, path)) = logged {
-                tracing::info!(
-                    target: "longhaul::access",
-                    method = %method, path = %path, status = status.as_u16(), upstream,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    request_id = id.to_str().unwrap_or("-"),
-                    "request"
-                );
-            }
-            Ok(resp)
-        })
+        ResponseFuture {
+            inner: self.inner.call(req),
+            started,
+            id,
+            logged,
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's future, then the metrics and the log line. A named future rather
+    /// than a boxed `async` block: no allocation or copy of the inner future per request.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        id: HeaderValue,
+        logged: Option<(Method, String)>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, BoxError>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match ready!(this.inner.poll(cx)) {
+            Ok(resp) => resp,
+            Err(err) => rescue(&err, this.id),
+        };
+        record(&resp, *this.started, this.id, this.logged.take());
+        Poll::Ready(Ok(resp))
+    }
+}
+
+/// The request metrics, and the access-log line when it is enabled.
+fn record(
+    resp: &Response<ProxyBody>,
+    started: Instant,
+    id: &HeaderValue,
+    logged: Option<(Method, String)>,
+) {
+    let upstream = resp.extensions().get::<UpstreamName>().map(|u| &*u.0);
+    let upstream = upstream.unwrap_or(NO_UPSTREAM);
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    METRICS
+        .requests_total
+        .with_label_values(&[upstream, status.as_str()])
+        .inc();
+    METRICS
+        .request_duration_seconds
+        .with_label_values(&[upstream])
+        .observe(elapsed.as_secs_f64());
+    if let Some((method, path)) = logged {
+        tracing::info!(
+            target: "longhaul::access",
+            method = %method, path = %path, status = status.as_u16(), upstream,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = id.to_str().unwrap_or("-"),
+            "request"
+        );
     }
 }

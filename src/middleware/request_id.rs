@@ -12,6 +12,9 @@ use tower::{Layer, Service};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Header fields the proxy adds to a request on its way upstream.
+const ADDED_REQUEST_FIELDS: usize = 4;
+
 /// Client-sent ids longer than this are replaced (they end up in logs and upstream headers).
 const MAX_CLIENT_ID_LEN: usize = 128;
 
@@ -84,6 +87,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // hyper sizes the map to the fields it parsed; the proxy adds up to four (this id,
+        // X-Forwarded-For, X-Forwarded-Proto, Via): one growth here, not one per insert.
+        req.headers_mut().reserve(ADDED_REQUEST_FIELDS);
         let id = match req.headers().get(X_REQUEST_ID) {
             Some(id) if acceptable(id) => id.clone(),
             _ => {
