@@ -186,8 +186,11 @@ impl managed::Manager for ConnManager {
     type Type = PooledConn;
     type Error = ConnectError;
 
-    async fn create(&self) -> Result<PooledConn, ConnectError> {
-        self.dial().await
+    /// Boxed: a dial (TCP connect, TLS handshake) is kilobytes of state, and unboxed it would
+    /// size every checkout's future, which each request moves several times, though almost
+    /// every checkout finds an idle connection (callgrind: ~2k instructions of memcpy).
+    fn create(&self) -> impl Future<Output = Result<PooledConn, ConnectError>> + Send {
+        Box::pin(self.dial())
     }
 
     async fn recycle(
