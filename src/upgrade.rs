@@ -377,9 +377,7 @@ impl Predecessor {
         self.channel.set_nonblocking(true).map_err(io)?;
         let channel = tokio::net::UnixDatagram::from_std(self.channel).map_err(io)?;
         let ready = format!("ready {}", std::process::id());
-        send(&channel, ready.as_bytes(), &[])
-            .await
-            .map_err(|e| UpgradeError::Receive(e.to_string()))?;
+        send(&channel, ready.as_bytes(), &[]).await?;
         let mut answer = [0u8; 16];
         match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv(&mut answer)).await {
             Ok(Ok(n)) if &answer[..n] == GO => Ok(()),
