@@ -134,7 +134,16 @@ pub async fn start_successor(
         "upgrade: started the new process; handing over the listening sockets");
     let ready = tokio::time::timeout(timeout, async {
         tokio::select! {
-            sent = hand_over_then_wait_ready(&channel, sockets) => sent,
+            sent = hand_over_then_wait_ready(&channel, sockets) => match sent {
+                // The channel fails when the new process has exited: its status says why.
+                Err(UpgradeError::HandOver(e)) => {
+                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                        Ok(Ok(status)) => Err(UpgradeError::Exited(status)),
+                        _ => Err(UpgradeError::HandOver(e)),
+                    }
+                }
+                other => other,
+            },
             exited = child.wait() => Err(match exited {
                 Ok(status) => UpgradeError::Exited(status),
                 Err(e) => UpgradeError::HandOver(e),
