@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Protocol;
+use crate::middleware::hop_by_hop::ConnectionTokens;
 
 /// How the simulated backend behaves.
 #[derive(Debug, Clone)]
@@ -222,8 +223,8 @@ fn respond(
     body: Bytes,
 ) -> Response<Full<Bytes>> {
     let wants_keepalive = match req.version() {
-        Version::HTTP_10 => has_token(req, "keep-alive"),
-        _ => !has_token(req, "close"),
+        Version::HTTP_10 => ConnectionTokens::of(req.headers()).keep_alive,
+        _ => !ConnectionTokens::of(req.headers()).close,
     };
     let last = config.max_requests != 0 && n >= config.max_requests;
     let mut resp = Response::new(Full::new(body));
@@ -246,10 +247,6 @@ fn respond(
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-fn has_token(req: &Request<Incoming>, token: &str) -> bool {
-    crate::middleware::hop_by_hop::connection_has(req.headers(), token)
 }
 
 async fn serve_stats(listener: TcpListener, stats: Arc<SimStats>, mut stop: watch::Receiver<bool>) {
