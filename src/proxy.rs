@@ -236,34 +236,36 @@ pub(crate) async fn proxy_request(
     {
         parts.headers.insert(header::HOST, host);
     }
-    parts.uri = origin_form(&parts.uri);
+    if parts.uri.authority().is_some() {
+        parts.uri = origin_form(&parts.uri);
+    }
     if accepts_trailers && upstream.protocol == Protocol::Http11 {
         trailers::ask_backend(&mut parts.headers);
     }
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
-    let req = Request::from_parts(parts, body);
-    let resp = upstream.forward(req).await?;
-    let (mut parts, body) = resp.into_parts();
-    parts.extensions.insert(UpstreamVersion(parts.version));
+    let resp = upstream.forward(parts, body).await?;
     // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
-    let close_client = client_version == Version::HTTP_10 && body.size_hint().exact().is_none();
+    let close_client =
+        client_version == Version::HTTP_10 && resp.body().size_hint().exact().is_none();
+    let announced = trailers::to_announce(accepts_trailers, resp.headers());
+    let version = resp.version();
+    let mut resp = resp.map(|body| ProxyBody::Upstream(Box::new(body)));
+    let extensions = resp.extensions_mut();
+    extensions.insert(UpstreamVersion(version));
     if close_client {
-        parts.extensions.insert(CloseClient);
+        extensions.insert(CloseClient);
     }
-    if let Some(announced) = trailers::to_announce(accepts_trailers, &parts.headers) {
-        parts.extensions.insert(announced);
+    if let Some(announced) = announced {
+        extensions.insert(announced);
     }
     // hyper decides the client's keep-alive from the client's request only when the response
     // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.
-    parts.version = if close_client {
+    *resp.version_mut() = if close_client {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::Upstream(Box::new(body)),
-    ))
+    Ok(resp)
 }
 
 /// The request body as the upstream's protocol needs it.

@@ -209,9 +209,10 @@ impl Upstream {
     /// copied; a buffered body is a reference-counted `Bytes`.
     pub async fn forward(
         &self,
-        req: Request<RequestBody>,
+        mut head: RequestParts,
+        mut body: RequestBody,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let (head, mut body) = self.prepare(req).into_parts();
+        self.prepare(&mut head);
         let idempotent = is_idempotent(&head.method);
         let mut retries = Retries::new(self.retry_window);
         loop {
@@ -371,16 +372,15 @@ impl Upstream {
     }
 
     /// Version and `Connection` header for what this upstream speaks.
-    fn prepare(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
+    fn prepare(&self, head: &mut RequestParts) {
         match self.protocol {
             Protocol::Http10 => {
-                *req.version_mut() = Version::HTTP_10;
-                req.headers_mut()
+                head.version = Version::HTTP_10;
+                head.headers
                     .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
             }
-            Protocol::Http11 => *req.version_mut() = Version::HTTP_11,
+            Protocol::Http11 => head.version = Version::HTTP_11,
         }
-        req
     }
 
     async fn checkout(&self, sp: &ServerPool) -> Result<Lease, CheckoutError> {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +16,7 @@ use crate::body::RequestBody;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::{CloseReason, METRICS};
-use crate::upstream::Upstream;
+use crate::upstream::{PooledBody, Upstream};
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 const OK_CLOSE: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
@@ -141,12 +141,20 @@ fn request(method: Method, body: RequestBody) -> Request<RequestBody> {
     req
 }
 
+async fn forward(
+    upstream: &Upstream,
+    req: Request<RequestBody>,
+) -> Result<Response<PooledBody>, ProxyError> {
+    let (head, body) = req.into_parts();
+    upstream.forward(head, body).await
+}
+
 fn get() -> Request<RequestBody> {
     request(Method::GET, RequestBody::Empty)
 }
 
 async fn body_of(upstream: &Upstream, req: Request<RequestBody>) -> Bytes {
-    let resp = upstream.forward(req).await.expect("a response");
+    let resp = forward(upstream, req).await.expect("a response");
     resp.into_body().collect().await.expect("a body").to_bytes()
 }
 
@@ -202,7 +210,7 @@ async fn a_body_abandoned_before_its_end_closes_the_connection_as_not_reusable()
     let backend = Backend::start(|_, _| Act::Reply(LONG)).await;
     let upstream = upstream("lease-abandoned", &backend);
 
-    let resp = upstream.forward(get()).await.expect("a response");
+    let resp = forward(&upstream, get()).await.expect("a response");
     drop(resp);
 
     assert_eq!(closed(&upstream, CloseReason::NotReusable), 1);
@@ -249,7 +257,7 @@ async fn a_get_on_a_reused_connection_that_closed_unanswered_is_retried_once() {
 async fn a_response_cut_short_closes_the_connection_as_error() {
     let backend = Backend::start(|_, _| Act::ReplyAndClose(SHORT)).await;
     let upstream = upstream("lease-cut-short", &backend);
-    let resp = upstream.forward(get()).await.expect("a response head");
+    let resp = forward(&upstream, get()).await.expect("a response head");
 
     let body = resp.into_body().collect().await;
 
@@ -267,7 +275,7 @@ async fn a_get_that_fails_again_after_its_stale_retry_is_not_sent_a_third_time()
     let upstream = upstream("lease-stale-twice", &backend);
     assert_eq!(body_of(&upstream, get()).await, "ok");
 
-    let failed = upstream.forward(get()).await;
+    let failed = forward(&upstream, get()).await;
 
     assert!(
         failed.is_err(),
@@ -288,7 +296,7 @@ async fn a_post_is_never_sent_again_once_its_bytes_were_written() {
     assert_eq!(body_of(&upstream, get()).await, "ok");
     let post = request(Method::POST, RequestBody::Full(Some(Bytes::from("data"))));
 
-    let failed = upstream.forward(post).await;
+    let failed = forward(&upstream, post).await;
 
     assert!(failed.is_err(), "the POST failed on the stale connection");
     assert_eq!(upstream.metrics.retry_stale.get(), 0);
@@ -301,7 +309,7 @@ async fn a_response_timeout_closes_the_connection_as_error() {
     let backend = Backend::start(|_, _| Act::Silent).await;
     let upstream = upstream_with("lease-timeout", &backend, "response_timeout = \"100ms\"\n");
 
-    let failed = upstream.forward(get()).await;
+    let failed = forward(&upstream, get()).await;
 
     assert!(matches!(failed, Err(ProxyError::ResponseTimeout { .. })));
     assert_eq!(closed(&upstream, CloseReason::Error), 1);
