@@ -57,15 +57,18 @@ pub fn strip(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the headers that the `Connection` header lists by name.
+/// Removes the headers that the `Connection` header lists by name. Only names present are
+/// copied out (a lookup by `&str` allocates nothing), so `Connection: close` costs no allocation.
 fn remove_listed(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
+    let present: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter_map(|token| std::str::from_utf8(token.trim_ascii()).ok())
+        .filter(|token| !token.is_empty() && headers.contains_key(*token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in &listed {
+    for name in &present {
         headers.remove(name);
     }
 }
@@ -77,7 +80,8 @@ pub struct ConnectionTokens {
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade: bool,
-    /// It lists some other name: a header to strip as well.
+    /// It lists a name outside the fixed hop-by-hop set, `close` included (a header may be
+    /// named so): a header to strip as well, where present.
     pub others: bool,
 }
 
@@ -95,6 +99,7 @@ impl ConnectionTokens {
     fn note(&mut self, token: &[u8]) {
         if token.eq_ignore_ascii_case(b"close") {
             self.close = true;
+            self.others = true;
         } else if token.eq_ignore_ascii_case(b"keep-alive") {
             self.keep_alive = true;
         } else if token.eq_ignore_ascii_case(b"upgrade") {
@@ -224,10 +229,30 @@ mod tests {
             close: true,
             keep_alive: true,
             upgrade: true,
-            others: false,
+            others: true,
         };
         assert_eq!(ConnectionTokens::of(&h), expected);
+    }
+
+    #[test]
+    fn only_names_outside_the_fixed_set_count_as_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(!ConnectionTokens::of(&h).others);
         h.append(header::CONNECTION, HeaderValue::from_static("x-trace"));
         assert!(ConnectionTokens::of(&h).others);
+    }
+
+    #[test]
+    fn a_header_named_close_goes_when_connection_says_close() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert("close", HeaderValue::from_static(""));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 }
