@@ -1,6 +1,7 @@
 //! Client side: listeners, the accept loop under the connection limit, the hyper HTTP/1 server
 //! connection with its timeouts, the tower stack every request goes through, and graceful drain.
 
+mod client_stream;
 mod first_read;
 mod stall;
 mod timer;
@@ -34,6 +35,8 @@ use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::tls::TlsTerminator;
 use crate::transparent::{Destination, Transparent};
+use client_stream::Acceptor;
+pub use client_stream::ClientStream;
 use first_read::{Prefixed, first_bytes, first_tls_bytes};
 use stall::StallGuardedIo;
 use timer::ClientTimer;
@@ -229,7 +232,13 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
     let terminator = if tls { terminator } else { None };
     // Dropped when shutdown comes, even while a connection waits for its slot: from then on new
     // clients are refused at once (or reach the new process) instead of queueing for a reset.
-    let mut listener = Some(listener);
+    let mut listener = match Acceptor::new(listener) {
+        Ok(acceptor) => Some(acceptor),
+        Err(e) => {
+            tracing::error!(worker, error = %e, "cannot watch the listener; it accepts nothing");
+            return;
+        }
+    };
     while let Some(accepting) = &listener {
         let accepted = tokio::select! {
             accepted = accepting.accept() => accepted,
@@ -271,16 +280,47 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
         // arms are boxed again so a plain connection's future stays small.
         tokio::spawn(Box::pin(async move {
             match (terminator, transparent) {
-                (Some(tls), _) => {
-                    Box::pin(serve_tls(stream, peer, stack, &settings, shutdown, &tls)).await
-                }
-                (None, Some(t)) => {
-                    Box::pin(t.handle(stream, peer, stack, &settings, shutdown)).await
-                }
                 (None, None) => serve_client(stream, peer, stack, &settings, shutdown, None).await,
+                (terminator, transparent) => match stream.into_tokio() {
+                    Ok(stream) => {
+                        Box::pin(serve_registered(
+                            stream,
+                            peer,
+                            stack,
+                            &settings,
+                            shutdown,
+                            terminator,
+                            transparent,
+                        ))
+                        .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(client = %peer, error = %e, "cannot register the client connection")
+                    }
+                },
             }
             drop(permit);
         }));
+    }
+}
+
+/// A TLS or transparent-mode client: both need a registered tokio stream from the start.
+async fn serve_registered(
+    stream: TcpStream,
+    peer: SocketAddr,
+    stack: Stack,
+    settings: &ClientSettings,
+    shutdown: watch::Receiver<bool>,
+    terminator: Option<Arc<TlsTerminator>>,
+    transparent: Option<Arc<Transparent>>,
+) {
+    match (terminator, transparent) {
+        (Some(tls), _) => serve_tls(stream, peer, stack, settings, shutdown, &tls).await,
+        (None, Some(t)) => t.handle(stream, peer, stack, settings, shutdown).await,
+        (None, None) => {
+            let stream = ClientStream::Registered(stream);
+            serve_client(stream, peer, stack, settings, shutdown, None).await
+        }
     }
 }
 
@@ -303,7 +343,7 @@ impl Drop for Counted {
 
 /// Serves one plain client connection until it closes, or drains it on shutdown.
 pub async fn serve_client(
-    stream: TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
     stack: Stack,
     settings: &ClientSettings,
@@ -316,7 +356,7 @@ pub async fn serve_client(
     // not cut this wait short: the client connected before the listener closed (or was handed
     // to a new process) and its request is owed an answer.
     let started = tokio::time::Instant::now();
-    let Some(first) = first_bytes(&stream, settings.header_read_timeout).await else {
+    let Some(first) = first_bytes(&mut stream, settings.header_read_timeout).await else {
         return;
     };
     let client = Client {

@@ -118,7 +118,7 @@ impl Transparent {
                         name: rule,
                     };
                     crate::server::serve_client(
-                        stream,
+                        crate::server::ClientStream::Registered(stream),
                         peer,
                         stack,
                         settings,

@@ -12,26 +12,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::ClientStream;
+
 /// At most this much is read before hyper takes over; hyper reads the rest itself.
 const FIRST_READ: usize = 2048;
 
 /// Waits up to `limit` for the client's first bytes and reads them, with the one read hyper
 /// would have made anyway. `None`: the client sent nothing in time. An EOF or a read error
 /// gives empty bytes, and hyper meets the same end on its own first read.
-pub async fn first_bytes(stream: &TcpStream, limit: Duration) -> Option<Bytes> {
+pub async fn first_bytes(stream: &mut ClientStream, limit: Duration) -> Option<Bytes> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        // Readiness may be a false positive (a fresh socket reports readable at once); a read
-        // that would block clears it, and the next wait is real.
-        tokio::time::timeout_at(deadline, stream.readable())
-            .await
-            .ok()?
-            .ok()?;
+        // Tried before any wait: a short client's request is usually there at accept, and
+        // the socket then never joins the event loop (no epoll_ctl). A read that would block
+        // clears the readiness, so the wait that follows is real.
         match read_now(stream) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Ok(bytes) => return Some(bytes),
             Err(_) => return Some(Bytes::new()),
         }
+        let registered = stream.registered().ok()?;
+        tokio::time::timeout_at(deadline, registered.readable())
+            .await
+            .ok()?
+            .ok()?;
     }
 }
 
@@ -64,7 +68,7 @@ fn poll_read_now<S: AsyncRead + Unpin>(stream: &mut S, cx: &mut Context<'_>) -> 
 }
 
 /// One non-blocking read into a stack buffer, so no buffer lives in the connection's future.
-fn read_now(stream: &TcpStream) -> io::Result<Bytes> {
+fn read_now(stream: &ClientStream) -> io::Result<Bytes> {
     let mut buf = [0u8; FIRST_READ];
     let n = stream.try_read(&mut buf)?;
     Ok(Bytes::copy_from_slice(&buf[..n]))
@@ -146,14 +150,19 @@ mod tests {
     #[tokio::test]
     async fn a_silent_client_gives_nothing_within_the_limit() {
         let (_client, server) = pair().await;
-        assert_eq!(first_bytes(&server, Duration::from_millis(50)).await, None);
+        let mut server = ClientStream::Registered(server);
+        assert_eq!(
+            first_bytes(&mut server, Duration::from_millis(50)).await,
+            None
+        );
     }
 
     #[tokio::test]
     async fn the_first_bytes_are_read_once_they_arrive() {
         let (mut client, server) = pair().await;
+        let mut server = ClientStream::Registered(server);
         let reader = tokio::spawn(async move {
-            let got = first_bytes(&server, Duration::from_secs(5)).await;
+            let got = first_bytes(&mut server, Duration::from_secs(5)).await;
             (got, server)
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -166,7 +175,8 @@ mod tests {
     async fn a_client_that_closed_gives_empty_bytes() {
         let (client, server) = pair().await;
         drop(client);
-        let got = first_bytes(&server, Duration::from_secs(5)).await;
+        let mut server = ClientStream::Registered(server);
+        let got = first_bytes(&mut server, Duration::from_secs(5)).await;
         assert_eq!(got, Some(Bytes::new()));
     }
 
