@@ -274,6 +274,9 @@ fn accepted_socket_line(
 
 #[test]
 fn accepted_client_socket_has_tcp_keepalive_set() {
+    if !support::tools::have("ss") {
+        return;
+    }
     let (_backend, proxy) = setup();
     let c = Client::connect(proxy.addr).expect("connect");
     let client = c.stream().local_addr().expect("client address");

@@ -11,6 +11,7 @@ mod support;
 
 use support::process::Child;
 use support::proxy::Proxy;
+use support::tools::require_tool;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -87,32 +88,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The tool's path when it is on PATH.
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Finds the tools a test needs, or prints why the test is skipped.
-fn require(test: &str, tools: &[&str]) -> Option<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    for tool in tools {
-        match which(tool) {
-            Some(path) => found.push(path),
-            None => {
-                support::tools::skip(&format!(
-                    "{test}: `{tool}` is not on PATH; install it with \
-                     `apt-get install -y prometheus chromium chromium-driver` (CI's .ci/run does)"
-                ));
-                return None;
-            }
-        }
-    }
-    Some(found)
 }
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -923,10 +898,7 @@ fn cell_number(text: &str) -> Option<f64> {
 
 #[test]
 fn promtool_accepts_metrics_exposition_after_traffic() {
-    let Some(tools) = require(
-        "promtool_accepts_metrics_exposition_after_traffic",
-        &["promtool"],
-    ) else {
+    let Some(promtool) = require_tool("promtool") else {
         return;
     };
     let stack = Stack::start();
@@ -940,7 +912,7 @@ fn promtool_accepts_metrics_exposition_after_traffic() {
             "/metrics lacks {name} after traffic:\n{metrics}"
         );
     }
-    let mut child = Command::new(&tools[0])
+    let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -964,10 +936,10 @@ fn promtool_accepts_metrics_exposition_after_traffic() {
 
 #[test]
 fn promtool_accepts_alert_rules() {
-    let Some(tools) = require("promtool_accepts_alert_rules", &["promtool"]) else {
+    let Some(promtool) = require_tool("promtool") else {
         return;
     };
-    let out = Command::new(&tools[0])
+    let out = Command::new(&promtool)
         .args(["check", "rules"])
         .arg(repo_file("dashboards/alerts.yml"))
         .output()
@@ -982,10 +954,10 @@ fn promtool_accepts_alert_rules() {
 
 #[test]
 fn promtool_accepts_example_scrape_config() {
-    let Some(tools) = require("promtool_accepts_example_scrape_config", &["promtool"]) else {
+    let Some(promtool) = require_tool("promtool") else {
         return;
     };
-    let out = Command::new(&tools[0])
+    let out = Command::new(&promtool)
         .args(["check", "config"])
         .arg(repo_file("dashboards/prometheus.yml"))
         .output()
@@ -1104,14 +1076,11 @@ fn dashboard_and_alerts_name_only_contract_metrics() {
 
 #[test]
 fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
-    let Some(tools) = require(
-        "every_dashboard_and_alert_expression_returns_data_in_prometheus",
-        &["prometheus"],
-    ) else {
+    let Some(prometheus_bin) = require_tool("prometheus") else {
         return;
     };
     let stack = Stack::start();
-    let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
+    let prometheus = Prometheus::start(&prometheus_bin, stack.proxy.admin);
     let traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(5), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
     // Rates over 15s windows need a few scrapes of moving counters.
@@ -1211,17 +1180,14 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
 
 #[test]
 fn prometheus_reuse_rate_matches_backend_stats() {
-    let Some(tools) = require(
-        "prometheus_reuse_rate_matches_backend_stats",
-        &["prometheus"],
-    ) else {
+    let Some(prometheus_bin) = require_tool("prometheus") else {
         return;
     };
     // No warm pool here: topping the pool up to min_idle opens connections while no requests
     // flow (each time the backend's keep-alive timeout retires an idle one), which moves both
     // sides' counters while the test reads them one after the other.
     let stack = Stack::with_min_idle(0);
-    let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
+    let prometheus = Prometheus::start(&prometheus_bin, stack.proxy.admin);
     let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(3), 0);
     traffic.wait_ok(400, Duration::from_secs(60));
     traffic.stop();
@@ -1333,16 +1299,15 @@ fn status_page_has_no_external_urls() {
 
 #[test]
 fn status_page_in_chromium_shows_the_numbers_from_pools() {
-    let Some(tools) = require(
-        "status_page_in_chromium_shows_the_numbers_from_pools",
-        &["chromium", "chromedriver"],
-    ) else {
+    let (Some(chromium), Some(chromedriver)) =
+        (require_tool("chromium"), require_tool("chromedriver"))
+    else {
         return;
     };
     let stack = Stack::start();
     let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(4), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
-    let browser = Browser::start(&tools[0], &tools[1]);
+    let browser = Browser::start(&chromium, &chromedriver);
     browser.open(&format!("http://{}/", stack.proxy.admin));
 
     // Live: after a few seconds of samples the page shows traffic flowing.

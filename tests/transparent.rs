@@ -178,8 +178,8 @@ fn in_netns_with(
     config: fn() -> String,
     scenario: fn(&Lab),
 ) {
-    if let Err(why) = prerequisites(firewall) {
-        return skip(&why);
+    if !can_run_in_netns(&[firewall.tool()]) {
+        return;
     }
     let worker = thread::spawn(move || -> Result<(), String> {
         netns::enter_new()?;
@@ -199,24 +199,17 @@ fn in_netns_with(
     }
 }
 
-fn prerequisites(firewall: Firewall) -> Result<(), String> {
+/// Whether this test can make a network namespace and run `tools` in it: root, `ip`, `bash` and
+/// `tools` there; if not, `tools::skip` said why (a failure under LONGHAUL_REQUIRE_TOOLS=1).
+fn can_run_in_netns(tools: &[&str]) -> bool {
     if !netns::is_root() {
-        return Err("not root (network namespaces and REDIRECT rules need CAP_NET_ADMIN)".into());
+        tools::skip("not root (network namespaces and netfilter rules need CAP_NET_ADMIN)");
+        return false;
     }
-    for tool in ["ip", "bash", firewall.tool()] {
-        if !on_path(tool) {
-            return Err(format!("`{tool}` is not installed"));
-        }
-    }
-    Ok(())
-}
-
-fn on_path(tool: &str) -> bool {
-    tools::find_tool(tool).is_some()
-}
-
-fn skip(why: &str) {
-    tools::skip(why)
+    ["ip", "bash"]
+        .iter()
+        .chain(tools)
+        .all(|tool| tools::have(tool))
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -661,13 +654,8 @@ fn redirected_connection_to_the_listener_port_is_refused_as_a_loop() {
 /// Runs `body` on a thread in a fresh network namespace (loopback up) when root and `tools` are
 /// there (else a skip, a failure under LONGHAUL_REQUIRE_TOOLS=1); a body's `Err` fails the test.
 fn in_own_netns(tools: &[&str], body: fn() -> Result<(), String>) {
-    if !netns::is_root() {
-        return skip("not root (network namespaces and netfilter rules need CAP_NET_ADMIN)");
-    }
-    for tool in ["ip", "bash"].iter().chain(tools) {
-        if !on_path(tool) {
-            return skip(&format!("`{tool}` is not installed"));
-        }
+    if !can_run_in_netns(tools) {
+        return;
     }
     let worker = thread::spawn(move || -> Result<(), String> {
         netns::enter_new()?;
@@ -857,7 +845,7 @@ fn tproxy_config() -> String {
     )
 }
 
-/// Fails (so the test is skipped) when the kernel has no TPROXY target for iptables.
+/// Err when the kernel has no TPROXY target for iptables.
 fn tproxy_available() -> Result<(), String> {
     let chain = "LONGHAUL_TPROXY_PROBE";
     run("iptables", &["-t", "mangle", "-N", chain], &[])?;
@@ -893,7 +881,11 @@ fn tproxy_available() -> Result<(), String> {
 #[test]
 fn tproxy_gateway_pools_forwarded_connections() {
     in_own_netns(&["iptables"], || {
-        tproxy_available()?;
+        if let Err(why) = tproxy_available() {
+            // A kernel without the target is a missing prerequisite, like a missing tool.
+            tools::skip(&why);
+            return Ok(());
+        }
         // The client namespace: a thread of its own, told when its veth end is in place.
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();

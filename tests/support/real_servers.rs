@@ -11,12 +11,6 @@ use std::time::Duration;
 
 use super::lab;
 
-/// Whether `tool` is on PATH; if not, says the test is skipped (or fails under
-/// LONGHAUL_REQUIRE_TOOLS=1, as in CI).
-pub fn have(tool: &str) -> bool {
-    super::tools::require_tool(tool).is_some()
-}
-
 /// Whether something accepts connections on `addr` right now.
 pub fn accepting(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
