@@ -102,7 +102,15 @@ fn sighup_with_an_invalid_config_keeps_serving() {
     assert_eq!(client::get10(proxy.addr, "/before").status, 200);
     std::fs::write(&proxy.config_path, "[server]\nlisten = = broken\n").expect("rewrite config");
     proxy.signal("HUP");
-    thread::sleep(Duration::from_millis(300));
+    assert!(
+        proxy
+            .wait_for_log(Duration::from_secs(3), |v| {
+                log_message(v) == Some("reload failed; keeping the running configuration")
+            })
+            .is_some(),
+        "the invalid reload was not reported:\n{}",
+        proxy.stderr_lines().join("\n")
+    );
     assert!(proxy.is_running(), "an invalid reload killed the proxy");
     let r = client::get10(proxy.addr, "/after");
     assert_eq!(r.status, 200, "{}", r.body_str());

@@ -1003,10 +1003,12 @@ fn dashboard_is_importable_with_datasource_and_upstream_variables() {
     assert_eq!(upstream["type"], "query");
     let query = upstream["query"]["query"]
         .as_str()
-        .or(upstream["query"].as_str())
-        .or(upstream["definition"].as_str())
-        .unwrap_or("");
+        .unwrap_or_else(|| panic!("the `upstream` variable has no query.query: {upstream}"));
     assert!(query.starts_with("label_values("), "{query}");
+    assert_eq!(
+        upstream["definition"], upstream["query"]["query"],
+        "the `upstream` variable's definition is its query"
+    );
     assert_eq!(upstream["datasource"]["uid"], "${datasource}");
 
     let mut ids = BTreeSet::new();
