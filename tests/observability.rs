@@ -9,6 +9,7 @@
 
 mod support;
 
+use support::backend_sim::BackendSim;
 use support::process::Child;
 use support::proxy::Proxy;
 use support::tools::require_tool;
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-const LONGHAUL: &str = env!("CARGO_BIN_EXE_longhaul");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,60 +247,20 @@ fn percent_encode(s: &str) -> String {
 // The system under test: backend-sim + longhaul, and traffic.
 // ---------------------------------------------------------------------------------------------
 
-struct Backend {
-    _proc: Child,
-    addr: SocketAddr,
-    stats: SocketAddr,
-}
-
-impl Backend {
-    /// `longhaul backend-sim`; its first stdout line is
-    /// `backend-sim listening on ADDR stats on ADDR`.
-    fn start() -> Backend {
-        let mut proc = Child::spawn(
-            "backend-sim",
-            Command::new(LONGHAUL).args([
-                "backend-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--stats-listen",
-                "127.0.0.1:0",
-                "--conn-cost",
-                "1ms",
-                // Closing each connection after 40 requests makes the closed-by-reason panel and
-                // a reuse rate below 100% part of every run.
-                "--max-requests",
-                "40",
-                // Idle warm connections must not be closed by the backend (and reopened by
-                // min_idle) while the status-page test compares the page with /pools.
-                "--keepalive-timeout",
-                "300s",
-            ]),
-        );
-        let stderr = proc.take_stderr();
-        proc.drain(stderr);
-        let stdout = proc.take_stdout();
-        let (addr, stats) = proc.watch(stdout, STARTUP_TIMEOUT, |line| {
-            let rest = line.strip_prefix("backend-sim listening on ")?;
-            let (addr, stats) = rest.split_once(" stats on ")?;
-            Some((addr.trim().parse().ok()?, stats.trim().parse().ok()?))
-        });
-        Backend {
-            _proc: proc,
-            addr,
-            stats,
-        }
-    }
-
-    /// The backend's own view: (connections accepted, requests served).
-    fn stats(&self) -> (u64, u64) {
-        let v = get_json(self.stats, "/stats");
-        let num = |k: &str| {
-            v[k].as_u64()
-                .unwrap_or_else(|| panic!("backend /stats lacks {k}: {v}"))
-        };
-        (num("connections_accepted"), num("requests"))
-    }
+/// backend-sim as every test here uses it.
+fn start_backend() -> BackendSim {
+    BackendSim::start(&[
+        "--conn-cost",
+        "1ms",
+        // Closing each connection after 40 requests makes the closed-by-reason panel and
+        // a reuse rate below 100% part of every run.
+        "--max-requests",
+        "40",
+        // Idle warm connections must not be closed by the backend (and reopened by
+        // min_idle) while the status-page test compares the page with /pools.
+        "--keepalive-timeout",
+        "300s",
+    ])
 }
 
 /// longhaul with two upstreams: "legacy" (the backend-sim, everything but /dead) and "dead"
@@ -359,7 +319,7 @@ upstream = "legacy"
 }
 
 struct Stack {
-    backend: Backend,
+    backend: BackendSim,
     proxy: Proxy,
     _dead: socket2::Socket,
 }
@@ -371,7 +331,7 @@ impl Stack {
     }
 
     fn with_min_idle(min_idle: u32) -> Stack {
-        let backend = Backend::start();
+        let backend = start_backend();
         let (proxy, dead) = start_proxy(backend.addr, min_idle);
         Stack {
             backend,
@@ -1211,7 +1171,7 @@ fn prometheus_reuse_rate_matches_backend_stats() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let ((requests, opened), (accepted, served)) = loop {
         let before = counters();
-        let stats = stack.backend.stats();
+        let stats = stack.backend.counts();
         thread::sleep(Duration::from_millis(200));
         if counters() == before {
             break (before, stats);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use support::backend_sim::BackendSim;
 use support::client;
 use support::process::die_with_parent;
 use support::proxy::{BIN, ProxyConfig, TempDir, log_field, log_message, parse_log_line};
@@ -256,55 +257,20 @@ fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// `longhaul backend-sim` on a free port, with its stats listener.
-struct Sim {
-    _child: support::process::Child,
-    addr: SocketAddr,
-    stats: SocketAddr,
+/// backend-sim with a small cost per connection, `response_delay` per response, and no idle
+/// timeout of its own during the run.
+fn start_sim(response_delay: &str) -> BackendSim {
+    BackendSim::start(&[
+        "--conn-cost",
+        "1ms",
+        "--keepalive-timeout",
+        "300s",
+        "--response-delay",
+        response_delay,
+    ])
 }
 
-impl Sim {
-    fn start(response_delay: &str) -> Sim {
-        let mut command = Command::new(BIN);
-        command.args([
-            "backend-sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--stats-listen",
-            "127.0.0.1:0",
-            "--conn-cost",
-            "1ms",
-            "--keepalive-timeout",
-            "300s",
-            "--response-delay",
-            response_delay,
-        ]);
-        let mut child = support::process::Child::spawn("backend-sim", &mut command);
-        let stdout = child.take_stdout();
-        let stderr = child.take_stderr();
-        child.drain(stderr);
-        let (addr, stats) = child.watch(stdout, START_TIMEOUT, |line| {
-            let rest = line.strip_prefix("backend-sim listening on ")?;
-            let (addr, stats) = rest.split_once(" stats on ")?;
-            Some((addr.parse().ok()?, stats.trim().parse().ok()?))
-        });
-        Sim {
-            _child: child,
-            addr,
-            stats,
-        }
-    }
-
-    /// (connections accepted, requests) so far.
-    fn counts(&self) -> (u64, u64) {
-        let body = client::get10(self.stats, "/stats").body;
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("stats JSON");
-        let n = |k: &str| v[k].as_u64().expect("a count");
-        (n("connections_accepted"), n("requests"))
-    }
-}
-
-fn pooled_config(sim: &Sim) -> ProxyConfig {
+fn pooled_config(sim: &BackendSim) -> ProxyConfig {
     ProxyConfig::single(&[sim.addr])
         .server("workers", "2")
         .log("access_log", "false")
@@ -361,7 +327,7 @@ fn load_run() -> Option<&'static LoadRun> {
     static RUN: OnceLock<LoadRun> = OnceLock::new();
     require_tool("ab")?;
     Some(RUN.get_or_init(|| {
-        let sim = Sim::start("2ms");
+        let sim = start_sim("2ms");
         let installed = Installed::new();
         let mut running = Running::start(&installed, &pooled_config(&sim), &[]);
         let fds_before = fds_besides_pool(&running);
@@ -536,7 +502,7 @@ fn no_descriptor_or_process_is_left_behind_by_upgrades() {
 
 #[test]
 fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let running = Running::start(&installed, &pooled_config(&sim), &[]);
     let old = running.pid();
@@ -564,7 +530,7 @@ fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
 
 #[test]
 fn longhaul_upgrade_refuses_a_bad_config_before_signalling() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let running = Running::start(&installed, &pooled_config(&sim), &[]);
     std::fs::write(&running.config, "[server]\nlisten = 8080\n").unwrap();
@@ -584,7 +550,7 @@ fn longhaul_upgrade_refuses_a_bad_config_before_signalling() {
 
 #[test]
 fn a_new_binary_that_is_not_ready_in_time_is_stopped_and_the_old_one_keeps_serving() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let config = pooled_config(&sim).server("upgrade_timeout", "\"1s\"");
     let running = Running::start(&installed, &config, &[]);
@@ -611,7 +577,7 @@ fn a_new_binary_that_is_not_ready_in_time_is_stopped_and_the_old_one_keeps_servi
 /// drains and exits 1 without writing the pid file or telling systemd it is the main pid.
 #[test]
 fn a_new_process_ready_after_the_timeout_does_not_take_over() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let blackhole = support::faults::Blackhole::start();
     assert!(blackhole.swallows_connects(), "precondition: connects hang");
     let installed = Installed::new();
@@ -670,7 +636,7 @@ fn a_new_process_ready_after_the_timeout_does_not_take_over() {
 /// request is never lost to an upgrade in progress.
 #[test]
 fn sigterm_during_an_upgrade_stops_the_new_process_and_the_old_one() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let config = pooled_config(&sim).server("upgrade_timeout", "\"60s\"");
     let mut running = Running::start(&installed, &config, &[]);
@@ -705,7 +671,7 @@ fn sigterm_during_an_upgrade_stops_the_new_process_and_the_old_one() {
 /// upgrade runs what the link names at the upgrade, not the file it named at start.
 #[test]
 fn an_upgrade_runs_the_file_a_symlinked_path_names_now() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let link_dir = TempDir::new();
     let link = link_dir.path().join("longhaul");
@@ -743,7 +709,7 @@ fn an_upgrade_runs_the_file_a_symlinked_path_names_now() {
 
 #[test]
 fn the_tls_and_admin_listeners_are_handed_over() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let pki = Pki::new();
     let cert = pki.issue("localhost", &["localhost"]);
     let installed = Installed::new();
@@ -779,7 +745,7 @@ fn the_tls_and_admin_listeners_are_handed_over() {
 
 #[test]
 fn systemd_is_told_the_new_main_pid_once_it_is_ready() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let socket_path = installed.dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();

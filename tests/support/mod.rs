@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod backend;
+pub mod backend_sim;
 pub mod client;
 pub mod faults;
 pub mod lab;
