@@ -8,12 +8,14 @@
 
 mod support;
 
+use support::proxy::TempDir;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -131,29 +133,6 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
             a.strip_prefix(&eq).map(str::to_string)
         }
     })
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "longhaul-deploy-test-{}-{label}-{n}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 fn output_text(out: &Output) -> String {
@@ -279,10 +258,9 @@ fn drain_timeout(config: &toml::Table) -> Duration {
 }
 
 /// `longhaul check --config <file>` on `text`, written to a temporary proxy.toml.
-fn longhaul_check(text: &str, label: &str) -> Output {
-    let dir = TempDir::new(label);
-    let path = dir.0.join("proxy.toml");
-    fs::write(&path, text).unwrap();
+fn longhaul_check(text: &str) -> Output {
+    let dir = TempDir::new();
+    let path = dir.write_config(text);
     Command::new(env!("CARGO_BIN_EXE_longhaul"))
         .arg("check")
         .arg("--config")
@@ -293,7 +271,7 @@ fn longhaul_check(text: &str, label: &str) -> Output {
 
 fn assert_check_passes(text: &str, what: &str) {
     let config = parse_toml(text, what);
-    let out = longhaul_check(text, "check");
+    let out = longhaul_check(text);
     let all = output_text(&out);
     assert_eq!(
         out.status.code(),
@@ -749,10 +727,10 @@ fn parse_unit(path: &Path) -> Unit {
 /// A copy of the unit whose commands run the freshly built binary, for `systemd-analyze`, which
 /// checks that the ExecStart binary exists.
 fn unit_for_analysis(dir: &TempDir) -> PathBuf {
-    let bin = dir.0.join("longhaul");
+    let bin = dir.path().join("longhaul");
     fs::copy(env!("CARGO_BIN_EXE_longhaul"), &bin).expect("copy the longhaul binary");
     let text = read(&unit_path()).replace("/usr/local/bin/longhaul", bin.to_str().unwrap());
-    let path = dir.0.join("longhaul.service");
+    let path = dir.path().join("longhaul.service");
     fs::write(&path, text).unwrap();
     path
 }
@@ -819,7 +797,7 @@ fn longhaul_check_rejects_a_deploy_config_with_an_unknown_key() {
     // The control for the `check` tests: a real checker refuses this copy.
     let text = docker_proxy_toml_text().replacen("[server]\n", "[server]\nno_such_key = 1\n", 1);
     assert!(text.contains("no_such_key"), "could not insert the bad key");
-    let out = longhaul_check(&text, "bad");
+    let out = longhaul_check(&text);
     let all = output_text(&out);
     assert_eq!(
         out.status.code(),
@@ -1845,7 +1823,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
     if !support::tools::have("systemd-analyze") {
         return;
     }
-    let dir = TempDir::new("verify");
+    let dir = TempDir::new();
     let path = unit_for_analysis(&dir);
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -1873,7 +1851,7 @@ fn systemd_analyze_security_rates_the_unit_exposure_low() {
     if !support::tools::have("systemd-analyze") {
         return;
     }
-    let dir = TempDir::new("security");
+    let dir = TempDir::new();
     let path = unit_for_analysis(&dir);
     // --offline needs systemd 250 or newer; --threshold=20 fails above an exposure of 2.0 ("OK").
     let out = Command::new("systemd-analyze")
@@ -1926,9 +1904,9 @@ fn systemd_analyze_verify_accepts_the_socket_unit() {
     if !support::tools::have("systemd-analyze") {
         return;
     }
-    let dir = TempDir::new("verify-socket");
+    let dir = TempDir::new();
     let service = unit_for_analysis(&dir);
-    let socket = dir.0.join("longhaul.socket");
+    let socket = dir.path().join("longhaul.socket");
     fs::copy(socket_unit_path(), &socket).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")

@@ -11,7 +11,7 @@ mod support;
 
 use support::backend_sim::BackendSim;
 use support::process::Child;
-use support::proxy::Proxy;
+use support::proxy::{Proxy, TempDir};
 use support::tools::require_tool;
 
 use std::collections::BTreeSet;
@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -59,36 +59,6 @@ const CONTRACT_METRICS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // Small helpers: temp dirs, tool lookup, child processes.
 // ---------------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "longhaul-obs-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(rel)
@@ -386,16 +356,13 @@ impl Traffic {
 
     /// Waits (bounded) until at least `n` requests got a 200.
     fn wait_ok(&self, n: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.ok.load(Ordering::Relaxed) < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {} requests through the proxy succeeded within {timeout:?}",
-                self.ok.load(Ordering::Relaxed),
-                self.sent.load(Ordering::Relaxed)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        let enough = || self.ok.load(Ordering::Relaxed) >= n;
+        assert!(
+            support::poll_until(timeout, Duration::from_millis(50), enough),
+            "only {} of {} requests through the proxy succeeded within {timeout:?}",
+            self.ok.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed)
+        );
     }
 
     fn stop(&mut self) {
@@ -426,7 +393,7 @@ impl Prometheus {
     /// A Prometheus server on 127.0.0.1 scraping `target` every second with dashboards/alerts.yml
     /// loaded, storing into a fresh temp dir.
     fn start(binary: &Path, target: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("prometheus");
+        let dir = TempDir::new();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
@@ -503,17 +470,11 @@ impl Prometheus {
 
     /// Waits (bounded) until `expr` returns at least one sample.
     fn wait_for(&self, expr: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if matches!(self.query(expr), Ok(s) if !s.is_empty()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never returned data for `{expr}` within {timeout:?}"
-            );
-            thread::sleep(Duration::from_millis(500));
-        }
+        let has_data = || matches!(self.query(expr), Ok(s) if !s.is_empty());
+        assert!(
+            support::poll_until(timeout, Duration::from_millis(500), has_data),
+            "Prometheus never returned data for `{expr}` within {timeout:?}"
+        );
     }
 }
 
@@ -713,7 +674,7 @@ struct Browser {
 
 impl Browser {
     fn start(chromium: &Path, chromedriver: &Path) -> Browser {
-        let profile = TempDir::new("chromium-profile");
+        let profile = TempDir::new();
         let mut proc = Child::spawn(
             "chromedriver",
             Command::new(chromedriver)
