@@ -70,15 +70,7 @@ fn a_drain_at_max_connections_refuses_new_clients_at_once() {
     // The accept loop takes the second connection at once, then waits for the only slot.
     thread::sleep(Duration::from_millis(300));
     proxy.signal("TERM");
-    assert!(
-        proxy
-            .wait_for_log(Duration::from_secs(3), |v| {
-                log_message(v) == Some("shutting down: draining in-flight requests")
-            })
-            .is_some(),
-        "no drain started:\n{}",
-        proxy.stderr_lines().join("\n")
-    );
+    assert_logs_within_3s(&proxy, "shutting down: draining in-flight requests");
     thread::sleep(Duration::from_millis(100));
     let late = std::net::TcpStream::connect(addr);
     assert_eq!(
@@ -95,6 +87,17 @@ fn a_drain_at_max_connections_refuses_new_clients_at_once() {
     assert_eq!(proxy.stop().and_then(|s| s.code()), Some(0));
 }
 
+/// Waits (bounded) for a log line with `message`; fails with the proxy's log if none comes.
+fn assert_logs_within_3s(proxy: &Proxy, message: &str) {
+    assert!(
+        proxy
+            .wait_for_log(Duration::from_secs(3), |v| log_message(v) == Some(message))
+            .is_some(),
+        "no {message:?} in the log:\n{}",
+        proxy.stderr_lines().join("\n")
+    );
+}
+
 #[test]
 fn sighup_with_an_invalid_config_keeps_serving() {
     let backend = Backend::start();
@@ -102,15 +105,7 @@ fn sighup_with_an_invalid_config_keeps_serving() {
     assert_eq!(client::get10(proxy.addr, "/before").status, 200);
     std::fs::write(&proxy.config_path, "[server]\nlisten = = broken\n").expect("rewrite config");
     proxy.signal("HUP");
-    assert!(
-        proxy
-            .wait_for_log(Duration::from_secs(3), |v| {
-                log_message(v) == Some("reload failed; keeping the running configuration")
-            })
-            .is_some(),
-        "the invalid reload was not reported:\n{}",
-        proxy.stderr_lines().join("\n")
-    );
+    assert_logs_within_3s(&proxy, "reload failed; keeping the running configuration");
     assert!(proxy.is_running(), "an invalid reload killed the proxy");
     let r = client::get10(proxy.addr, "/after");
     assert_eq!(r.status, 200, "{}", r.body_str());
