@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +18,9 @@ use std::time::{Duration, Instant};
 use support::backend_sim::BackendSim;
 use support::client;
 use support::process::die_with_parent;
-use support::proxy::{BIN, ProxyConfig, TempDir, log_field, log_message, parse_log_line};
+use support::proxy::{
+    BIN, ProxyConfig, Started, StderrLog, TempDir, log_field, log_message, parse_log_line,
+};
 use support::tls::{Pki, TlsClient};
 use support::tools::require_tool;
 use support::wait_until;
@@ -103,16 +104,11 @@ impl Running {
             .spawn()
             .expect("spawn longhaul");
         let stderr = first.stderr.take().expect("stderr piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, new_lines) = mpsc::channel();
-        let keep = lines.clone();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let StderrLog {
+            lines,
+            new_lines,
+            reader,
+        } = StderrLog::keep(stderr);
         let mut running = Running {
             config: config_path,
             pid_file,
@@ -124,16 +120,12 @@ impl Running {
             tls_addr: None,
             admin: "0.0.0.0:0".parse().unwrap(),
         };
-        let started = running.wait_for_message("longhaul started");
-        let addrs = |key: &str| -> Vec<SocketAddr> {
-            let text = log_field(&started, key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            text.split(',').filter_map(|a| a.parse().ok()).collect()
-        };
-        running.addr = addrs("listen")[0];
-        running.tls_addr = addrs("tls_listen").first().copied();
-        running.admin = addrs("admin")[0];
+        let line = running.wait_for_message("longhaul started");
+        let started = Started::from_line(&line)
+            .unwrap_or_else(|| panic!("`longhaul started` without usable listeners: {line}"));
+        running.addr = started.addr;
+        running.tls_addr = started.tls_addr;
+        running.admin = started.admin;
         running
     }
 
