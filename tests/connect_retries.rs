@@ -173,7 +173,7 @@ fn assert_restart_costs_only_in_flight_requests(
 
 #[test]
 fn an_apache_restart_fails_only_requests_in_flight_and_none_after_it_is_back() {
-    if !real_servers::have("apache2") {
+    if !support::tools::have("apache2") {
         return;
     }
     let addr = faults::unused_port();
@@ -217,7 +217,7 @@ fn a_scripted_backend_restart_fails_only_requests_in_flight_and_none_after_it_is
 
 #[test]
 fn python_http_server_behind_longhaul_serves_ab_without_a_single_error() {
-    if !real_servers::have("python3") || !real_servers::have("ab") {
+    if !support::tools::have("python3") || !support::tools::have("ab") {
         return;
     }
     let python = PythonHttpServer::start(faults::unused_port());

@@ -8,12 +8,14 @@
 
 mod support;
 
+use support::proxy::TempDir;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -131,41 +133,6 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
             a.strip_prefix(&eq).map(str::to_string)
         }
     })
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "longhaul-deploy-test-{}-{label}-{n}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Whether an external validator may be skipped when it is not installed.
-fn skip_missing_tool(tool: &str, install: &str) {
-    support::tools::skip(&format!("{tool} is not installed ({install})"));
-}
-
-fn tool_available(tool: &str, version_arg: &str) -> bool {
-    Command::new(tool)
-        .arg(version_arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn output_text(out: &Output) -> String {
@@ -291,10 +258,9 @@ fn drain_timeout(config: &toml::Table) -> Duration {
 }
 
 /// `longhaul check --config <file>` on `text`, written to a temporary proxy.toml.
-fn longhaul_check(text: &str, label: &str) -> Output {
-    let dir = TempDir::new(label);
-    let path = dir.0.join("proxy.toml");
-    fs::write(&path, text).unwrap();
+fn longhaul_check(text: &str) -> Output {
+    let dir = TempDir::new();
+    let path = dir.write_config(text);
     Command::new(env!("CARGO_BIN_EXE_longhaul"))
         .arg("check")
         .arg("--config")
@@ -305,7 +271,7 @@ fn longhaul_check(text: &str, label: &str) -> Output {
 
 fn assert_check_passes(text: &str, what: &str) {
     let config = parse_toml(text, what);
-    let out = longhaul_check(text, "check");
+    let out = longhaul_check(text);
     let all = output_text(&out);
     assert_eq!(
         out.status.code(),
@@ -761,10 +727,10 @@ fn parse_unit(path: &Path) -> Unit {
 /// A copy of the unit whose commands run the freshly built binary, for `systemd-analyze`, which
 /// checks that the ExecStart binary exists.
 fn unit_for_analysis(dir: &TempDir) -> PathBuf {
-    let bin = dir.0.join("longhaul");
+    let bin = dir.path().join("longhaul");
     fs::copy(env!("CARGO_BIN_EXE_longhaul"), &bin).expect("copy the longhaul binary");
     let text = read(&unit_path()).replace("/usr/local/bin/longhaul", bin.to_str().unwrap());
-    let path = dir.0.join("longhaul.service");
+    let path = dir.path().join("longhaul.service");
     fs::write(&path, text).unwrap();
     path
 }
@@ -831,7 +797,7 @@ fn longhaul_check_rejects_a_deploy_config_with_an_unknown_key() {
     // The control for the `check` tests: a real checker refuses this copy.
     let text = docker_proxy_toml_text().replacen("[server]\n", "[server]\nno_such_key = 1\n", 1);
     assert!(text.contains("no_such_key"), "could not insert the bad key");
-    let out = longhaul_check(&text, "bad");
+    let out = longhaul_check(&text);
     let all = output_text(&out);
     assert_eq!(
         out.status.code(),
@@ -969,7 +935,9 @@ fn dockerfile_healthcheck_requests_healthz_on_the_admin_port() {
         health.args
     );
     assert!(
-        health.args.contains(&format!("/{admin} ")) || health.args.contains(&format!(":{admin}")),
+        health
+            .args
+            .contains(&format!("/dev/tcp/127.0.0.1/{admin} ")),
         "HEALTHCHECK should connect to the admin port {admin}: {}",
         health.args
     );
@@ -1387,8 +1355,8 @@ fn kubernetes_sidecar_pod_runs_the_app_and_longhaul_in_front_of_it() {
     // longhaul forwards to the app over the pod's loopback.
     for (host, _) in upstream_servers(&sidecar.config) {
         assert!(
-            host == "127.0.0.1" || host == "localhost" || host == "[::1]",
-            "the sidecar's upstream should be the app in the same pod, not {host}"
+            host == "127.0.0.1",
+            "the sidecar's upstream should be the app on the pod's 127.0.0.1, not {host}"
         );
     }
 }
@@ -1676,8 +1644,8 @@ fn kubernetes_readme_explains_pool_sizing_with_a_worked_example() {
 
 #[test]
 fn kubernetes_manifests_pass_kubernetes_validate() {
-    if !tool_available("kubernetes-validate", "--version") {
-        skip_missing_tool("kubernetes-validate", "pip install kubernetes-validate");
+    // `pip install kubernetes-validate` (.ci/run does).
+    if !support::tools::have("kubernetes-validate") {
         return;
     }
     // Its offline schemas cover the built-in kinds only: leave out kustomization.yaml and files of
@@ -1852,11 +1820,10 @@ fn systemd_unit_stop_timeout_covers_the_drain_timeout() {
 
 #[test]
 fn systemd_analyze_verify_accepts_the_unit() {
-    if !tool_available("systemd-analyze", "--version") {
-        skip_missing_tool("systemd-analyze", "apt-get install systemd");
+    if !support::tools::have("systemd-analyze") {
         return;
     }
-    let dir = TempDir::new("verify");
+    let dir = TempDir::new();
     let path = unit_for_analysis(&dir);
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -1881,11 +1848,10 @@ fn systemd_analyze_verify_accepts_the_unit() {
 
 #[test]
 fn systemd_analyze_security_rates_the_unit_exposure_low() {
-    if !tool_available("systemd-analyze", "--version") {
-        skip_missing_tool("systemd-analyze", "apt-get install systemd");
+    if !support::tools::have("systemd-analyze") {
         return;
     }
-    let dir = TempDir::new("security");
+    let dir = TempDir::new();
     let path = unit_for_analysis(&dir);
     // --offline needs systemd 250 or newer; --threshold=20 fails above an exposure of 2.0 ("OK").
     let out = Command::new("systemd-analyze")
@@ -1895,7 +1861,9 @@ fn systemd_analyze_security_rates_the_unit_exposure_low() {
         .expect("run systemd-analyze security");
     let all = output_text(&out);
     if all.contains("unrecognized option") || all.contains("Unknown option") {
-        println!("skipped: this systemd-analyze has no `security --offline`:\n{all}");
+        support::tools::skip(&format!(
+            "this systemd-analyze has no `security --offline`:\n{all}"
+        ));
         return;
     }
     assert!(
@@ -1933,13 +1901,12 @@ fn systemd_socket_activates_the_service() {
 
 #[test]
 fn systemd_analyze_verify_accepts_the_socket_unit() {
-    if !tool_available("systemd-analyze", "--version") {
-        skip_missing_tool("systemd-analyze", "apt-get install systemd");
+    if !support::tools::have("systemd-analyze") {
         return;
     }
-    let dir = TempDir::new("verify-socket");
+    let dir = TempDir::new();
     let service = unit_for_analysis(&dir);
-    let socket = dir.0.join("longhaul.socket");
+    let socket = dir.path().join("longhaul.socket");
     fs::copy(socket_unit_path(), &socket).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")

@@ -398,18 +398,27 @@ fn max_concurrent_requests_sheds_load_with_503_and_retry_after() {
 }
 
 #[test]
-fn too_many_request_headers_get_431() {
+fn more_header_lines_than_max_request_headers_get_431_and_the_connection_closes() {
     let backend = Backend::start();
     let proxy =
-        Proxy::start(&ProxyConfig::single(&[backend.addr()]).server("max_request_headers", "100"));
-    let mut raw = String::from("GET /many HTTP/1.0\r\nHost: test.local\r\n");
-    for i in 0..150 {
-        raw.push_str(&format!("X-H{i}: v\r\n"));
-    }
-    raw.push_str("\r\n");
-    let r = client::request(proxy.addr, raw.as_bytes());
+        Proxy::start(&ProxyConfig::single(&[backend.addr()]).server("max_request_headers", "20"));
+    let get_with = |path: &str, extra_lines: usize| {
+        let lines: String = (0..extra_lines).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{lines}\r\n").into_bytes()
+    };
+    let (r, closed) = client::exchange(proxy.addr, &get_with("/many", 30), Duration::from_secs(3));
     assert_eq!(r.status, 431, "{}", r.body_str());
-    assert_eq!(backend.request_count(), 0);
+    assert!(closed, "the connection stayed open after 431");
+    assert_eq!(
+        backend.request_count(),
+        0,
+        "a 431 request reached the backend"
+    );
+
+    // Under the limit (Host + 15) is served.
+    let ok = client::request(proxy.addr, &get_with("/few", 15));
+    assert_eq!(ok.status, 200, "{}", ok.body_str());
+    assert_eq!(backend.request_count(), 1);
 }
 
 #[test]

@@ -9,8 +9,10 @@
 
 mod support;
 
+use support::backend_sim::BackendSim;
 use support::process::Child;
-use support::proxy::Proxy;
+use support::proxy::{Proxy, TempDir};
+use support::tools::require_tool;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -21,11 +23,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const LONGHAUL: &str = env!("CARGO_BIN_EXE_longhaul");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,62 +59,6 @@ const CONTRACT_METRICS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // Small helpers: temp dirs, tool lookup, child processes.
 // ---------------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "longhaul-obs-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The tool's path when it is on PATH.
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Finds the tools a test needs, or prints why the test is skipped.
-fn require(test: &str, tools: &[&str]) -> Option<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    for tool in tools {
-        match which(tool) {
-            Some(path) => found.push(path),
-            None => {
-                support::tools::skip(&format!(
-                    "{test}: `{tool}` is not on PATH; install it with \
-                     `apt-get install -y prometheus chromium chromium-driver` (CI's .ci/run does)"
-                ));
-                return None;
-            }
-        }
-    }
-    Some(found)
-}
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(MANIFEST_DIR).join(rel)
@@ -272,60 +217,20 @@ fn percent_encode(s: &str) -> String {
 // The system under test: backend-sim + longhaul, and traffic.
 // ---------------------------------------------------------------------------------------------
 
-struct Backend {
-    _proc: Child,
-    addr: SocketAddr,
-    stats: SocketAddr,
-}
-
-impl Backend {
-    /// `longhaul backend-sim`; its first stdout line is
-    /// `backend-sim listening on ADDR stats on ADDR`.
-    fn start() -> Backend {
-        let mut proc = Child::spawn(
-            "backend-sim",
-            Command::new(LONGHAUL).args([
-                "backend-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--stats-listen",
-                "127.0.0.1:0",
-                "--conn-cost",
-                "1ms",
-                // Closing each connection after 40 requests makes the closed-by-reason panel and
-                // a reuse rate below 100% part of every run.
-                "--max-requests",
-                "40",
-                // Idle warm connections must not be closed by the backend (and reopened by
-                // min_idle) while the status-page test compares the page with /pools.
-                "--keepalive-timeout",
-                "300s",
-            ]),
-        );
-        let stderr = proc.take_stderr();
-        proc.drain(stderr);
-        let stdout = proc.take_stdout();
-        let (addr, stats) = proc.watch(stdout, STARTUP_TIMEOUT, |line| {
-            let rest = line.strip_prefix("backend-sim listening on ")?;
-            let (addr, stats) = rest.split_once(" stats on ")?;
-            Some((addr.trim().parse().ok()?, stats.trim().parse().ok()?))
-        });
-        Backend {
-            _proc: proc,
-            addr,
-            stats,
-        }
-    }
-
-    /// The backend's own view: (connections accepted, requests served).
-    fn stats(&self) -> (u64, u64) {
-        let v = get_json(self.stats, "/stats");
-        let num = |k: &str| {
-            v[k].as_u64()
-                .unwrap_or_else(|| panic!("backend /stats lacks {k}: {v}"))
-        };
-        (num("connections_accepted"), num("requests"))
-    }
+/// backend-sim as every test here uses it.
+fn start_backend() -> BackendSim {
+    BackendSim::start(&[
+        "--conn-cost",
+        "1ms",
+        // Closing each connection after 40 requests makes the closed-by-reason panel and
+        // a reuse rate below 100% part of every run.
+        "--max-requests",
+        "40",
+        // Idle warm connections must not be closed by the backend (and reopened by
+        // min_idle) while the status-page test compares the page with /pools.
+        "--keepalive-timeout",
+        "300s",
+    ])
 }
 
 /// longhaul with two upstreams: "legacy" (the backend-sim, everything but /dead) and "dead"
@@ -384,7 +289,7 @@ upstream = "legacy"
 }
 
 struct Stack {
-    backend: Backend,
+    backend: BackendSim,
     proxy: Proxy,
     _dead: socket2::Socket,
 }
@@ -396,7 +301,7 @@ impl Stack {
     }
 
     fn with_min_idle(min_idle: u32) -> Stack {
-        let backend = Backend::start();
+        let backend = start_backend();
         let (proxy, dead) = start_proxy(backend.addr, min_idle);
         Stack {
             backend,
@@ -451,16 +356,13 @@ impl Traffic {
 
     /// Waits (bounded) until at least `n` requests got a 200.
     fn wait_ok(&self, n: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.ok.load(Ordering::Relaxed) < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {} requests through the proxy succeeded within {timeout:?}",
-                self.ok.load(Ordering::Relaxed),
-                self.sent.load(Ordering::Relaxed)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        let enough = || self.ok.load(Ordering::Relaxed) >= n;
+        assert!(
+            support::poll_until(timeout, Duration::from_millis(50), enough),
+            "only {} of {} requests through the proxy succeeded within {timeout:?}",
+            self.ok.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed)
+        );
     }
 
     fn stop(&mut self) {
@@ -491,7 +393,7 @@ impl Prometheus {
     /// A Prometheus server on 127.0.0.1 scraping `target` every second with dashboards/alerts.yml
     /// loaded, storing into a fresh temp dir.
     fn start(binary: &Path, target: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("prometheus");
+        let dir = TempDir::new();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
@@ -568,17 +470,11 @@ impl Prometheus {
 
     /// Waits (bounded) until `expr` returns at least one sample.
     fn wait_for(&self, expr: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if matches!(self.query(expr), Ok(s) if !s.is_empty()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus never returned data for `{expr}` within {timeout:?}"
-            );
-            thread::sleep(Duration::from_millis(500));
-        }
+        let has_data = || matches!(self.query(expr), Ok(s) if !s.is_empty());
+        assert!(
+            support::poll_until(timeout, Duration::from_millis(500), has_data),
+            "Prometheus never returned data for `{expr}` within {timeout:?}"
+        );
     }
 }
 
@@ -778,7 +674,7 @@ struct Browser {
 
 impl Browser {
     fn start(chromium: &Path, chromedriver: &Path) -> Browser {
-        let profile = TempDir::new("chromium-profile");
+        let profile = TempDir::new();
         let mut proc = Child::spawn(
             "chromedriver",
             Command::new(chromedriver)
@@ -923,10 +819,7 @@ fn cell_number(text: &str) -> Option<f64> {
 
 #[test]
 fn promtool_accepts_metrics_exposition_after_traffic() {
-    let Some(tools) = require(
-        "promtool_accepts_metrics_exposition_after_traffic",
-        &["promtool"],
-    ) else {
+    let Some(promtool) = require_tool("promtool") else {
         return;
     };
     let stack = Stack::start();
@@ -940,7 +833,7 @@ fn promtool_accepts_metrics_exposition_after_traffic() {
             "/metrics lacks {name} after traffic:\n{metrics}"
         );
     }
-    let mut child = Command::new(&tools[0])
+    let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -964,10 +857,10 @@ fn promtool_accepts_metrics_exposition_after_traffic() {
 
 #[test]
 fn promtool_accepts_alert_rules() {
-    let Some(tools) = require("promtool_accepts_alert_rules", &["promtool"]) else {
+    let Some(promtool) = require_tool("promtool") else {
         return;
     };
-    let out = Command::new(&tools[0])
+    let out = Command::new(&promtool)
         .args(["check", "rules"])
         .arg(repo_file("dashboards/alerts.yml"))
         .output()
@@ -982,10 +875,10 @@ fn promtool_accepts_alert_rules() {
 
 #[test]
 fn promtool_accepts_example_scrape_config() {
-    let Some(tools) = require("promtool_accepts_example_scrape_config", &["promtool"]) else {
+    let Some(promtool) = require_tool("promtool") else {
         return;
     };
-    let out = Command::new(&tools[0])
+    let out = Command::new(&promtool)
         .args(["check", "config"])
         .arg(repo_file("dashboards/prometheus.yml"))
         .output()
@@ -1031,10 +924,12 @@ fn dashboard_is_importable_with_datasource_and_upstream_variables() {
     assert_eq!(upstream["type"], "query");
     let query = upstream["query"]["query"]
         .as_str()
-        .or(upstream["query"].as_str())
-        .or(upstream["definition"].as_str())
-        .unwrap_or("");
+        .unwrap_or_else(|| panic!("the `upstream` variable has no query.query: {upstream}"));
     assert!(query.starts_with("label_values("), "{query}");
+    assert_eq!(
+        upstream["definition"], upstream["query"]["query"],
+        "the `upstream` variable's definition is its query"
+    );
     assert_eq!(upstream["datasource"]["uid"], "${datasource}");
 
     let mut ids = BTreeSet::new();
@@ -1104,14 +999,11 @@ fn dashboard_and_alerts_name_only_contract_metrics() {
 
 #[test]
 fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
-    let Some(tools) = require(
-        "every_dashboard_and_alert_expression_returns_data_in_prometheus",
-        &["prometheus"],
-    ) else {
+    let Some(prometheus_bin) = require_tool("prometheus") else {
         return;
     };
     let stack = Stack::start();
-    let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
+    let prometheus = Prometheus::start(&prometheus_bin, stack.proxy.admin);
     let traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(5), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
     // Rates over 15s windows need a few scrapes of moving counters.
@@ -1211,17 +1103,14 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
 
 #[test]
 fn prometheus_reuse_rate_matches_backend_stats() {
-    let Some(tools) = require(
-        "prometheus_reuse_rate_matches_backend_stats",
-        &["prometheus"],
-    ) else {
+    let Some(prometheus_bin) = require_tool("prometheus") else {
         return;
     };
     // No warm pool here: topping the pool up to min_idle opens connections while no requests
     // flow (each time the backend's keep-alive timeout retires an idle one), which moves both
     // sides' counters while the test reads them one after the other.
     let stack = Stack::with_min_idle(0);
-    let prometheus = Prometheus::start(&tools[0], stack.proxy.admin);
+    let prometheus = Prometheus::start(&prometheus_bin, stack.proxy.admin);
     let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(3), 0);
     traffic.wait_ok(400, Duration::from_secs(60));
     traffic.stop();
@@ -1243,7 +1132,7 @@ fn prometheus_reuse_rate_matches_backend_stats() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let ((requests, opened), (accepted, served)) = loop {
         let before = counters();
-        let stats = stack.backend.stats();
+        let stats = stack.backend.counts();
         thread::sleep(Duration::from_millis(200));
         if counters() == before {
             break (before, stats);
@@ -1333,16 +1222,15 @@ fn status_page_has_no_external_urls() {
 
 #[test]
 fn status_page_in_chromium_shows_the_numbers_from_pools() {
-    let Some(tools) = require(
-        "status_page_in_chromium_shows_the_numbers_from_pools",
-        &["chromium", "chromedriver"],
-    ) else {
+    let (Some(chromium), Some(chromedriver)) =
+        (require_tool("chromium"), require_tool("chromedriver"))
+    else {
         return;
     };
     let stack = Stack::start();
     let mut traffic = Traffic::start(stack.proxy.addr, 2, Duration::from_millis(4), 10);
     traffic.wait_ok(50, Duration::from_secs(30));
-    let browser = Browser::start(&tools[0], &tools[1]);
+    let browser = Browser::start(&chromium, &chromedriver);
     browser.open(&format!("http://{}/", stack.proxy.admin));
 
     // Live: after a few seconds of samples the page shows traffic flowing.

@@ -9,11 +9,12 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use longhaul::config::{
     AllowRule, Balance, Config, ConfigError, HealthConfig, LogFormat, Mode, PoolConfig, Protocol,
     RouteConfig, TcpKeepaliveConfig, TransparentConfig, UpstreamConfig,
 };
+use longhaul::h1::{Framing, response_framing};
 use longhaul::middleware::{framing, hop_by_hop};
 use longhaul::route::{Router, normalize_host};
 use proptest::prelude::*;
@@ -1747,6 +1748,106 @@ fn framing_follows_the_rfc_9112_table() {
     }
 }
 
+/// `h1::response_framing` of a 200 to GET over HTTP/1.1 with `list` as its headers; the refusal
+/// as its `ErrorKind`'s Debug text, so that two verdicts compare.
+fn response_framing_of(list: &[(String, String)]) -> Result<Framing, String> {
+    response_framing(&Method::GET, StatusCode::OK, Version::HTTP_11, &build(list))
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// A response head longhaul reads from a backend, and where its body must end: a framing, or
+/// the name of the `h1::ErrorKind` it is refused with.
+struct ResponseCase {
+    method: &'static str,
+    status: u16,
+    version: Version,
+    headers: &'static [(&'static str, &'static str)],
+    want: Result<Framing, &'static str>,
+    why: &'static str,
+}
+
+/// RFC 9112 §6.1 and §6.3, rule by rule, for responses: written from the RFC (and longhaul's two
+/// documented refusals that are stricter than it), not from `h1::response_framing`.
+#[test]
+fn response_framing_follows_the_rfc_9112_table() {
+    use Version as V;
+    let case = |method, status, version, headers, want, why| ResponseCase {
+        method,
+        status,
+        version,
+        headers,
+        want,
+        why,
+    };
+    // One row a case: method, status, version, head, the framing or the refusal, and the rule.
+    #[rustfmt::skip]
+    let cases = [
+        case("HEAD", 200, V::HTTP_11, &[("content-length", "5")][..], Ok(Framing::Empty),
+            "a response to HEAD has no body whatever its Content-Length says (§6.3 rule 1)"),
+        case("GET", 204, V::HTTP_11, &[("content-length", "5")], Ok(Framing::Empty),
+            "204 has no body (§6.3 rule 1)"),
+        case("GET", 304, V::HTTP_11, &[("content-length", "5")], Ok(Framing::Empty),
+            "304 has no body (§6.3 rule 1)"),
+        case("GET", 103, V::HTTP_11, &[], Ok(Framing::Empty),
+            "1xx has no body (§6.3 rule 1)"),
+        case("CONNECT", 200, V::HTTP_11, &[("content-length", "5")], Ok(Framing::Tunnel),
+            "2xx to CONNECT turns the connection into a tunnel (§6.3 rule 2)"),
+        case("CONNECT", 407, V::HTTP_11, &[("content-length", "3")], Ok(Framing::Length(3)),
+            "a refused CONNECT has an ordinary body (§6.3 rule 2 is for 2xx only)"),
+        case("GET", 200, V::HTTP_11, &[("transfer-encoding", "chunked")], Ok(Framing::Chunked),
+            "chunked as the final coding (§6.3 rule 4)"),
+        case("GET", 200, V::HTTP_11, &[("transfer-encoding", "chunked"), ("content-length", "5")],
+            Err("AmbiguousFraming"),
+            "TE with CL: §6.3 rule 3 lets TE win, longhaul refuses it as smuggling (§6.1, §11.2)"),
+        case("GET", 200, V::HTTP_11, &[("transfer-encoding", "gzip")], Err("AmbiguousFraming"),
+            "a final coding other than chunked: §6.3 rule 4 reads to close, longhaul refuses"),
+        case("GET", 200, V::HTTP_10, &[("transfer-encoding", "chunked")],
+            Err("TransferEncodingInHttp10"),
+            "Transfer-Encoding in an HTTP/1.0 message is faulty framing (§6.1)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "5")], Ok(Framing::Length(5)),
+            "a valid Content-Length frames the body (§6.3 rule 6)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "5, 5")], Ok(Framing::Length(5)),
+            "a list of identical values is that value (§6.3 rule 5)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "5"), ("content-length", "5")],
+            Ok(Framing::Length(5)),
+            "identical repeated lines are that value (§6.3 rule 5)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "5, 6")], Err("BadContentLength"),
+            "differing values are an unrecoverable error (§6.3 rule 5)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "5"), ("content-length", "6")],
+            Err("BadContentLength"),
+            "differing lines are an unrecoverable error (§6.3 rule 5)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "+5")], Err("BadContentLength"),
+            "Content-Length is 1*DIGIT: no sign (§8.6 of RFC 9110, §6.3 rule 5)"),
+        case("GET", 200, V::HTTP_11, &[("content-length", "five")], Err("BadContentLength"),
+            "a non-numeric Content-Length is invalid (§6.3 rule 5)"),
+        case("GET", 200, V::HTTP_11, &[], Ok(Framing::CloseDelimited),
+            "no length: the body ends when the server closes (§6.3 rule 8)"),
+        case("GET", 200, V::HTTP_10, &[], Ok(Framing::CloseDelimited),
+            "the same for an HTTP/1.0 response (§6.3 rule 8)"),
+    ];
+    for c in &cases {
+        let list: Vec<(String, String)> = c
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let method = Method::from_bytes(c.method.as_bytes()).expect("method");
+        let status = StatusCode::from_u16(c.status).expect("status");
+        let got = response_framing(&method, status, c.version, &build(&list))
+            .map_err(|e| format!("{e:?}"));
+        let as_wanted = match (&got, &c.want) {
+            (Ok(framing), Ok(want)) => framing == want,
+            (Err(kind), Err(want)) => kind.starts_with(want),
+            _ => false,
+        };
+        assert!(
+            as_wanted,
+            "{} {} {:?} {:?}: {}; want {:?}, got {got:?}",
+            c.method, c.status, c.version, c.headers, c.why, c.want
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(cases(500))]
 
@@ -1769,6 +1870,12 @@ proptest! {
             framing::ambiguity(&build(&shuffled)).is_some(),
             "{:?} vs {:?}", list, shuffled
         );
+        // The same for a response's framing, read by h1::response_framing.
+        prop_assert_eq!(
+            response_framing_of(&list),
+            response_framing_of(&shuffled),
+            "{:?} vs {:?}", list, shuffled
+        );
     }
 
     #[test]
@@ -1780,6 +1887,9 @@ proptest! {
     ) {
         let list = shuffle(&framing_headers(&te, &cl, others), order);
         prop_assert!(framing::ambiguity(&build(&list)).is_some(), "{:?}", list);
+        // A response with such a head is refused, whatever else it says.
+        let framed = response_framing_of(&list);
+        prop_assert!(framed.is_err(), "{:?} framed as {:?}", list, framed);
     }
 
     #[test]

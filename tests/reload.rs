@@ -393,3 +393,30 @@ fn sighup_sent_as_soon_as_the_proxy_is_up_reloads_it_instead_of_killing_it() {
         );
     }
 }
+
+#[test]
+fn a_reload_replaces_the_routes_and_the_old_ones_give_404() {
+    let backend = Backend::start();
+    let base = ProxyConfig::single(&[backend.addr()]);
+    let proxy = Proxy::start(&base.clone().route("old.example", "/", "legacy"));
+    let get = |host: &str| get_host(&proxy, host, "/r").status;
+    assert_eq!(get("old.example"), 200);
+    assert_eq!(get("new.example"), 404);
+
+    // The reload's log line is written once the new routes are in place.
+    reload(
+        &proxy,
+        &base.route("new.example", "/", "legacy").render(),
+        true,
+    );
+    assert_eq!(
+        get("new.example"),
+        200,
+        "the new route is served after reload"
+    );
+    assert_eq!(
+        get("old.example"),
+        404,
+        "the old route is gone after reload"
+    );
+}

@@ -4,42 +4,18 @@
 #![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
 
+use support::backend_sim::BackendSim;
 use support::process::Child;
 use support::proxy::{BIN, TempDir};
 
 /// How long a child gets to print its first line (the machine may be busy compiling).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Starts `longhaul backend-sim` with `args` and returns it with its (serving, stats) addresses.
-fn backend_sim(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
-    let mut running = Child::spawn(
-        "backend-sim",
-        Command::new(BIN)
-            .arg("backend-sim")
-            .args(["--listen", "127.0.0.1:0", "--stats-listen", "127.0.0.1:0"])
-            .args(args),
-    );
-    let stderr = running.take_stderr();
-    running.drain(stderr);
-    let stdout = running.take_stdout();
-    let line = running.watch(stdout, START_TIMEOUT, |line| Some(line.to_string()));
-    // "backend-sim listening on ADDR stats on ADDR"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(
-        words.get(..3),
-        Some(&["backend-sim", "listening", "on"][..]),
-        "{line}"
-    );
-    let serve = words[3].parse().expect("serving address");
-    let stats = words[6].parse().expect("stats address");
-    (running, serve, stats)
-}
 
 /// Sends raw bytes and reads one response head and its Content-Length body.
 fn exchange(conn: &mut TcpStream, request: &str) -> (String, String) {
@@ -66,18 +42,6 @@ fn exchange(conn: &mut TcpStream, request: &str) -> (String, String) {
     let mut body = vec![0; length];
     reader.read_exact(&mut body).expect("read body");
     (head, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn stats(addr: SocketAddr) -> (u64, u64) {
-    let mut conn = TcpStream::connect(addr).expect("connect stats");
-    let (_, body) = exchange(&mut conn, "GET /stats HTTP/1.0\r\n\r\n");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
-    (
-        v["connections_accepted"]
-            .as_u64()
-            .expect("connections_accepted"),
-        v["requests"].as_u64().expect("requests"),
-    )
 }
 
 fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
@@ -193,8 +157,8 @@ fn demo_with_tls_clients_make_a_tls_handshake_with_longhaul_per_request() {
 
 #[test]
 fn backend_sim_keeps_http10_connections_alive_and_counts_them() {
-    let (_sim, addr, stats_addr) = backend_sim(&["--conn-cost", "0ms", "--body-size", "10"]);
-    let mut conn = TcpStream::connect(addr).expect("connect");
+    let sim = BackendSim::start(&["--conn-cost", "0ms", "--body-size", "10"]);
+    let mut conn = TcpStream::connect(sim.addr).expect("connect");
     for _ in 0..3 {
         let (head, body) = exchange(
             &mut conn,
@@ -211,13 +175,13 @@ fn backend_sim_keeps_http10_connections_alive_and_counts_them() {
         );
         assert_eq!(body.len(), 10);
     }
-    assert_eq!(stats(stats_addr), (1, 3));
+    assert_eq!(sim.counts(), (1, 3));
 }
 
 #[test]
 fn backend_sim_closes_after_max_requests() {
-    let (_sim, addr, _) = backend_sim(&["--conn-cost", "0ms", "--max-requests", "2"]);
-    let mut conn = TcpStream::connect(addr).expect("connect");
+    let sim = BackendSim::start(&["--conn-cost", "0ms", "--max-requests", "2"]);
+    let mut conn = TcpStream::connect(sim.addr).expect("connect");
     let (first, _) = exchange(
         &mut conn,
         "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
@@ -244,8 +208,8 @@ fn backend_sim_closes_after_max_requests() {
 
 #[test]
 fn backend_sim_closes_idle_connections_after_its_keepalive_timeout() {
-    let (_sim, addr, _) = backend_sim(&["--conn-cost", "0ms", "--keepalive-timeout", "300ms"]);
-    let mut conn = TcpStream::connect(addr).expect("connect");
+    let sim = BackendSim::start(&["--conn-cost", "0ms", "--keepalive-timeout", "300ms"]);
+    let mut conn = TcpStream::connect(sim.addr).expect("connect");
     exchange(
         &mut conn,
         "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
@@ -264,8 +228,8 @@ fn backend_sim_closes_idle_connections_after_its_keepalive_timeout() {
 
 #[test]
 fn backend_sim_charges_its_cost_once_per_connection() {
-    let (_sim, addr, _) = backend_sim(&["--conn-cost", "200ms"]);
-    let mut conn = TcpStream::connect(addr).expect("connect");
+    let sim = BackendSim::start(&["--conn-cost", "200ms"]);
+    let mut conn = TcpStream::connect(sim.addr).expect("connect");
     let t = Instant::now();
     exchange(
         &mut conn,
@@ -290,8 +254,8 @@ fn backend_sim_charges_its_cost_once_per_connection() {
 
 #[test]
 fn backend_sim_answers_http11_when_asked() {
-    let (_sim, addr, _) = backend_sim(&["--conn-cost", "0ms", "--protocol", "http/1.1"]);
-    let mut conn = TcpStream::connect(addr).expect("connect");
+    let sim = BackendSim::start(&["--conn-cost", "0ms", "--protocol", "http/1.1"]);
+    let mut conn = TcpStream::connect(sim.addr).expect("connect");
     let (head, _) = exchange(&mut conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }

@@ -1,6 +1,6 @@
-//! Limits and slow clients: header count and size limits (431), the header read deadline against
-//! slowloris, the body read timeout (408), `max_connections` under idle clients, and a thousand
-//! idle or slow clients that must not stop normal clients from being served.
+//! Slow clients: the header read deadline against slowloris, the body read timeout (408),
+//! `max_connections` under idle clients, and a thousand idle or slow clients that must not stop
+//! normal clients from being served. (Head size and count limits are in tests/limits.rs.)
 
 mod support;
 
@@ -13,57 +13,6 @@ use support::backend::Backend;
 use support::client::{self, Client};
 use support::faults;
 use support::proxy::{Proxy, ProxyConfig};
-
-fn get11(path: &str, extra_headers: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{extra_headers}\r\n").into_bytes()
-}
-
-#[test]
-fn more_header_lines_than_max_request_headers_get_431() {
-    let backend = Backend::start();
-    let proxy =
-        Proxy::start(&ProxyConfig::single(&[backend.addr()]).server("max_request_headers", "20"));
-    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let (r, closed) = client::exchange(proxy.addr, &get11("/many", &many), Duration::from_secs(3));
-    assert_eq!(r.status, 431, "{}", r.body_str());
-    assert!(closed, "the connection stayed open after 431");
-    assert_eq!(
-        backend.request_count(),
-        0,
-        "a 431 request reached the backend"
-    );
-
-    // Under the limit (Host + 15) is served.
-    let few: String = (0..15).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let ok = client::request(proxy.addr, &get11("/few", &few));
-    assert_eq!(ok.status, 200, "{}", ok.body_str());
-    assert_eq!(backend.request_count(), 1);
-}
-
-#[test]
-fn many_small_headers_over_max_request_head_bytes_get_431() {
-    // Each line is small and the count is allowed; only their total passes the byte limit.
-    let backend = Backend::start();
-    let proxy = Proxy::start(
-        &ProxyConfig::single(&[backend.addr()])
-            .server("max_request_head_bytes", "8192")
-            .server("max_request_headers", "1000"),
-    );
-    let value = "v".repeat(90);
-    let lines: String = (0..120).map(|i| format!("X-H{i}: {value}\r\n")).collect();
-    assert!(lines.len() > 8192);
-    let mut c = Client::connect(proxy.addr).expect("connect");
-    let _ = c.send(&get11("/big", &lines));
-    let r = c
-        .read_response(false)
-        .expect("a response to the oversized head");
-    assert_eq!(r.status, 431, "{}", r.body_str());
-    assert_eq!(backend.request_count(), 0);
-
-    let fewer: String = (0..40).map(|i| format!("X-H{i}: {value}\r\n")).collect();
-    let ok = client::request(proxy.addr, &get11("/ok", &fewer));
-    assert_eq!(ok.status, 200, "{}", ok.body_str());
-}
 
 /// Writes `head` one byte per `every` until the proxy closes the connection (EOF, reset, or an
 /// answer); returns when that happened and the answer's first bytes, or None if it never did

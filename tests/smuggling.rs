@@ -173,6 +173,14 @@ fn differing_content_length_headers_get_400_and_close() {
 }
 
 #[test]
+fn differing_content_length_headers_on_an_http10_request_get_400_and_close() {
+    // Keep-alive asked, so a close is a decision.
+    assert_rejected(
+        b"POST /attack HTTP/1.0\r\nHost: test.local\r\nConnection: keep-alive\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    );
+}
+
+#[test]
 fn differing_content_lengths_in_one_header_get_400_and_close() {
     assert_rejected(&post11("Content-Length: 5, 6\r\n", "hello!"));
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use support::backend::Backend;
 use support::client;
 use support::proxy::{BIN, ProxyConfig, TempDir};
-use support::real_servers::have;
 use support::tls::{Pki, TlsClient};
+use support::tools::have;
 use support::wait_until;
 
 const TOOL: &str = "systemd-socket-activate";

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use support::backend::{Backend, Reply};
 use support::proxy::{self, Proxy, ProxyConfig, TempDir};
-use support::real_servers;
 use support::tls::{self, CertFiles, Pki, TlsClient};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,7 +18,7 @@ const HANDSHAKES: &str = "longhaul_tls_handshakes_total";
 
 /// Whether the CLI clients these tests drive are installed (CI requires them).
 fn tools() -> bool {
-    real_servers::have("openssl") && real_servers::have("curl")
+    support::tools::have("openssl") && support::tools::have("curl")
 }
 
 /// `certificates = [...]` for `[server.tls]`, in this order.

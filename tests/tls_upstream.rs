@@ -11,9 +11,10 @@ use std::time::Duration;
 use support::client::{Client, get10};
 use support::nginx::{NginxTls, NginxTlsOptions};
 use support::proxy::{Proxy, ProxyConfig, TempDir, run};
-use support::real_servers::{ab, have};
+use support::real_servers::ab;
 use support::tls::{CertFiles, Pki};
 use support::tls_echo::TlsUpgradeEcho;
+use support::tools::have;
 
 const HANDSHAKES: &str = "longhaul_tls_handshakes_total";
 

@@ -178,8 +178,8 @@ fn in_netns_with(
     config: fn() -> String,
     scenario: fn(&Lab),
 ) {
-    if let Err(why) = prerequisites(firewall) {
-        return skip(&why);
+    if !can_run_in_netns(&[firewall.tool()]) {
+        return;
     }
     let worker = thread::spawn(move || -> Result<(), String> {
         netns::enter_new()?;
@@ -199,24 +199,22 @@ fn in_netns_with(
     }
 }
 
-fn prerequisites(firewall: Firewall) -> Result<(), String> {
+/// Whether this test can make a network namespace and run `tools` in it: root, `ip`, `bash` and
+/// `tools` there; if not, `tools::skip` said why (a failure under LONGHAUL_REQUIRE_TOOLS=1).
+fn can_run_in_netns(tools: &[&str]) -> bool {
     if !netns::is_root() {
-        return Err("not root (network namespaces and REDIRECT rules need CAP_NET_ADMIN)".into());
+        tools::skip("not root (network namespaces and netfilter rules need CAP_NET_ADMIN)");
+        return false;
     }
-    for tool in ["ip", "bash", firewall.tool()] {
-        if !on_path(tool) {
-            return Err(format!("`{tool}` is not installed"));
-        }
-    }
-    Ok(())
+    ["ip", "bash"]
+        .iter()
+        .chain(tools)
+        .all(|tool| tools::have(tool))
 }
 
-fn on_path(tool: &str) -> bool {
-    tools::find_tool(tool).is_some()
-}
-
-fn skip(why: &str) {
-    tools::skip(why)
+/// backend-sim on `listen` (stats on `stats`) in the test's namespace, with no cost per connection.
+fn start_sim(listen: &str, stats: &str) -> BackendSim {
+    BackendSim::start_on(listen, stats, &["--conn-cost", "0ms"])
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -240,8 +238,8 @@ fn nftables_redirect_pools_short_connections_per_destination() {
 fn pools_per_destination(lab: &Lab) {
     const CLIENTS: usize = 5;
     const EACH: usize = 6;
-    let a = backend_sim::BackendSim::start(DEST_A, DEST_A_STATS);
-    let b = backend_sim::BackendSim::start(DEST_B, DEST_B_STATS);
+    let a = start_sim(DEST_A, DEST_A_STATS);
+    let b = start_sim(DEST_B, DEST_B_STATS);
 
     let clients: Vec<_> = (0..2 * CLIENTS)
         .map(|i| {
@@ -265,18 +263,7 @@ fn pools_per_destination(lab: &Lab) {
     );
 
     for (name, sim) in [(DEST_A, &a), (DEST_B, &b)] {
-        let stats = sim.stats();
-        assert_eq!(
-            stats.requests,
-            (CLIENTS * EACH) as u64,
-            "{name}: every request through longhaul, once"
-        );
-        assert!(
-            (1..=POOL_MAX).contains(&stats.connections_accepted),
-            "{name}: {} short client connections arrived over {} backend connections (pool max {POOL_MAX})",
-            CLIENTS * EACH,
-            stats.connections_accepted
-        );
+        assert_pooled(name, sim, CLIENTS * EACH);
     }
 
     let metrics = lab.metrics();
@@ -661,13 +648,8 @@ fn redirected_connection_to_the_listener_port_is_refused_as_a_loop() {
 /// Runs `body` on a thread in a fresh network namespace (loopback up) when root and `tools` are
 /// there (else a skip, a failure under LONGHAUL_REQUIRE_TOOLS=1); a body's `Err` fails the test.
 fn in_own_netns(tools: &[&str], body: fn() -> Result<(), String>) {
-    if !netns::is_root() {
-        return skip("not root (network namespaces and netfilter rules need CAP_NET_ADMIN)");
-    }
-    for tool in ["ip", "bash"].iter().chain(tools) {
-        if !on_path(tool) {
-            return skip(&format!("`{tool}` is not installed"));
-        }
+    if !can_run_in_netns(tools) {
+        return;
     }
     let worker = thread::spawn(move || -> Result<(), String> {
         netns::enter_new()?;
@@ -762,16 +744,15 @@ fn assert_all_ok(results: &[Result<u16, String>], proxy: &Proxy) {
 }
 
 /// `requests` arrived at `sim`, each once, over at most POOL_MAX backend connections.
-fn assert_pooled(name: &str, sim: &backend_sim::BackendSim, requests: usize) {
-    let stats = sim.stats();
+fn assert_pooled(name: &str, sim: &BackendSim, requests: usize) {
+    let (accepted, served) = sim.counts();
     assert_eq!(
-        stats.requests, requests as u64,
+        served, requests as u64,
         "{name}: every request through longhaul, once"
     );
     assert!(
-        (1..=POOL_MAX).contains(&stats.connections_accepted),
-        "{name}: {requests} short client connections arrived over {} backend connections (pool max {POOL_MAX})",
-        stats.connections_accepted
+        (1..=POOL_MAX).contains(&accepted),
+        "{name}: {requests} short client connections arrived over {accepted} backend connections (pool max {POOL_MAX})"
     );
 }
 
@@ -820,8 +801,8 @@ fn ipv6_redirect_pools_per_original_destination() {
             "ip6tables",
             &["--ports", "8001", "--proxy-port", "15001", "--mark", MARK],
         );
-        let a = backend_sim::BackendSim::start(V6_DEST_A, V6_DEST_A_STATS);
-        let b = backend_sim::BackendSim::start(V6_DEST_B, V6_DEST_B_STATS);
+        let a = start_sim(V6_DEST_A, V6_DEST_A_STATS);
+        let b = start_sim(V6_DEST_B, V6_DEST_B_STATS);
 
         const CLIENTS: usize = 4;
         const EACH: usize = 5;
@@ -857,7 +838,7 @@ fn tproxy_config() -> String {
     )
 }
 
-/// Fails (so the test is skipped) when the kernel has no TPROXY target for iptables.
+/// Err when the kernel has no TPROXY target for iptables.
 fn tproxy_available() -> Result<(), String> {
     let chain = "LONGHAUL_TPROXY_PROBE";
     run("iptables", &["-t", "mangle", "-N", chain], &[])?;
@@ -893,7 +874,11 @@ fn tproxy_available() -> Result<(), String> {
 #[test]
 fn tproxy_gateway_pools_forwarded_connections() {
     in_own_netns(&["iptables"], || {
-        tproxy_available()?;
+        if let Err(why) = tproxy_available() {
+            // A kernel without the target is a missing prerequisite, like a missing tool.
+            tools::skip(&why);
+            return Ok(());
+        }
         // The client namespace: a thread of its own, told when its veth end is in place.
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -956,7 +941,7 @@ fn tproxy_gateway_pools_forwarded_connections() {
                 MARK,
             ],
         );
-        let backend = backend_sim::BackendSim::start(GW_DEST, GW_DEST_STATS);
+        let backend = start_sim(GW_DEST, GW_DEST_STATS);
         go_tx.send(()).expect("client thread waits");
         let results = client
             .join()
@@ -1017,64 +1002,7 @@ mod netns {
     }
 }
 
-mod backend_sim {
-    use std::net::SocketAddr;
-    use std::process::Command;
-    use std::time::Duration;
-
-    use super::lab;
-    use crate::support::process::Child;
-
-    pub struct Stats {
-        pub connections_accepted: u64,
-        pub requests: u64,
-    }
-
-    /// `longhaul backend-sim`, the HTTP/1.0 keep-alive backend; killed on drop.
-    pub struct BackendSim {
-        _child: Child,
-        stats: SocketAddr,
-    }
-
-    impl BackendSim {
-        pub fn start(listen: &str, stats: &str) -> BackendSim {
-            let mut child = Child::spawn(
-                "backend-sim",
-                Command::new(crate::support::proxy::BIN)
-                    .args(["backend-sim", "--listen", listen, "--stats-listen", stats])
-                    .args(["--conn-cost", "0ms"]),
-            );
-            let stderr = child.take_stderr();
-            child.drain(stderr);
-            let stdout = child.take_stdout();
-            let first = child.watch(stdout, Duration::from_secs(20), |l| Some(l.to_string()));
-            assert!(
-                first.starts_with("backend-sim listening on"),
-                "backend-sim on {listen} did not start: {first}\n{}",
-                child.output()
-            );
-            BackendSim {
-                _child: child,
-                stats: stats.parse().expect("stats address"),
-            }
-        }
-
-        pub fn stats(&self) -> Stats {
-            let (status, body) = lab::http_get(self.stats, "/stats");
-            assert_eq!(status, 200, "GET /stats: {body}");
-            let v: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
-            let field = |k: &str| {
-                v[k].as_u64()
-                    .unwrap_or_else(|| panic!("no {k} in stats: {body}"))
-            };
-            Stats {
-                connections_accepted: field("connections_accepted"),
-                requests: field("requests"),
-            }
-        }
-    }
-}
-
 mod support;
+use support::backend_sim::BackendSim;
 use support::proxy::{Proxy, metric_sum_in};
 use support::{lab, tools};

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,9 +15,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use support::backend_sim::BackendSim;
 use support::client;
 use support::process::die_with_parent;
-use support::proxy::{BIN, ProxyConfig, TempDir, log_field, log_message, parse_log_line};
+use support::proxy::{
+    BIN, ProxyConfig, Started, StderrLog, TempDir, log_field, log_message, parse_log_line,
+};
 use support::tls::{Pki, TlsClient};
 use support::tools::require_tool;
 use support::wait_until;
@@ -102,16 +104,11 @@ impl Running {
             .spawn()
             .expect("spawn longhaul");
         let stderr = first.stderr.take().expect("stderr piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, new_lines) = mpsc::channel();
-        let keep = lines.clone();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let StderrLog {
+            lines,
+            new_lines,
+            reader,
+        } = StderrLog::keep(stderr);
         let mut running = Running {
             config: config_path,
             pid_file,
@@ -123,16 +120,12 @@ impl Running {
             tls_addr: None,
             admin: "0.0.0.0:0".parse().unwrap(),
         };
-        let started = running.wait_for_message("longhaul started");
-        let addrs = |key: &str| -> Vec<SocketAddr> {
-            let text = log_field(&started, key)
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            text.split(',').filter_map(|a| a.parse().ok()).collect()
-        };
-        running.addr = addrs("listen")[0];
-        running.tls_addr = addrs("tls_listen").first().copied();
-        running.admin = addrs("admin")[0];
+        let line = running.wait_for_message("longhaul started");
+        let started = Started::from_line(&line)
+            .unwrap_or_else(|| panic!("`longhaul started` without usable listeners: {line}"));
+        running.addr = started.addr;
+        running.tls_addr = started.tls_addr;
+        running.admin = started.admin;
         running
     }
 
@@ -256,55 +249,20 @@ fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// `longhaul backend-sim` on a free port, with its stats listener.
-struct Sim {
-    _child: support::process::Child,
-    addr: SocketAddr,
-    stats: SocketAddr,
+/// backend-sim with a small cost per connection, `response_delay` per response, and no idle
+/// timeout of its own during the run.
+fn start_sim(response_delay: &str) -> BackendSim {
+    BackendSim::start(&[
+        "--conn-cost",
+        "1ms",
+        "--keepalive-timeout",
+        "300s",
+        "--response-delay",
+        response_delay,
+    ])
 }
 
-impl Sim {
-    fn start(response_delay: &str) -> Sim {
-        let mut command = Command::new(BIN);
-        command.args([
-            "backend-sim",
-            "--listen",
-            "127.0.0.1:0",
-            "--stats-listen",
-            "127.0.0.1:0",
-            "--conn-cost",
-            "1ms",
-            "--keepalive-timeout",
-            "300s",
-            "--response-delay",
-            response_delay,
-        ]);
-        let mut child = support::process::Child::spawn("backend-sim", &mut command);
-        let stdout = child.take_stdout();
-        let stderr = child.take_stderr();
-        child.drain(stderr);
-        let (addr, stats) = child.watch(stdout, START_TIMEOUT, |line| {
-            let rest = line.strip_prefix("backend-sim listening on ")?;
-            let (addr, stats) = rest.split_once(" stats on ")?;
-            Some((addr.parse().ok()?, stats.trim().parse().ok()?))
-        });
-        Sim {
-            _child: child,
-            addr,
-            stats,
-        }
-    }
-
-    /// (connections accepted, requests) so far.
-    fn counts(&self) -> (u64, u64) {
-        let body = client::get10(self.stats, "/stats").body;
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("stats JSON");
-        let n = |k: &str| v[k].as_u64().expect("a count");
-        (n("connections_accepted"), n("requests"))
-    }
-}
-
-fn pooled_config(sim: &Sim) -> ProxyConfig {
+fn pooled_config(sim: &BackendSim) -> ProxyConfig {
     ProxyConfig::single(&[sim.addr])
         .server("workers", "2")
         .log("access_log", "false")
@@ -315,11 +273,11 @@ fn pooled_config(sim: &Sim) -> ProxyConfig {
         .pool("max_requests", "1000000")
 }
 
+/// A count field of a start or stop line: tracing writes integers as JSON numbers.
 fn a_field(line: &serde_json::Value, key: &str) -> u64 {
-    let v = log_field(line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        .unwrap_or_else(|| panic!("{key} is not a count in {line}"))
+    log_field(line, key)
+        .and_then(|v| v.as_u64())
+        .unwrap_or_else(|| panic!("{key} is not a JSON number in {line}"))
 }
 
 // === three upgrades under `ab -n 20000 -c 50` (run once, checked by the tests below) ===
@@ -355,11 +313,13 @@ fn fds_besides_pool(running: &Running) -> usize {
     fd_count(running.pid()) - pooled as usize
 }
 
-fn load_run() -> &'static LoadRun {
+/// The load run the tests below read, or None when `ab` (apache2-utils) is missing and
+/// `require_tool` said so (a failure under LONGHAUL_REQUIRE_TOOLS=1).
+fn load_run() -> Option<&'static LoadRun> {
     static RUN: OnceLock<LoadRun> = OnceLock::new();
-    RUN.get_or_init(|| {
-        require_tool("ab").expect("ab (apache2-utils) runs the load");
-        let sim = Sim::start("2ms");
+    require_tool("ab")?;
+    Some(RUN.get_or_init(|| {
+        let sim = start_sim("2ms");
         let installed = Installed::new();
         let mut running = Running::start(&installed, &pooled_config(&sim), &[]);
         let fds_before = fds_besides_pool(&running);
@@ -422,7 +382,7 @@ fn load_run() -> &'static LoadRun {
             fds_besides_pool: (fds_before, fds_after),
             log: running.log_tail(),
         }
-    })
+    }))
 }
 
 /// `ab`'s figure on the line starting with `label`.
@@ -437,7 +397,9 @@ fn ab_figure(output: &str, label: &str) -> u64 {
 
 #[test]
 fn each_upgrade_under_load_hands_over_to_a_new_process() {
-    let run = load_run();
+    let Some(run) = load_run() else {
+        return;
+    };
     let codes: Vec<Option<i32>> = run.upgrade_outputs.iter().map(|(c, _)| *c).collect();
     assert_eq!(codes, vec![Some(0); 3], "{:?}", run.upgrade_outputs);
     let distinct: std::collections::HashSet<u32> = run.pids.iter().copied().collect();
@@ -446,7 +408,9 @@ fn each_upgrade_under_load_hands_over_to_a_new_process() {
 
 #[test]
 fn three_upgrades_under_ab_load_fail_no_request() {
-    let run = load_run();
+    let Some(run) = load_run() else {
+        return;
+    };
     let complete = ab_figure(&run.ab_output, "Complete requests:");
     let failed = ab_figure(&run.ab_output, "Failed requests:");
     let non_2xx = run
@@ -466,7 +430,9 @@ fn three_upgrades_under_ab_load_fail_no_request() {
 /// connections are not compared.)
 #[test]
 fn every_request_is_answered_by_exactly_one_process() {
-    let run = load_run();
+    let Some(run) = load_run() else {
+        return;
+    };
     let answered: u64 = run
         .stopped
         .iter()
@@ -483,7 +449,9 @@ fn every_request_is_answered_by_exactly_one_process() {
 
 #[test]
 fn every_new_process_is_warm_before_it_accepts() {
-    let run = load_run();
+    let Some(run) = load_run() else {
+        return;
+    };
     let pooled: Vec<u64> = run.started.iter().map(|l| a_field(l, "pooled")).collect();
     println!(
         "backend connections opened by each upgrade and its first 1,000 requests: {:?} (min_idle {MIN_IDLE}, max_size {MAX_SIZE})",
@@ -494,7 +462,9 @@ fn every_new_process_is_warm_before_it_accepts() {
 
 #[test]
 fn backend_connections_are_bounded_by_the_pools() {
-    let run = load_run();
+    let Some(run) = load_run() else {
+        return;
+    };
     let per_process: Vec<u64> = run
         .stopped
         .iter()
@@ -510,7 +480,9 @@ fn backend_connections_are_bounded_by_the_pools() {
 
 #[test]
 fn no_descriptor_or_process_is_left_behind_by_upgrades() {
-    let run = load_run();
+    let Some(run) = load_run() else {
+        return;
+    };
     assert_eq!(
         (run.fds_besides_pool.1, run.all_reaped),
         (run.fds_besides_pool.0, true),
@@ -522,7 +494,7 @@ fn no_descriptor_or_process_is_left_behind_by_upgrades() {
 
 #[test]
 fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let running = Running::start(&installed, &pooled_config(&sim), &[]);
     let old = running.pid();
@@ -550,7 +522,7 @@ fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
 
 #[test]
 fn longhaul_upgrade_refuses_a_bad_config_before_signalling() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let running = Running::start(&installed, &pooled_config(&sim), &[]);
     std::fs::write(&running.config, "[server]\nlisten = 8080\n").unwrap();
@@ -570,7 +542,7 @@ fn longhaul_upgrade_refuses_a_bad_config_before_signalling() {
 
 #[test]
 fn a_new_binary_that_is_not_ready_in_time_is_stopped_and_the_old_one_keeps_serving() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let config = pooled_config(&sim).server("upgrade_timeout", "\"1s\"");
     let running = Running::start(&installed, &config, &[]);
@@ -597,7 +569,7 @@ fn a_new_binary_that_is_not_ready_in_time_is_stopped_and_the_old_one_keeps_servi
 /// drains and exits 1 without writing the pid file or telling systemd it is the main pid.
 #[test]
 fn a_new_process_ready_after_the_timeout_does_not_take_over() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let blackhole = support::faults::Blackhole::start();
     assert!(blackhole.swallows_connects(), "precondition: connects hang");
     let installed = Installed::new();
@@ -656,7 +628,7 @@ fn a_new_process_ready_after_the_timeout_does_not_take_over() {
 /// request is never lost to an upgrade in progress.
 #[test]
 fn sigterm_during_an_upgrade_stops_the_new_process_and_the_old_one() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let config = pooled_config(&sim).server("upgrade_timeout", "\"60s\"");
     let mut running = Running::start(&installed, &config, &[]);
@@ -691,7 +663,7 @@ fn sigterm_during_an_upgrade_stops_the_new_process_and_the_old_one() {
 /// upgrade runs what the link names at the upgrade, not the file it named at start.
 #[test]
 fn an_upgrade_runs_the_file_a_symlinked_path_names_now() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let link_dir = TempDir::new();
     let link = link_dir.path().join("longhaul");
@@ -729,7 +701,7 @@ fn an_upgrade_runs_the_file_a_symlinked_path_names_now() {
 
 #[test]
 fn the_tls_and_admin_listeners_are_handed_over() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let pki = Pki::new();
     let cert = pki.issue("localhost", &["localhost"]);
     let installed = Installed::new();
@@ -765,7 +737,7 @@ fn the_tls_and_admin_listeners_are_handed_over() {
 
 #[test]
 fn systemd_is_told_the_new_main_pid_once_it_is_ready() {
-    let sim = Sim::start("0s");
+    let sim = start_sim("0s");
     let installed = Installed::new();
     let socket_path = installed.dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();

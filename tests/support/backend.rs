@@ -337,16 +337,7 @@ impl Backend {
 
     /// Waits (bounded) until `cond` holds; returns whether it did.
     pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&Backend) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if cond(self) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        super::wait_until(timeout, || cond(self))
     }
 
     /// The body the default responder sends for a request.

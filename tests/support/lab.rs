@@ -5,7 +5,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -13,19 +13,6 @@ use std::time::{Duration, Instant};
 
 /// Every socket read or write in these tests gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A fresh directory under the system temp dir, unique per process and call.
-pub fn temp_dir(prefix: &str) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
 
 /// What a scripted backend does after the optional HTTP exchange.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod backend;
+pub mod backend_sim;
 pub mod client;
 pub mod faults;
 pub mod lab;
@@ -33,7 +34,14 @@ impl Stopwatch {
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, Duration::from_millis(10), cond)
+}
+
+/// Polls `cond` every `every` until it holds or `timeout` passes; returns whether it held. The
+/// one bounded polling loop of the tests: for a condition that is dear to ask (a Prometheus
+/// query), a longer `every`.
+pub fn poll_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -42,6 +50,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(every);
     }
 }

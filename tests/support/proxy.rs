@@ -293,6 +293,57 @@ pub fn log_message(line: &serde_json::Value) -> Option<&str> {
     log_field(line, "message").and_then(|m| m.as_str())
 }
 
+/// A longhaul process's stderr, read on a thread: every line is kept (for failure messages) and
+/// sent on to `new_lines` as it comes (for waiting on a log line).
+pub struct StderrLog {
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub new_lines: mpsc::Receiver<String>,
+    pub reader: JoinHandle<()>,
+}
+
+impl StderrLog {
+    pub fn keep(stderr: impl Read + Send + 'static) -> StderrLog {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, new_lines) = mpsc::channel::<String>();
+        let keep = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        StderrLog {
+            lines,
+            new_lines,
+            reader,
+        }
+    }
+}
+
+/// The listeners a JSON `longhaul started` line names: the first of `listen` and of
+/// `tls_listen` (comma-separated lists), and `admin`.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+impl Started {
+    /// None when `listen` or `admin` is missing or not an address.
+    pub fn from_line(line: &serde_json::Value) -> Option<Started> {
+        let first = |key: &str| -> Option<SocketAddr> {
+            let list = log_field(line, key)?.as_str()?;
+            list.split(',').next()?.trim().parse().ok()
+        };
+        Some(Started {
+            addr: first("listen")?,
+            tls_addr: first("tls_listen"),
+            admin: first("admin")?,
+        })
+    }
+}
+
 impl Proxy {
     pub fn start(config: &ProxyConfig) -> Proxy {
         Proxy::start_raw(&config.render())
@@ -316,16 +367,11 @@ impl Proxy {
             .stderr(Stdio::piped());
         let mut child = die_with_parent(&mut cmd).spawn().expect("spawn longhaul");
         let stderr = child.stderr.take().expect("stderr pipe");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let keep = lines.clone();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
+        let StderrLog {
+            lines,
+            new_lines: rx,
+            reader,
+        } = StderrLog::keep(stderr);
         let deadline = Instant::now() + START_TIMEOUT;
         let mut ports = None;
         while ports.is_none() {
@@ -337,27 +383,14 @@ impl Proxy {
                 Ok(line) => {
                     if let Some(v) = parse_log_line(&line) {
                         if log_message(&v) == Some("longhaul started") {
-                            let listen = log_field(&v, "listen")
-                                .and_then(|x| x.as_str())
-                                .unwrap_or("");
-                            let admin = log_field(&v, "admin")
-                                .and_then(|x| x.as_str())
-                                .unwrap_or("");
-                            let tls = log_field(&v, "tls_listen")
-                                .and_then(|x| x.as_str())
-                                .and_then(|x| x.split(',').next())
-                                .and_then(|x| x.trim().parse().ok());
-                            let listen = listen.split(',').next().unwrap_or("").trim().parse().ok();
-                            let admin = admin.trim().parse().ok();
-                            if let (Some(l), Some(a)) = (listen, admin) {
-                                ports = Some((l, tls, a));
-                            } else {
+                            let Some(started) = Started::from_line(&v) else {
                                 let _ = child.kill();
                                 let _ = child.wait();
                                 panic!(
                                     "`longhaul started` line without usable listen/admin fields: {line}"
                                 );
-                            }
+                            };
+                            ports = Some((started.addr, started.tls_addr, started.admin));
                         }
                     }
                 }

@@ -9,14 +9,6 @@ use super::process::Child;
 use super::proxy::TempDir;
 use std::time::Duration;
 
-use super::lab;
-
-/// Whether `tool` is on PATH; if not, says the test is skipped (or fails under
-/// LONGHAUL_REQUIRE_TOOLS=1, as in CI).
-pub fn have(tool: &str) -> bool {
-    super::tools::require_tool(tool).is_some()
-}
-
 /// Whether something accepts connections on `addr` right now.
 pub fn accepting(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -75,16 +67,18 @@ impl PythonHttpServer {
 /// with `apache2 -f CONF -k start`; stopped with `-k stop` on `stop` and on drop.
 pub struct Apache {
     pub addr: SocketAddr,
-    dir: PathBuf,
     conf: PathBuf,
+    // Dropped last: Apache is stopped before its directory goes.
+    dir: TempDir,
 }
 
 const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 
 impl Apache {
     pub fn start(addr: SocketAddr) -> Apache {
-        let dir = lab::temp_dir("longhaul-apache");
-        let root = docroot(&dir);
+        let temp = TempDir::new();
+        let dir = temp.path();
+        let root = docroot(dir);
         let conf = dir.join("httpd.conf");
         let d = dir.display();
         let text = format!(
@@ -105,7 +99,11 @@ impl Apache {
             root = root.display(),
         );
         std::fs::write(&conf, text).expect("write httpd.conf");
-        let apache = Apache { addr, dir, conf };
+        let apache = Apache {
+            addr,
+            conf,
+            dir: temp,
+        };
         apache.run_start();
         apache
     }
@@ -147,7 +145,7 @@ impl Apache {
     }
 
     fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.join("httpd.pid"))
+        std::fs::read_to_string(self.dir.path().join("httpd.pid"))
             .ok()?
             .trim()
             .parse()
@@ -155,7 +153,7 @@ impl Apache {
     }
 
     pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 }
 
@@ -171,7 +169,6 @@ impl Drop for Apache {
                 !Path::new(&format!("/proc/{pid}")).exists()
             });
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The one switch for tests that need an outside tool (nginx, promtool, chromium, iptables...):
-//! without the tool a test says `skipped: ...` and passes, unless LONGHAUL_REQUIRE_TOOLS=1 (CI).
+//! The one switch for tests that need an outside tool (nginx, promtool, chromium, iptables...) or
+//! root: without it a test prints `skipped: ...` to stderr and passes, unless
+//! LONGHAUL_REQUIRE_TOOLS=1 (which .ci/run sets), under which the test fails instead.
 
 use std::path::PathBuf;
 
@@ -8,13 +9,13 @@ pub fn tools_required() -> bool {
     std::env::var("LONGHAUL_REQUIRE_TOOLS").as_deref() == Ok("1")
 }
 
-/// Says why a test cannot run: a failure under LONGHAUL_REQUIRE_TOOLS=1, a printed skip otherwise.
+/// Says why a test cannot run: a failure under LONGHAUL_REQUIRE_TOOLS=1, a loud skip otherwise.
 pub fn skip(why: &str) {
     assert!(
         !tools_required(),
         "LONGHAUL_REQUIRE_TOOLS=1 but this test cannot run: {why}"
     );
-    println!("skipped: {why}");
+    eprintln!("skipped: {why}");
 }
 
 /// Where `tool` is on PATH (or in /usr/sbin, /sbin, where Debian puts iptables and ip).
@@ -33,4 +34,9 @@ pub fn require_tool(tool: &str) -> Option<PathBuf> {
         skip(&format!("`{tool}` is not installed"));
     }
     found
+}
+
+/// Whether `tool` is there; if not, `skip` said why (a failure under LONGHAUL_REQUIRE_TOOLS=1).
+pub fn have(tool: &str) -> bool {
+    require_tool(tool).is_some()
 }
