@@ -1410,7 +1410,9 @@ fn compare_page_with_pools(rows: &Value, pools: &Value) -> Result<(), String> {
                 .ok_or(format!("no row for {name} {address}"))?;
             let cell = |field: &str| row[field].as_str().unwrap_or("").to_string();
             let number = |field: &str| cell_number(&cell(field));
-            for field in ["busy", "idle", "waiters", "max_size", "requests", "opened"] {
+            for field in [
+                "busy", "idle", "waiters", "max_size", "limit", "requests", "opened",
+            ] {
                 let want = s[field].as_f64();
                 if number(field) != want {
                     return Err(format!(

@@ -8,9 +8,7 @@
 //! shrinks to what is being served, never below 1, at most halving once per RTT, and never before
 //! a baseline exists. While saturated and prompt, the limit grows by one per `limit` prompt
 //! answers (one per RTT's worth), up to `max_size`; a failed probe backs further probes off.
-// Not wired into the pool yet (issue #12: the per-server gate, the `adaptive` switch and the
-// `longhaul_pool_limit` gauge are still to build): only the unit tests use it so far.
-#![cfg_attr(not(test), allow(dead_code))]
+// `upstream::gate` turns the limit into permits in front of each server's pool.
 
 use std::time::Duration;
 
