@@ -144,6 +144,7 @@ impl Gate {
             permit: Some(permit),
             sent: None,
             fresh_slot: None,
+            written_off: false,
         }
     }
 
@@ -151,20 +152,21 @@ impl Gate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn answered(&self, reused: bool, latency: Duration, fresh_slot: Option<usize>) {
+    /// Feeds the limiter a first byte; returns true if the lease's permit had been written off.
+    fn answered(&self, reused: bool, latency: Duration, fresh_slot: Option<usize>) -> bool {
         let now = Instant::now();
         let mut state = self.lock();
         if let Some(slot) = fresh_slot
             && state.untrack(slot)
         {
-            // Its permit is gone already; it will be forgotten when the lease ends.
-            return;
+            // Its permit is gone already; it is forgotten when the lease ends.
+            return true;
         }
         let late = state.late_fresh(now);
         let in_use = state.in_use;
         let before = state.limiter.limit();
         let Some(change) = state.limiter.on_answer(now, reused, latency, in_use, late) else {
-            return;
+            return false;
         };
         match change {
             Change::Grew { .. } => {
@@ -181,6 +183,7 @@ impl Gate {
             }
         }
         self.limit_gauge.set(state.limiter.limit() as i64);
+        false
     }
 
     /// Takes `n` permits out: the free ones now, the rest as they are given back.
@@ -207,11 +210,16 @@ impl Gate {
         );
     }
 
-    fn give_back(&self, permit: OwnedSemaphorePermit, fresh_slot: Option<usize>) {
+    fn give_back(
+        &self,
+        permit: OwnedSemaphorePermit,
+        fresh_slot: Option<usize>,
+        written_off: bool,
+    ) {
         let mut state = self.lock();
-        if let Some(slot) = fresh_slot
-            && state.untrack(slot)
-        {
+        let written_off = written_off || fresh_slot.is_some_and(|slot| state.untrack(slot));
+        if written_off {
+            // Withdrawn by a shrink already (and no longer counted in `in_use`).
             permit.forget();
             return;
         }
@@ -231,6 +239,8 @@ pub struct Permit {
     sent: Option<(Instant, bool)>,
     /// Its place among fresh unanswered leases, until answered.
     fresh_slot: Option<usize>,
+    /// A shrink withdrew this permit while the lease was unanswered.
+    written_off: bool,
 }
 
 impl Permit {
@@ -249,14 +259,15 @@ impl Permit {
             return;
         };
         let slot = self.fresh_slot.take();
-        self.gate.answered(reused, since.elapsed(), slot);
+        self.written_off = self.gate.answered(reused, since.elapsed(), slot);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.gate.give_back(permit, self.fresh_slot.take());
+            let slot = self.fresh_slot.take();
+            self.gate.give_back(permit, slot, self.written_off);
         }
     }
 }
@@ -352,6 +363,18 @@ mod tests {
         let gate = gate(32);
         let mut stuck = Vec::new();
         until_shrunk(&gate, &mut stuck).await;
+        drop(stuck);
+        assert_eq!(free_permits(&gate), gate.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_written_off_lease_answered_late_still_gives_nothing_back() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        until_shrunk(&gate, &mut stuck).await;
+        for p in &mut stuck {
+            p.answered();
+        }
         drop(stuck);
         assert_eq!(free_permits(&gate), gate.limit());
     }
