@@ -38,7 +38,13 @@ struct State {
     debt: usize,
     /// Fresh leases not answered yet, by slot.
     unanswered_fresh: Vec<Slot>,
+    /// When a shrink was last logged as a warning (at most one per `WARN_EVERY`).
+    warned_at: Option<Instant>,
 }
+
+/// A limit that keeps probing one above what the server serves shrinks every few seconds: the
+/// warning says so once a minute, the rest go to debug.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Slot {
@@ -112,6 +118,7 @@ impl Gate {
                 in_use: 0,
                 debt: 0,
                 unanswered_fresh: Vec::new(),
+                warned_at: None,
             }),
             max: max_size,
             upstream: metrics.upstream.clone(),
@@ -179,7 +186,11 @@ impl Gate {
             Change::Shrank { to, late } => {
                 let written_off = state.write_off_late(now, before - to);
                 self.withdraw(&mut state, before - to - written_off);
-                self.log_shrink(to, late, in_use, state.limiter.threshold());
+                let warn = state.warned_at.is_none_or(|at| now - at >= WARN_EVERY);
+                if warn && to < self.max {
+                    state.warned_at = Some(now);
+                }
+                self.log_shrink(to, late, in_use, state.limiter.threshold(), warn);
             }
         }
         self.limit_gauge.set(state.limiter.limit() as i64);
@@ -197,17 +208,34 @@ impl Gate {
         }
     }
 
-    fn log_shrink(&self, to: usize, late: usize, in_use: usize, threshold: Option<Duration>) {
+    fn log_shrink(
+        &self,
+        to: usize,
+        late: usize,
+        in_use: usize,
+        threshold: Option<Duration>,
+        warn: bool,
+    ) {
         if to >= self.max {
             return;
         }
         let threshold_ms = threshold.map_or(0, |t| t.as_millis() as u64);
-        tracing::warn!(
-            upstream = %self.upstream, server = %self.server, limit = to, max_size = self.max,
-            late_fresh = late, in_flight = in_use, threshold_ms,
-            "pool limit below max_size: {late} new connections unanswered past {threshold_ms} ms \
-             while others were answered (the server is not picking them up)"
-        );
+        macro_rules! shrank {
+            ($level:ident) => {
+                tracing::$level!(
+                    upstream = %self.upstream, server = %self.server, limit = to,
+                    max_size = self.max, late_fresh = late, in_flight = in_use, threshold_ms,
+                    "pool limit below max_size: {late} new connections unanswered past \
+                     {threshold_ms} ms while others were answered (the server is not picking \
+                     them up)"
+                )
+            };
+        }
+        if warn {
+            shrank!(warn);
+        } else {
+            shrank!(debug);
+        }
     }
 
     fn give_back(
