@@ -196,6 +196,8 @@ pub struct UpstreamView {
 pub struct ServerView {
     pub address: String,
     pub max_size: usize,
+    /// Connections in use at once: the learned limit (`adaptive`), else `max_size`.
+    pub limit: usize,
     pub idle: usize,
     pub busy: usize,
     pub waiters: usize,
@@ -238,6 +240,7 @@ fn server_view(sp: &ServerPool) -> ServerView {
     ServerView {
         address: sp.server.address.clone(),
         max_size: sp.server.settings.pool.max_size,
+        limit: sp.limit(),
         idle: usage.idle,
         busy: usage.busy,
         waiters: usage.waiters,

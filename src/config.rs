@@ -341,6 +341,8 @@ pub struct PoolConfig {
     pub max_waiters: usize,
     /// Connections being opened to the server at once.
     pub max_connecting: usize,
+    /// Learn, below `max_size`, how many requests the server serves at once (`upstream::gate`).
+    pub adaptive: bool,
 }
 
 impl Default for PoolConfig {
@@ -354,6 +356,7 @@ impl Default for PoolConfig {
             wait_timeout: Duration::from_secs(5),
             max_waiters: 1024,
             max_connecting: 4,
+            adaptive: true,
         }
     }
 }
@@ -509,6 +512,7 @@ where
         wait_timeout: Option<Duration>,
         max_waiters: Option<usize>,
         max_connecting: Option<usize>,
+        adaptive: Option<bool>,
     }
     let o = Overrides::deserialize(de)?;
     let d = transparent_pool_defaults();
@@ -521,6 +525,7 @@ where
         wait_timeout: o.wait_timeout.unwrap_or(d.wait_timeout),
         max_waiters: o.max_waiters.unwrap_or(d.max_waiters),
         max_connecting: o.max_connecting.unwrap_or(d.max_connecting),
+        adaptive: o.adaptive.unwrap_or(d.adaptive),
     })
 }
 

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub upstream_connections_closed_total: IntCounterVec,
     pub pool_connections: IntGaugeVec,
     pub pool_max_connections: IntGaugeVec,
+    pub pool_limit: IntGaugeVec,
     pub pool_waiters: IntGaugeVec,
     pub pool_wait_seconds: HistogramVec,
     pub pool_rejected_total: IntCounterVec,
@@ -164,6 +165,12 @@ impl Metrics {
                 &r,
                 "longhaul_pool_max_connections",
                 "Configured pool size (max_size) per server.",
+                &["upstream", "server"],
+            ),
+            pool_limit: gauge_vec(
+                &r,
+                "longhaul_pool_limit",
+                "Connections per server in use at once: the learned limit (adaptive), else max_size.",
                 &["upstream", "server"],
             ),
             pool_waiters: gauge_vec(
@@ -472,6 +479,8 @@ pub struct ServerMetrics {
     pub rejected_wait_timeout: IntCounter,
     pub up: IntGauge,
     pub keepalive_timeout: prometheus::Gauge,
+    /// The learned limit (`max_size` until a gate sets it).
+    pub limit: IntGauge,
     closed: [IntCounter; CloseReason::ALL.len()],
 }
 
@@ -484,6 +493,8 @@ impl ServerMetrics {
             .set(max_size as i64);
         let up = m.upstream_server_up.with_label_values(&labels);
         up.set(1);
+        let limit = m.pool_limit.with_label_values(&labels);
+        limit.set(max_size as i64);
         ServerMetrics {
             upstream: upstream.to_string(),
             server: server.to_string(),
@@ -514,6 +525,7 @@ impl ServerMetrics {
                 "wait_timeout",
             ]),
             up,
+            limit,
             keepalive_timeout: m
                 .upstream_keepalive_timeout_seconds
                 .with_label_values(&labels),
@@ -536,6 +548,7 @@ impl ServerMetrics {
         let m = &*METRICS;
         let labels = [self.upstream.as_str(), self.server.as_str()];
         let _ = m.pool_max_connections.remove_label_values(&labels);
+        let _ = m.pool_limit.remove_label_values(&labels);
         let _ = m.upstream_server_up.remove_label_values(&labels);
         let _ = m.pool_waiters.remove_label_values(&labels);
         let _ = m

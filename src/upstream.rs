@@ -5,6 +5,7 @@ mod adaptive;
 mod balance;
 mod body;
 mod conn;
+mod gate;
 mod health;
 mod lease;
 mod maintain;
@@ -73,8 +74,12 @@ impl ServerPool {
         if let Some(path) = server.settings.health.path.clone() {
             tasks.push(tokio::spawn(health::run(server.clone(), path)));
         }
+        let settings = &server.settings.pool;
+        let gate = settings
+            .adaptive
+            .then(|| Arc::new(gate::Gate::new(settings.max_size, &server.metrics)));
         ServerPool {
-            queue: WaitQueue::new(server.settings.pool.max_waiters),
+            queue: WaitQueue::new(settings.max_waiters, settings.wait_timeout, gate),
             server,
             pool,
             tasks,
@@ -105,6 +110,13 @@ impl ServerPool {
             busy,
             waiters: self.queue.waiting(),
         }
+    }
+
+    /// Connections in use at once: the learned limit, or `max_size` when the pool is not adaptive.
+    pub fn limit(&self) -> usize {
+        self.queue
+            .limit()
+            .unwrap_or(self.server.settings.pool.max_size)
     }
 }
 
@@ -389,7 +401,7 @@ impl Upstream {
         self.metrics
             .pool_wait
             .observe(started.elapsed().as_secs_f64());
-        result.map(Lease::pooled)
+        result.map(|c| Lease::pooled(c.conn, c.permit))
     }
 
     fn checkout_error(&self, server: &Server, e: CheckoutError) -> ProxyError {

@@ -218,6 +218,11 @@ fn wrong_value_type_is_rejected() {
 }
 
 #[test]
+fn an_adaptive_switch_that_is_not_a_boolean_is_rejected() {
+    assert_rejected(&config_with(&[(14, "adaptive = \"yes\"")]), 14, "adaptive");
+}
+
+#[test]
 fn missing_config_file_exits_2() {
     let dir = TempDir::new();
     let missing = dir.path().join("nope.toml");

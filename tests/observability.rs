@@ -46,6 +46,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "longhaul_upstream_errors_total",
     "longhaul_build_info",
     "longhaul_pool_max_connections",
+    "longhaul_pool_limit",
     "longhaul_pool_waiters",
     "longhaul_upstream_keepalive_timeout_seconds",
     "longhaul_upstream_server_up",
@@ -965,6 +966,7 @@ fn dashboard_is_importable_with_datasource_and_upstream_variables() {
         "client requests/s vs upstream connections opened/s",
         "pool busy / idle / waiters",
         "pool wait p99",
+        "pool limit vs max_size",
         "request latency p50 / p99",
         "errors by kind",
         "retries by reason",
@@ -1298,7 +1300,9 @@ fn compare_page_with_pools(rows: &Value, pools: &Value) -> Result<(), String> {
                 .ok_or(format!("no row for {name} {address}"))?;
             let cell = |field: &str| row[field].as_str().unwrap_or("").to_string();
             let number = |field: &str| cell_number(&cell(field));
-            for field in ["busy", "idle", "waiters", "max_size", "requests", "opened"] {
+            for field in [
+                "busy", "idle", "waiters", "max_size", "limit", "requests", "opened",
+            ] {
                 let want = s[field].as_f64();
                 if number(field) != want {
                     return Err(format!(

@@ -5,12 +5,10 @@
 //! connections that were answered. A request is late when its first byte takes longer than
 //! `srtt + 4·rttvar` (at least 50 ms). Fresh connections still unanswered past that while others
 //! are answered are connections the backend has not picked up (a prefork accept queue): the limit
-//! shrinks to what is being served, never below 1, at most halving once per RTT, and never before
-//! a baseline exists. While saturated and prompt, the limit grows by one per `limit` prompt
-//! answers (one per RTT's worth), up to `max_size`; a failed probe backs further probes off.
-// Not wired into the pool yet (issue #12: the per-server gate, the `adaptive` switch and the
-// `longhaul_pool_limit` gauge are still to build): only the unit tests use it so far.
-#![cfg_attr(not(test), allow(dead_code))]
+//! shrinks to what is being served, never below 1, at most halving once per late threshold, and
+//! never before a baseline exists. While saturated and prompt, the limit grows by one per `limit`
+//! prompt answers (one per RTT's worth), up to `max_size`; a failed probe backs further probes off.
+// `upstream::gate` turns the limit into permits in front of each server's pool.
 
 use std::time::Duration;
 
@@ -119,10 +117,12 @@ impl Limiter {
     }
 
     fn shrink(&mut self, now: Instant, in_use: usize, late: usize) -> Option<Change> {
-        let srtt = self.srtt?;
+        // A shrink shows its effect only once the lates it leaves behind could be seen: at most
+        // one per threshold (≥ LATE_FLOOR), not one per srtt (on loopback, ~1 ms: a collapse).
+        let threshold = self.threshold()?;
         self.prompt_since_grow = 0;
         self.no_probe_until = Some(now + self.probe_backoff);
-        if self.last_shrink.is_some_and(|at| now - at < srtt) {
+        if self.last_shrink.is_some_and(|at| now - at < threshold) {
             return None;
         }
         let served = in_use.saturating_sub(late).max(1);

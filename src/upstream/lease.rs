@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::conn::{ConnManager, PooledConn};
+use super::gate::Permit;
 use super::stream::BackendStream;
 use crate::body::RequestBody;
 use crate::h1::{self, Limits, RequestHead, ResponseBody, Reuse};
@@ -34,6 +35,9 @@ pub struct Lease {
     answered: bool,
     /// A read saw EOF or an error, or a write failed: the backend closed or reset it.
     peer_gone: bool,
+    /// The adaptive gate's permit (given back after the connection, when the lease drops); told
+    /// when the first response byte arrives.
+    permit: Option<Permit>,
 }
 
 /// A failed exchange and what a retry may rely on.
@@ -54,25 +58,29 @@ impl SendError {
 }
 
 impl Lease {
-    pub fn pooled(conn: Object<ConnManager>) -> Lease {
-        Lease::new(Held::Pooled(conn))
+    pub fn pooled(conn: Object<ConnManager>, permit: Option<Permit>) -> Lease {
+        Lease::new(Held::Pooled(conn), permit)
     }
 
     pub fn dedicated(conn: PooledConn) -> Lease {
-        Lease::new(Held::Own(conn))
+        Lease::new(Held::Own(conn), None)
     }
 
-    fn new(held: Held) -> Lease {
+    fn new(held: Held, permit: Option<Permit>) -> Lease {
         let mut lease = Lease {
             held: Some(held),
             reused: false,
             answered: false,
             peer_gone: false,
+            permit,
         };
         let conn = lease.conn();
         let reused = conn.served > 0;
         conn.start_request();
         lease.reused = reused;
+        if let Some(permit) = lease.permit.as_mut() {
+            permit.sending(reused);
+        }
         lease
     }
 
@@ -94,8 +102,14 @@ impl Lease {
     /// The server answered: the connection's `max_connecting` slot is free, and a failure from
     /// now on is an error of the exchange, not a connection the backend closed.
     fn answered(&mut self) {
+        if self.answered {
+            return;
+        }
         self.answered = true;
         self.conn().accepted();
+        if let Some(permit) = self.permit.as_mut() {
+            permit.answered();
+        }
     }
 
     /// Why the connection closes when the lease is dropped without a verdict.

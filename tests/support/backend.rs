@@ -6,12 +6,15 @@
 //! with `body_size`), headers `X-Backend-Conn` / `X-Backend-Req` naming the connection and the
 //! request's position on it, and `Connection: keep-alive` only when the request asked for it.
 //! A target `/status/NNN...` answers with that status (204 and 304 without a body).
+//!
+//! `serving_at_most(n)` makes it a prefork-like server: every TCP connection is accepted, but only
+//! `n` are read from at a time, each until it closes; the others wait (an accept queue).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -137,6 +140,7 @@ pub struct BackendBuilder {
     ignore_keepalive: bool,
     body_size: usize,
     responder: Option<Responder>,
+    serving: usize,
 }
 
 impl Default for BackendBuilder {
@@ -155,6 +159,7 @@ impl Default for BackendBuilder {
             ignore_keepalive: false,
             body_size: 0,
             responder: None,
+            serving: usize::MAX,
         }
     }
 }
@@ -228,6 +233,12 @@ impl BackendBuilder {
         self.body_size = bytes;
         self
     }
+    /// Reads from at most `n` connections at a time, each until it closes (see the header);
+    /// `Backend::set_serving` changes `n` while it runs.
+    pub fn serving_at_most(mut self, n: usize) -> Self {
+        self.serving = n;
+        self
+    }
     /// Replaces the default responder entirely.
     pub fn responder(mut self, f: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Self {
         self.responder = Some(Arc::new(f));
@@ -256,6 +267,7 @@ impl BackendBuilder {
     fn serve(self, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().expect("backend local addr");
         let shared = Arc::new(Shared {
+            serving: Serving::new(self.serving),
             behaviour: self,
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
@@ -277,7 +289,70 @@ impl BackendBuilder {
     }
 }
 
+/// How many connections are read from at once, and the limit (`serving_at_most`); waiting
+/// connections are picked up in the order they were accepted, as from a listen queue.
+struct Serving {
+    state: Mutex<ServingState>,
+    changed: Condvar,
+}
+
+struct ServingState {
+    limit: usize,
+    served: usize,
+    waiting: std::collections::VecDeque<usize>,
+}
+
+impl Serving {
+    fn new(limit: usize) -> Serving {
+        Serving {
+            state: Mutex::new(ServingState {
+                limit,
+                served: 0,
+                waiting: Default::default(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Waits for connection `id`'s turn among the served; false if the backend stopped first.
+    fn enter(&self, id: usize, stop: &AtomicBool) -> bool {
+        let mut state = self.state.lock().unwrap();
+        state.waiting.push_back(id);
+        while state.served >= state.limit || state.waiting.front() != Some(&id) {
+            if stop.load(Ordering::SeqCst) {
+                state.waiting.retain(|&w| w != id);
+                self.changed.notify_all();
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(20))
+                .unwrap()
+                .0;
+        }
+        state.waiting.pop_front();
+        state.served += 1;
+        self.changed.notify_all();
+        true
+    }
+
+    fn leave(&self) {
+        self.state.lock().unwrap().served -= 1;
+        self.changed.notify_all();
+    }
+
+    fn set_limit(&self, limit: usize) {
+        self.state.lock().unwrap().limit = limit;
+        self.changed.notify_all();
+    }
+
+    fn served(&self) -> usize {
+        self.state.lock().unwrap().served
+    }
+}
+
 struct Shared {
+    serving: Serving,
     behaviour: BackendBuilder,
     stop: AtomicBool,
     accepted: AtomicUsize,
@@ -329,6 +404,16 @@ impl Backend {
             .collect();
         all.sort_by_key(|r| r.seq);
         all
+    }
+
+    /// Changes how many connections are read from at once (`serving_at_most`).
+    pub fn set_serving(&self, n: usize) {
+        self.shared.serving.set_limit(n);
+    }
+
+    /// Connections being read from now (at most the `serving_at_most` limit).
+    pub fn serving(&self) -> usize {
+        self.shared.serving.served()
     }
 
     pub fn request_count(&self) -> usize {
@@ -422,7 +507,13 @@ enum End {
 }
 
 fn serve(stream: TcpStream, id: usize, shared: Arc<Shared>) {
-    let (closed, end) = serve_requests(&stream, id, &shared);
+    let (closed, end) = if shared.serving.enter(id, &shared.stop) {
+        let served = serve_requests(&stream, id, &shared);
+        shared.serving.leave();
+        served
+    } else {
+        (Closed::Stopped, End::Fin)
+    };
     if let Some(c) = shared.conns.lock().unwrap().get_mut(id) {
         c.closed = if shared.stop.load(Ordering::SeqCst) && closed != Closed::AfterResponse {
             Closed::Stopped

@@ -262,3 +262,94 @@ pub fn try_get10(addr: SocketAddr, path: &str) -> io::Result<Response> {
         format!("GET {path} HTTP/1.0\r\nHost: test.local\r\n\r\n").as_bytes(),
     )
 }
+
+/// Short HTTP/1.0 clients sending `raw` in a loop from `clients` threads until stopped; stopped
+/// (and joined) on drop.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<LoadCounts>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub struct LoadCounts {
+    pub ok: std::sync::atomic::AtomicUsize,
+    /// Failed requests and statuses other than 200.
+    pub errors: std::sync::atomic::AtomicUsize,
+    /// The first few failures, for the assertion message.
+    pub first_errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl LoadCounts {
+    fn failed(&self, what: String) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut first = self.first_errors.lock().unwrap();
+        if first.len() < 5 {
+            first.push(what);
+        }
+    }
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, raw: &[u8]) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts = std::sync::Arc::new(LoadCounts::default());
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, counts, raw) = (stop.clone(), counts.clone(), raw.to_vec());
+                std::thread::spawn(move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    while !stop.load(SeqCst) {
+                        match try_request(addr, &raw) {
+                            Ok(r) if r.status == 200 => {
+                                counts.ok.fetch_add(1, SeqCst);
+                            }
+                            Ok(r) => counts.failed(format!("{} {}", r.status, r.body_str())),
+                            Err(e) => counts.failed(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            counts,
+            threads,
+        }
+    }
+
+    /// `GET path HTTP/1.0` from `clients` threads.
+    pub fn get10(addr: SocketAddr, clients: usize, path: &str) -> Load {
+        let raw = format!("GET {path} HTTP/1.0\r\nHost: test.local\r\n\r\n");
+        Load::start(addr, clients, raw.as_bytes())
+    }
+
+    pub fn ok(&self) -> usize {
+        self.counts.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn errors(&self) -> usize {
+        self.counts.errors.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the clients, waits for their last requests; returns (ok, errors, the first errors).
+    pub fn finish(mut self) -> (usize, usize, Vec<String>) {
+        self.halt();
+        let first = self.counts.first_errors.lock().unwrap().clone();
+        (self.ok(), self.errors(), first)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

@@ -4,6 +4,7 @@
 // proxy under test is a separate process, which tokio's paused clock cannot reach.
 #![allow(dead_code, clippy::disallowed_types)]
 
+pub mod apache;
 pub mod backend;
 pub mod backend_sim;
 pub mod client;

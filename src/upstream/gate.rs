@@ -1,0 +1,420 @@
+//! The per-server gate in front of the pool: at most the learned limit (≤ `max_size`) requests
+//! hold a connection at once; the rest wait in arrival order (a fair semaphore) for a free permit.
+//!
+//! Design: `adaptive::Limiter` decides the limit; this module turns it into permits and feeds it.
+//! A permit is taken before the pool is asked for a connection and held by the lease until the
+//! connection goes back or closes, so a request past the limit waits here, in longhaul, for
+//! whichever connection comes free first, never behind a connection the backend has not picked
+//! up. Each lease reports its first response byte (latency from the first write, fresh or
+//! reused); fresh connections still unanswered are tracked so an answer elsewhere can count how
+//! many of them are late. A shrink withdraws permits: first those of late fresh leases (written
+//! off: the backend is not serving them, so they must not keep served requests out), then free
+//! ones, then held ones as they come back (`debt`). A grow adds one.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::adaptive::{Change, Limiter};
+use crate::metrics::ServerMetrics;
+
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+    max: usize,
+    /// For the log line: which server this is.
+    upstream: String,
+    server: String,
+    limit_gauge: prometheus::IntGauge,
+}
+
+struct State {
+    limiter: Limiter,
+    /// Permits held now.
+    in_use: usize,
+    /// Permits to forget as they come back (a shrink while they were held).
+    debt: usize,
+    /// Fresh leases not answered yet, by slot.
+    unanswered_fresh: Vec<Slot>,
+    /// When a shrink was last logged as a warning (at most one per `WARN_EVERY`).
+    warned_at: Option<Instant>,
+}
+
+/// A limit that keeps probing one above what the server serves shrinks every few seconds: the
+/// warning says so once a minute, the rest go to debug.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Slot {
+    Free,
+    /// The request was written at this time; its permit counts.
+    Waiting(Instant),
+    /// Late when the limit shrank: its permit was withdrawn and is forgotten when it ends.
+    WrittenOff,
+}
+
+impl State {
+    fn late_fresh(&self, now: Instant) -> usize {
+        let Some(threshold) = self.limiter.threshold() else {
+            return 0;
+        };
+        self.unanswered_fresh
+            .iter()
+            .filter(|s| matches!(s, Slot::Waiting(since) if now - *since > threshold))
+            .count()
+    }
+
+    fn track(&mut self, since: Instant) -> usize {
+        let slot = Slot::Waiting(since);
+        match self.unanswered_fresh.iter().position(|s| *s == Slot::Free) {
+            Some(i) => {
+                self.unanswered_fresh[i] = slot;
+                i
+            }
+            None => {
+                self.unanswered_fresh.push(slot);
+                self.unanswered_fresh.len() - 1
+            }
+        }
+    }
+
+    /// Frees `slot`; true if its permit had been written off.
+    fn untrack(&mut self, slot: usize) -> bool {
+        let was = std::mem::replace(&mut self.unanswered_fresh[slot], Slot::Free);
+        was == Slot::WrittenOff
+    }
+
+    /// Writes off up to `n` late fresh leases' permits; returns how many.
+    fn write_off_late(&mut self, now: Instant, n: usize) -> usize {
+        let Some(threshold) = self.limiter.threshold() else {
+            return 0;
+        };
+        let mut done = 0;
+        for slot in &mut self.unanswered_fresh {
+            if done == n {
+                break;
+            }
+            if matches!(slot, Slot::Waiting(since) if now - *since > threshold) {
+                *slot = Slot::WrittenOff;
+                done += 1;
+            }
+        }
+        self.in_use -= done;
+        done
+    }
+}
+
+impl Gate {
+    pub fn new(max_size: usize, metrics: &ServerMetrics) -> Gate {
+        let limiter = Limiter::new(max_size);
+        let limit = limiter.limit();
+        metrics.limit.set(limit as i64);
+        Gate {
+            permits: Arc::new(Semaphore::new(limit)),
+            state: Mutex::new(State {
+                limiter,
+                in_use: 0,
+                debt: 0,
+                unanswered_fresh: Vec::new(),
+                warned_at: None,
+            }),
+            max: max_size,
+            upstream: metrics.upstream.clone(),
+            server: metrics.server.clone(),
+            limit_gauge: metrics.limit.clone(),
+        }
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> usize {
+        self.lock().limiter.limit()
+    }
+
+    /// A permit now, if one is free and nobody waits for one.
+    pub fn try_enter(self: &Arc<Self>) -> Option<Permit> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(self.admitted(permit))
+    }
+
+    /// A permit, after those who came first.
+    pub async fn enter(self: &Arc<Self>) -> Result<Permit, AcquireError> {
+        let permit = self.permits.clone().acquire_owned().await?;
+        Ok(self.admitted(permit))
+    }
+
+    fn admitted(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Permit {
+        self.lock().in_use += 1;
+        Permit {
+            gate: self.clone(),
+            permit: Some(permit),
+            sent: None,
+            fresh_slot: None,
+            written_off: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds the limiter a first byte; returns true if the lease's permit had been written off.
+    fn answered(&self, reused: bool, latency: Duration, fresh_slot: Option<usize>) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if let Some(slot) = fresh_slot
+            && state.untrack(slot)
+        {
+            // Its permit is gone already; it is forgotten when the lease ends.
+            return true;
+        }
+        let late = state.late_fresh(now);
+        let in_use = state.in_use;
+        let before = state.limiter.limit();
+        let Some(change) = state.limiter.on_answer(now, reused, latency, in_use, late) else {
+            return false;
+        };
+        match change {
+            Change::Grew { .. } => {
+                if state.debt > 0 {
+                    state.debt -= 1;
+                } else {
+                    self.permits.add_permits(1);
+                }
+            }
+            Change::Shrank { to, late } => {
+                let written_off = state.write_off_late(now, before - to);
+                self.withdraw(&mut state, before - to - written_off);
+                let warn = state.warned_at.is_none_or(|at| now - at >= WARN_EVERY);
+                if warn && to < self.max {
+                    state.warned_at = Some(now);
+                }
+                self.log_shrink(to, late, in_use, state.limiter.threshold(), warn);
+            }
+        }
+        self.limit_gauge.set(state.limiter.limit() as i64);
+        false
+    }
+
+    /// Takes `n` permits out: the free ones now, the rest as they are given back.
+    fn withdraw(&self, state: &mut State, n: usize) {
+        let free = n.min(self.permits.available_permits());
+        if let Ok(taken) = self.permits.try_acquire_many(free as u32) {
+            taken.forget();
+            state.debt += n - free;
+        } else {
+            state.debt += n;
+        }
+    }
+
+    fn log_shrink(
+        &self,
+        to: usize,
+        late: usize,
+        in_use: usize,
+        threshold: Option<Duration>,
+        warn: bool,
+    ) {
+        if to >= self.max {
+            return;
+        }
+        let threshold_ms = threshold.map_or(0, |t| t.as_millis() as u64);
+        macro_rules! shrank {
+            ($level:ident) => {
+                tracing::$level!(
+                    upstream = %self.upstream, server = %self.server, limit = to,
+                    max_size = self.max, late_fresh = late, in_flight = in_use, threshold_ms,
+                    "pool limit below max_size: {late} new connections unanswered past \
+                     {threshold_ms} ms while others were answered (the server is not picking \
+                     them up)"
+                )
+            };
+        }
+        if warn {
+            shrank!(warn);
+        } else {
+            shrank!(debug);
+        }
+    }
+
+    fn give_back(
+        &self,
+        permit: OwnedSemaphorePermit,
+        fresh_slot: Option<usize>,
+        written_off: bool,
+    ) {
+        let mut state = self.lock();
+        let written_off = written_off || fresh_slot.is_some_and(|slot| state.untrack(slot));
+        if written_off {
+            // Withdrawn by a shrink already (and no longer counted in `in_use`).
+            permit.forget();
+            return;
+        }
+        state.in_use -= 1;
+        if state.debt > 0 {
+            state.debt -= 1;
+            permit.forget();
+        }
+    }
+}
+
+/// The right to hold one connection of the server, given back on drop.
+pub struct Permit {
+    gate: Arc<Gate>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// When the request was about to be written, and whether the connection was reused.
+    sent: Option<(Instant, bool)>,
+    /// Its place among fresh unanswered leases, until answered.
+    fresh_slot: Option<usize>,
+    /// A shrink withdrew this permit while the lease was unanswered.
+    written_off: bool,
+}
+
+impl Permit {
+    /// The request is about to be written on a `reused` or fresh connection.
+    pub fn sending(&mut self, reused: bool) {
+        let now = Instant::now();
+        self.sent = Some((now, reused));
+        if !reused {
+            self.fresh_slot = Some(self.gate.lock().track(now));
+        }
+    }
+
+    /// The first response byte arrived.
+    pub fn answered(&mut self) {
+        let Some((since, reused)) = self.sent.take() else {
+            return;
+        };
+        let slot = self.fresh_slot.take();
+        self.written_off = self.gate.answered(reused, since.elapsed(), slot);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let slot = self.fresh_slot.take();
+            self.gate.give_back(permit, slot, self.written_off);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(max: usize) -> Arc<Gate> {
+        let metrics = ServerMetrics::new("unit-gate", &format!("gate-{max}"), max);
+        Arc::new(Gate::new(max, &metrics))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_admits_its_limit_then_queues() {
+        let gate = gate(32);
+        let held: Vec<_> = (0..8).map(|_| gate.try_enter().expect("free")).collect();
+        assert!(gate.try_enter().is_none(), "the ninth waits");
+        drop(held);
+        assert!(gate.try_enter().is_some(), "free again once given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_in_arrival_order() {
+        let gate = gate(1);
+        let first = gate.try_enter().expect("free");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3 {
+            let (gate, tx) = (gate.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _p = gate.enter().await.unwrap();
+                tx.send(i).unwrap();
+            });
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        let order = [rx.recv().await, rx.recv().await, rx.recv().await];
+        assert_eq!(order, [Some(0), Some(1), Some(2)]);
+    }
+
+    /// Serves `answered` requests on reused connections while `stuck` fresh ones wait.
+    async fn round(gate: &Arc<Gate>, answered: usize, stuck: &mut Vec<Permit>) {
+        let mut held = Vec::new();
+        while let Some(mut p) = gate.try_enter() {
+            if held.len() < answered {
+                p.sending(true);
+                held.push(p);
+            } else {
+                p.sending(false);
+                stuck.push(p);
+            }
+        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for p in &mut held {
+            p.answered();
+        }
+    }
+
+    /// Rounds against a backend serving 4 until the limit is 4 (at most 2000).
+    async fn until_shrunk(gate: &Arc<Gate>, stuck: &mut Vec<Permit>) {
+        for _ in 0..2000 {
+            round(gate, 4, stuck).await;
+            if gate.limit() == 4 {
+                return;
+            }
+        }
+    }
+
+    fn free_permits(gate: &Arc<Gate>) -> usize {
+        let taken: Vec<_> = (0..64).map_while(|_| gate.try_enter()).collect();
+        taken.len()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_fresh_connections_shrink_the_limit_to_what_is_served() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        until_shrunk(&gate, &mut stuck).await;
+        assert_eq!(gate.limit(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_fresh_connections_no_longer_hold_permits_once_the_limit_shrank() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        until_shrunk(&gate, &mut stuck).await;
+        assert!(stuck.len() >= 4, "{} stuck", stuck.len());
+        assert_eq!(free_permits(&gate), 4, "the served requests go on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn written_off_permits_are_not_returned_when_their_leases_end() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        until_shrunk(&gate, &mut stuck).await;
+        drop(stuck);
+        assert_eq!(free_permits(&gate), gate.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_written_off_lease_answered_late_still_gives_nothing_back() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        until_shrunk(&gate, &mut stuck).await;
+        for p in &mut stuck {
+            p.answered();
+        }
+        drop(stuck);
+        assert_eq!(free_permits(&gate), gate.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrink_takes_back_held_permits_as_they_end() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        round(&gate, 4, &mut stuck).await;
+        let mut held: Vec<_> = (0..4).map(|_| gate.try_enter().expect("free")).collect();
+        gate.withdraw(&mut gate.lock(), 4);
+        held.clear();
+        assert_eq!(free_permits(&gate), 0, "the four came back and were kept");
+    }
+}
