@@ -15,7 +15,11 @@ const CLIENTS: usize = 50;
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn proxy(apache: &Apache) -> Proxy {
-    Proxy::start(&ProxyConfig::single(&[apache.addr]).pool("max_size", &MAX_SIZE.to_string()))
+    Proxy::start(
+        &ProxyConfig::single(&[apache.addr])
+            .pool("max_size", &MAX_SIZE.to_string())
+            .pool("adaptive", "true"),
+    )
 }
 
 fn limit(proxy: &Proxy) -> f64 {

@@ -71,7 +71,7 @@ def start_target(procs, tmp, name, longhaul, backend_port):
         return None, backend_port
     port = harness.free_port()
     if name.startswith("longhaul"):
-        extra = "adaptive = false\n" if name == "longhaul-fixed" else ""
+        extra = "adaptive = false\n" if name == "longhaul-fixed" else "adaptive = true\n"
         conf = harness.longhaul_config(tmp, port, harness.free_port(), backend_port, 32,
                                        pool_extra=extra)
         p = procs.start("%s-%d" % (name, port), [longhaul, "--config", conf])
