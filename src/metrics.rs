@@ -6,7 +6,7 @@
 //! `ServerMetrics::new` (each enum label has an `ALL` list; `children` resolves one series per
 //! value). A new metric joins the handle that owns its labels the same way.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -409,6 +409,55 @@ fn children<L: Copy, const N: usize>(
     })
 }
 
+/// How many distinct statuses of one upstream keep a resolved `longhaul_requests_total` child;
+/// rarer ones are looked up by label per request.
+const STATUS_SLOTS: usize = 8;
+
+/// The request series of one `upstream` label (`longhaul_requests_total` by status and the
+/// latency histogram), resolved once so recording a request does no label hashing.
+pub struct RequestSeries {
+    pub upstream: Arc<str>,
+    duration: Histogram,
+    /// Filled in the order statuses first occur; never changed after.
+    statuses: [OnceLock<(u16, IntCounter)>; STATUS_SLOTS],
+}
+
+impl RequestSeries {
+    pub fn new(upstream: &str) -> RequestSeries {
+        RequestSeries {
+            upstream: Arc::from(upstream),
+            duration: METRICS
+                .request_duration_seconds
+                .with_label_values(&[upstream]),
+            statuses: Default::default(),
+        }
+    }
+
+    /// Requests answered before (or without) routing.
+    pub fn none() -> &'static RequestSeries {
+        static NONE: LazyLock<RequestSeries> = LazyLock::new(|| RequestSeries::new(NO_UPSTREAM));
+        &NONE
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let code = status.as_u16();
+        let resolve = || {
+            let labels = [&*self.upstream, status.as_str()];
+            METRICS.requests_total.with_label_values(&labels)
+        };
+        for slot in &self.statuses {
+            let (held, counter) = slot.get_or_init(|| (code, resolve()));
+            if *held == code {
+                counter.inc();
+                return;
+            }
+        }
+        resolve().inc();
+    }
+}
+
 /// Per-upstream metric children, resolved once so the request path does no label lookups.
 /// Building it exports every series of the upstream at 0 (also for a reload's new upstreams).
 #[derive(Clone)]
@@ -737,6 +786,28 @@ impl DeniedReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_is_counted_under_its_own_label_beyond_the_resolved_slots() {
+        let series = RequestSeries::new("series-test");
+        let codes: Vec<u16> = (200..200 + STATUS_SLOTS as u16 + 3).collect();
+        for (i, code) in codes.iter().enumerate() {
+            let status = http::StatusCode::from_u16(*code).unwrap();
+            for _ in 0..=i {
+                series.record(status, Duration::from_millis(1));
+            }
+        }
+        for (i, code) in codes.iter().enumerate() {
+            let labels = ["series-test", &code.to_string()];
+            let counted = METRICS.requests_total.with_label_values(&labels).get();
+            assert_eq!(counted, i as u64 + 1, "status {code}");
+        }
+        let observed = METRICS
+            .request_duration_seconds
+            .with_label_values(&["series-test"])
+            .get_sample_count();
+        assert_eq!(observed, (1..=codes.len() as u64).sum::<u64>());
+    }
 
     #[test]
     fn label_enums_are_indexed_by_their_discriminant() {

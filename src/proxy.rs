@@ -36,7 +36,6 @@ pub use upgrades::UpgradeAllowList;
 pub struct Routing {
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
-    names: Vec<Arc<str>>,
 }
 
 impl Routing {
@@ -50,18 +49,10 @@ impl Routing {
                 Arc::new(Upstream::new(u, old, None))
             })
             .collect();
-        let names = upstreams
-            .iter()
-            .map(|u| Arc::from(u.name.as_str()))
-            .collect();
         let router = Router::new(&config.effective_routes(), |name| {
             upstreams.iter().position(|u| u.name == name)
         });
-        Routing {
-            router,
-            upstreams,
-            names,
-        }
+        Routing { router, upstreams }
     }
 
     /// Waits, at most `bound`, until every pool holds its `min_idle` connections or has given up
@@ -153,10 +144,10 @@ impl Service<Request<Incoming>> for Proxy {
         Box::pin(async move {
             let id = request_id::of(&req);
             let selected = match req.extensions().get::<Destination>() {
-                Some(d) => Ok((d.upstream.clone(), d.name.clone())),
+                Some(d) => Ok(d.upstream.clone()),
                 None => select_upstream(&routing, &req, options),
             };
-            let (upstream, name) = match selected {
+            let upstream = match selected {
                 Ok(found) => found,
                 Err(e) => return Ok(failure_response(&e, &id)),
             };
@@ -179,7 +170,8 @@ impl Service<Request<Incoming>> for Proxy {
                     failure_response(&e, &id)
                 }
             };
-            resp.extensions_mut().insert(UpstreamName(name));
+            resp.extensions_mut()
+                .insert(UpstreamName(upstream.requests.clone()));
             Ok(resp)
         })
     }
@@ -190,7 +182,7 @@ fn select_upstream(
     routing: &Routing,
     req: &Request<Incoming>,
     options: ProxyOptions,
-) -> Result<(Arc<Upstream>, Arc<str>), ProxyError> {
+) -> Result<Arc<Upstream>, ProxyError> {
     if req.method() == Method::CONNECT && !options.allow_connect {
         return Err(ProxyError::MethodNotAllowed("CONNECT tunnels are disabled"));
     }
@@ -216,10 +208,7 @@ fn select_upstream(
     {
         return Err(ProxyError::ForeignHost(normalize_host(h)));
     }
-    Ok((
-        routing.upstreams[found.upstream].clone(),
-        routing.names[found.upstream].clone(),
-    ))
+    Ok(routing.upstreams[found.upstream].clone())
 }
 
 pub(crate) async fn proxy_request(

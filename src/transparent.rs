@@ -28,7 +28,6 @@ use detect::Detected;
 #[derive(Clone)]
 pub struct Destination {
     pub upstream: Arc<Upstream>,
-    pub name: Arc<str>,
 }
 
 /// How often idle destination pools are swept.
@@ -113,10 +112,7 @@ impl Transparent {
             }
             Detected::Http => match self.destinations.get(dst, &rule) {
                 Ok(upstream) => {
-                    let destination = Destination {
-                        upstream,
-                        name: rule,
-                    };
+                    let destination = Destination { upstream };
                     crate::server::serve_client(
                         crate::server::ClientStream::Registered(stream),
                         peer,

@@ -38,7 +38,7 @@ use crate::body::RequestBody;
 use crate::config::{Balance, Protocol, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::h1::{self, ResponseBody};
-use crate::metrics::{CloseReason, UpstreamMetrics};
+use crate::metrics::{CloseReason, RequestSeries, UpstreamMetrics};
 use balance::Balancer;
 use queue::{CheckoutError, WaitQueue};
 use retry::{Attempt, Retries, Retry};
@@ -144,6 +144,8 @@ pub struct Upstream {
     /// Bounds on a response head from this upstream's servers.
     limits: h1::Limits,
     pub metrics: UpstreamMetrics,
+    /// Its requests' series, named by this upstream (the access log's `upstream`).
+    pub requests: Arc<RequestSeries>,
 }
 
 impl Upstream {
@@ -198,6 +200,7 @@ impl Upstream {
             }),
             limits: h1::Limits::default(),
             metrics: UpstreamMetrics::new(&config.name),
+            requests: Arc::new(RequestSeries::new(&config.name)),
             servers,
         }
     }

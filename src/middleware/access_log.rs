@@ -14,12 +14,13 @@ use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
 use crate::error::{BoxError, rescue};
-use crate::metrics::{METRICS, NO_UPSTREAM};
+use crate::metrics::RequestSeries;
 use crate::middleware::request_id;
 
-/// The upstream a response came from, set by the proxy service for logs and labels.
-#[derive(Debug, Clone)]
-pub struct UpstreamName(pub Arc<str>);
+/// The upstream a response came from, set by the proxy service for logs and labels: its
+/// request series, resolved once per upstream.
+#[derive(Clone)]
+pub struct UpstreamName(pub Arc<RequestSeries>);
 
 #[derive(Clone)]
 pub struct AccessLogLayer {
@@ -110,18 +111,14 @@ fn record(
     id: &HeaderValue,
     logged: Option<(Method, String)>,
 ) {
-    let upstream = resp.extensions().get::<UpstreamName>().map(|u| &*u.0);
-    let upstream = upstream.unwrap_or(NO_UPSTREAM);
+    let series = match resp.extensions().get::<UpstreamName>() {
+        Some(name) => &*name.0,
+        None => RequestSeries::none(),
+    };
+    let upstream = &*series.upstream;
     let elapsed = started.elapsed();
     let status = resp.status();
-    METRICS
-        .requests_total
-        .with_label_values(&[upstream, status.as_str()])
-        .inc();
-    METRICS
-        .request_duration_seconds
-        .with_label_values(&[upstream])
-        .observe(elapsed.as_secs_f64());
+    series.record(status, elapsed);
     if let Some((method, path)) = logged {
         tracing::info!(
             target: "longhaul::access",
