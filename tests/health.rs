@@ -79,7 +79,13 @@ fn consecutive_connect_failures_eject_a_server_for_a_doubling_backoff() {
     // After each ejection the server is on probation: one more refused connect ejects it again,
     // for twice as long (capped). Of two requests after an ejection, one is offered to it.
     for backoff_ms in [400u64, 800, 1600] {
-        thread::sleep(Duration::from_millis(backoff_ms + 150));
+        // The ejection has ended when /pools reports the server healthy again (probation).
+        assert!(
+            support::wait_until(Duration::from_millis(backoff_ms + 2000), || {
+                pools_healthy(&proxy, dead.addr) == Some(true)
+            }),
+            "the {backoff_ms} ms ejection never ended"
+        );
         for i in 0..2 {
             let r = client::get10(proxy.addr, &format!("/probation/{backoff_ms}/{i}"));
             assert_eq!(r.status, 200, "{}", r.body_str());

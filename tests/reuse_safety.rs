@@ -67,6 +67,8 @@ fn bytes_after_a_framed_response_are_never_served_to_the_next_client() {
     for i in 0..5 {
         let r = client::get10(proxy.addr, &format!("/desync/{i}"));
         assert_eq!(r.body_str(), format!("real /desync/{i}"));
+        // A fixed wait on purpose: it lets the extra bytes reach the idle pooled connection
+        // before the next request; nothing signals bytes arriving on an idle connection.
         thread::sleep(Duration::from_millis(20));
         let path = format!("/next/{i}");
         let next = client::get10(proxy.addr, &path);
@@ -138,6 +140,8 @@ fn client_leaving_before_the_response_does_not_leave_it_for_the_next_client() {
             "the slow request never reached the backend"
         );
         drop(c);
+        // A fixed wait on purpose: the proxy sees the client leave while the backend still owes
+        // the response (400 ms); it signals nothing when it notices a client left.
         thread::sleep(Duration::from_millis(50));
         let path = format!("/next/{i}");
         let r = client::get10(proxy.addr, &path);
@@ -206,6 +210,8 @@ fn client_leaving_mid_request_body_does_not_poison_the_pool() {
                 .as_bytes(),
         )
         .expect("send");
+        // A fixed wait on purpose: the head and the partial body go upstream before the client
+        // leaves; the backend records a request only once its body is complete.
         thread::sleep(Duration::from_millis(100));
         drop(c);
         let path = format!("/after/{i}");

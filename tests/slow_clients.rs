@@ -301,8 +301,11 @@ fn a_client_that_stops_reading_is_cut_off_and_frees_its_pooled_connection() {
     stalled
         .write_all(b"GET /big HTTP/1.0\r\nHost: test.local\r\n\r\n")
         .expect("write");
-    // Let the response start and the buffers fill; the only pooled connection is now busy.
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the backend has the request, the only pooled connection is busy with its response.
+    assert!(
+        backend.wait_until(Duration::from_secs(3), |b| b.request_count() == 1),
+        "/big never reached the backend"
+    );
 
     let clock = Stopwatch::start();
     let r = client::get10(proxy.addr, "/after");

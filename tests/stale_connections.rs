@@ -10,9 +10,22 @@ use std::thread;
 use std::time::Duration;
 
 use support::Stopwatch;
-use support::backend::{Backend, Closed};
+use support::backend::{Backend, Closed, Request};
 use support::client;
 use support::proxy::{Proxy, ProxyConfig};
+
+/// What the backend saw once a probe sent after the request under test has been answered: the
+/// negative checks below without a sleep. A retry would have reached the backend before the proxy
+/// answered the request it retried, so before the probe.
+fn requests_before_a_probe(proxy: &Proxy, backend: &Backend) -> Vec<Request> {
+    let probe = client::get10(proxy.addr, "/probe");
+    assert_eq!(probe.status, 200, "probe: {}", probe.body_str());
+    backend
+        .requests()
+        .into_iter()
+        .filter(|r| r.target != "/probe")
+        .collect()
+}
 
 /// Sends `bursts` bursts of `clients` x `per_client` short HTTP/1.0 GETs, pausing `pauses[i % len]`
 /// between bursts; returns the client-visible errors.
@@ -198,9 +211,7 @@ fn post_on_connection_closed_after_read_gets_502_and_is_sent_once() {
         started.elapsed()
     );
 
-    thread::sleep(Duration::from_millis(200));
-    let posts: Vec<_> = backend
-        .requests()
+    let posts: Vec<_> = requests_before_a_probe(&proxy, &backend)
         .into_iter()
         .filter(|r| r.method == "POST")
         .collect();
@@ -285,9 +296,7 @@ fn post_on_connection_reset_after_read_gets_502_and_is_sent_once() {
         b"POST /charge HTTP/1.0\r\nHost: test.local\r\nContent-Length: 9\r\n\r\namount=10",
     );
     assert_eq!(r.status, 502, "{}", r.body_str());
-    thread::sleep(Duration::from_millis(200));
-    let posts = backend
-        .requests()
+    let posts = requests_before_a_probe(&proxy, &backend)
         .into_iter()
         .filter(|r| r.method == "POST")
         .count();
@@ -311,9 +320,7 @@ fn get_that_keeps_failing_is_retried_at_most_once() {
     assert_eq!(client::get10(proxy.addr, "/warm").status, 200);
     let r = client::get10(proxy.addr, "/doomed");
     assert_eq!(r.status, 502, "{}", r.body_str());
-    thread::sleep(Duration::from_millis(200));
-    let attempts = backend
-        .requests()
+    let attempts = requests_before_a_probe(&proxy, &backend)
         .iter()
         .filter(|r| r.target == "/doomed")
         .count();
@@ -333,9 +340,8 @@ fn get_on_fresh_connection_closed_after_read_is_not_retried() {
     let proxy = Proxy::start(&ProxyConfig::single(&[backend.addr()]));
     let r = client::get10(proxy.addr, "/doomed");
     assert_eq!(r.status, 502, "{}", r.body_str());
-    thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        backend.request_count(),
+        requests_before_a_probe(&proxy, &backend).len(),
         1,
         "a failure on a fresh connection was retried"
     );
@@ -358,9 +364,7 @@ fn retried_put_carries_its_whole_body() {
         )
         .as_bytes(),
     );
-    thread::sleep(Duration::from_millis(100));
-    let puts: Vec<_> = backend
-        .requests()
+    let puts: Vec<_> = requests_before_a_probe(&proxy, &backend)
         .into_iter()
         .filter(|r| r.method == "PUT")
         .collect();
