@@ -15,13 +15,22 @@ use support::backend::{self, Backend, Reply};
 use support::client::{self, Response};
 use support::proxy::{Proxy, ProxyConfig};
 
-/// A backend that holds `/hold` requests until `release` is set and answers others at once.
+/// How often a held `/hold` request checks `release`, and how many times at most: a failed test
+/// must not leave the backend's threads waiting forever (30 s).
+const HOLD_POLL: Duration = Duration::from_millis(5);
+const MAX_HOLD_POLLS: u32 = 6_000;
+
+/// A backend that holds `/hold` requests until `release` is set (for at most 30 s) and answers
+/// others at once.
 fn gated_backend(release: Arc<AtomicBool>) -> Backend {
     Backend::builder()
         .responder(move |req| {
             if req.target.starts_with("/hold") {
-                while !release.load(Ordering::SeqCst) {
-                    thread::sleep(Duration::from_millis(5));
+                for _ in 0..MAX_HOLD_POLLS {
+                    if release.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    thread::sleep(HOLD_POLL);
                 }
             }
             let body = format!("ok {}\n", req.target);
