@@ -64,7 +64,9 @@ impl ServerPool {
         .max_size(server.settings.pool.max_size)
         .queue_mode(QueueMode::Lifo)
         .wait_timeout(Some(server.settings.pool.wait_timeout))
-        .recycle_timeout(Some(server.settings.connect_timeout))
+        // No recycle timeout: `ConnManager::recycle` does no I/O (the idle watcher already
+        // knows whether the connection is alive), and a timeout would arm a timer per checkout.
+        .recycle_timeout(None)
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .expect("a runtime is configured");
