@@ -225,7 +225,7 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
         stack,
         settings,
         limit,
-        mut shutdown,
+        shutdown,
         transparent,
         tls: terminator,
     } = serving;
@@ -239,10 +239,15 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
             return;
         }
     };
+    // One wait for the stop, kept across accepts: a fresh `changed()` per accept would join and
+    // leave the watch's waiter list for every client (callgrind: about 120 instructions each).
+    let mut watching = shutdown.clone();
+    let stop = stopping(&mut watching);
+    tokio::pin!(stop);
     while let Some(accepting) = &listener {
         let accepted = tokio::select! {
             accepted = accepting.accept() => accepted,
-            _ = shutdown.changed() => return,
+            () = &mut stop => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -263,7 +268,8 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
             Ok(permit) => permit,
             Err(_) => tokio::select! {
                 permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-                _ = shutdown.changed() => {
+                // `stop` is not polled again: the loop ends with this connection.
+                () = &mut stop => {
                     listener = None;
                     limit.clone().acquire_owned().await.expect("never closed")
                 }
