@@ -611,7 +611,11 @@ def slow_clients_scenario(ctx, sc):
     out = {}
     for name in sc["targets"]:
         backend = Backend(procs, "sim", lh, conn_cost="0ms", keepalive="60s")
-        [t] = start_targets(procs, tmp, lh, backend, [name])
+        # All n requests complete at once. HAProxy's queue is unbounded by default and nginx opens
+        # a connection per request; longhaul's max_waiters (1024) would answer the rest 503, so it
+        # is raised to n: the row compares memory, not queue bounds.
+        [t] = start_targets(procs, tmp, lh, backend, [name],
+                            longhaul_pool_extra="max_waiters = %d\n" % n)
         try:
             time.sleep(0.5)
             base = status_kib(t.pid, "VmRSS")
@@ -720,7 +724,11 @@ def silent_clients_scenario(ctx, sc):
     out = {}
     for name in sc["targets"]:
         backend = Backend(procs, "sim", lh, conn_cost="0ms", keepalive="60s")
-        [t] = start_targets(procs, tmp, lh, backend, [name])
+        # All n requests complete at once. HAProxy's queue is unbounded by default and nginx opens
+        # a connection per request; longhaul's max_waiters (1024) would answer the rest 503, so it
+        # is raised to n: the row compares memory, not queue bounds.
+        [t] = start_targets(procs, tmp, lh, backend, [name],
+                            longhaul_pool_extra="max_waiters = %d\n" % n)
         try:
             time.sleep(0.5)
             base = status_kib(t.pid, "VmRSS")
