@@ -89,28 +89,29 @@ impl ClientStream {
         }
     }
 
-    /// Runs `op` on the socket while unregistered; registers when it would block.
+    /// Runs `op` on the socket while unregistered; when it would block (or the stream is
+    /// registered already), the registered stream to poll instead.
     fn speculate<T>(
         &mut self,
         op: impl FnOnce(&std::net::TcpStream) -> io::Result<T>,
-    ) -> Speculated<T> {
-        let ClientStream::Unregistered(std) = self else {
-            return Speculated::Registered;
-        };
-        match op(std) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.registered() {
-                Ok(_) => Speculated::Registered,
-                Err(e) => Speculated::Done(Err(e)),
-            },
-            done => Speculated::Done(done),
+    ) -> Speculated<'_, T> {
+        if let ClientStream::Unregistered(std) = self {
+            match op(std) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Speculated::Done(done),
+            }
+        }
+        match self.registered() {
+            Ok(stream) => Speculated::Registered(stream),
+            Err(e) => Speculated::Done(Err(e)),
         }
     }
 }
 
-enum Speculated<T> {
+enum Speculated<'a, T> {
     Done(io::Result<T>),
-    /// Go through the registered stream.
-    Registered,
+    /// Poll this, the event loop's stream, instead.
+    Registered(&'a mut TcpStream),
 }
 
 /// `buf` seen as possibly uninitialised bytes, which `recv` only writes to.
@@ -140,10 +141,7 @@ impl AsyncRead for ClientStream {
         });
         match read {
             Speculated::Done(result) => Poll::Ready(result),
-            Speculated::Registered => match self.get_mut() {
-                ClientStream::Registered(stream) => Pin::new(stream).poll_read(cx, buf),
-                _ => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            },
+            Speculated::Registered(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
 }
@@ -156,10 +154,7 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.speculate(|mut std| std.write(buf)) {
             Speculated::Done(result) => Poll::Ready(result),
-            Speculated::Registered => match self.get_mut() {
-                ClientStream::Registered(stream) => Pin::new(stream).poll_write(cx, buf),
-                _ => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            },
+            Speculated::Registered(stream) => Pin::new(stream).poll_write(cx, buf),
         }
     }
 
@@ -170,10 +165,7 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         match self.speculate(|mut std| std.write_vectored(bufs)) {
             Speculated::Done(result) => Poll::Ready(result),
-            Speculated::Registered => match self.get_mut() {
-                ClientStream::Registered(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-                _ => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            },
+            Speculated::Registered(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
         }
     }
 
