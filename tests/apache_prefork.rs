@@ -14,12 +14,21 @@ const MAX_SIZE: usize = 32;
 const CLIENTS: usize = 50;
 const SETTLE: Duration = Duration::from_secs(30);
 
-fn proxy(apache: &Apache) -> Proxy {
-    Proxy::start(
+/// An Apache prefork with `start_servers` children (at most `max_workers`) and an adaptive
+/// longhaul in front of it; None (skipped) without apache2.
+fn apache_behind_longhaul(start_servers: usize, max_workers: usize) -> Option<(Apache, Proxy)> {
+    let binary = apache::binary()?;
+    let options = PreforkOptions {
+        start_servers,
+        max_workers,
+    };
+    let apache = Apache::start(&binary, &options);
+    let proxy = Proxy::start(
         &ProxyConfig::single(&[apache.addr])
             .pool("max_size", &MAX_SIZE.to_string())
             .pool("adaptive", "true"),
-    )
+    );
+    Some((apache, proxy))
 }
 
 fn limit(proxy: &Proxy) -> f64 {
@@ -28,17 +37,9 @@ fn limit(proxy: &Proxy) -> f64 {
 
 #[test]
 fn against_an_apache_with_four_children_the_limit_falls_to_within_one_probe_of_four() {
-    let Some(binary) = apache::binary() else {
+    let Some((apache, proxy)) = apache_behind_longhaul(4, 4) else {
         return;
     };
-    let apache = Apache::start(
-        &binary,
-        &PreforkOptions {
-            start_servers: 4,
-            max_workers: 4,
-        },
-    );
-    let proxy = proxy(&apache);
     let _load = Load::get10(proxy.addr, CLIENTS, "/1k.html");
 
     assert!(
@@ -51,17 +52,9 @@ fn against_an_apache_with_four_children_the_limit_falls_to_within_one_probe_of_f
 
 #[test]
 fn a_cold_apache_prefork_serves_every_request_through_the_adaptive_pool() {
-    let Some(binary) = apache::binary() else {
+    let Some((_apache, proxy)) = apache_behind_longhaul(8, 64) else {
         return;
     };
-    let apache = Apache::start(
-        &binary,
-        &PreforkOptions {
-            start_servers: 8,
-            max_workers: 64,
-        },
-    );
-    let proxy = proxy(&apache);
     let load = Load::get10(proxy.addr, CLIENTS, "/1k.html");
     assert!(
         wait_until(SETTLE, || load.ok() >= 5000),
@@ -75,17 +68,9 @@ fn a_cold_apache_prefork_serves_every_request_through_the_adaptive_pool() {
 
 #[test]
 fn the_limit_grows_to_max_size_as_a_cold_apache_prefork_forks_children() {
-    let Some(binary) = apache::binary() else {
+    let Some((_apache, proxy)) = apache_behind_longhaul(8, 64) else {
         return;
     };
-    let apache = Apache::start(
-        &binary,
-        &PreforkOptions {
-            start_servers: 8,
-            max_workers: 64,
-        },
-    );
-    let proxy = proxy(&apache);
     let _load = Load::get10(proxy.addr, CLIENTS, "/1k.html");
 
     assert!(
