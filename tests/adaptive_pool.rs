@@ -32,6 +32,15 @@ fn proxy(backend: &Backend, adaptive: bool) -> Proxy {
     )
 }
 
+/// A backend that serves 4 connections at a time, a proxy in front of it, and `CLIENTS`
+/// clients sending GETs through it until the returned `Load` is finished or dropped.
+fn serving_four_under_load(adaptive: bool) -> (Backend, Proxy, Load) {
+    let backend = prefork(4).start();
+    let proxy = proxy(&backend, adaptive);
+    let load = Load::get10(proxy.addr, CLIENTS, "/");
+    (backend, proxy, load)
+}
+
 fn limit(proxy: &Proxy) -> f64 {
     proxy.metric_or_zero("longhaul_pool_limit", &[("upstream", "legacy")])
 }
@@ -42,9 +51,7 @@ fn limit_reaches(proxy: &Proxy, cond: impl Fn(f64) -> bool) -> bool {
 
 #[test]
 fn the_limit_falls_to_within_one_probe_of_the_four_connections_a_backend_serves() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, true);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (_backend, proxy, _load) = serving_four_under_load(true);
 
     assert!(
         limit_reaches(&proxy, |l| l <= 5.0),
@@ -55,9 +62,7 @@ fn the_limit_falls_to_within_one_probe_of_the_four_connections_a_backend_serves(
 
 #[test]
 fn requests_beyond_the_limit_wait_in_longhaul_and_none_fails() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, true);
-    let load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (_backend, proxy, load) = serving_four_under_load(true);
     assert!(limit_reaches(&proxy, |l| l <= 5.0));
     assert!(wait_until(SETTLE, || load.ok() >= 2000));
 
@@ -67,9 +72,7 @@ fn requests_beyond_the_limit_wait_in_longhaul_and_none_fails() {
 
 #[test]
 fn the_pools_page_shows_the_limit_next_to_max_size() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, true);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (_backend, proxy, _load) = serving_four_under_load(true);
     assert!(limit_reaches(&proxy, |l| l <= 5.0));
 
     let pools = proxy.pools();
@@ -85,9 +88,7 @@ fn the_pools_page_shows_the_limit_next_to_max_size() {
 
 #[test]
 fn the_log_says_why_the_limit_fell_below_max_size() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, true);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (_backend, proxy, _load) = serving_four_under_load(true);
 
     let line = proxy.wait_for_log(SETTLE, |l| {
         log_message(l).is_some_and(|m| m.starts_with("pool limit below max_size"))
@@ -104,9 +105,7 @@ fn the_log_says_why_the_limit_fell_below_max_size() {
 
 #[test]
 fn the_limit_grows_when_the_backend_serves_more_connections() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, true);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (backend, proxy, _load) = serving_four_under_load(true);
     assert!(limit_reaches(&proxy, |l| l <= 5.0));
 
     backend.set_serving(10);
@@ -120,9 +119,7 @@ fn the_limit_grows_when_the_backend_serves_more_connections() {
 
 #[test]
 fn the_limit_recovers_to_max_size_once_the_backend_serves_everything() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, true);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (backend, proxy, _load) = serving_four_under_load(true);
     assert!(limit_reaches(&proxy, |l| l <= 5.0));
 
     backend.set_serving(usize::MAX);
@@ -167,9 +164,7 @@ fn posts_held_back_by_the_limit_are_each_sent_once() {
 
 #[test]
 fn with_adaptive_off_the_limit_is_max_size() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, false);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (backend, proxy, _load) = serving_four_under_load(false);
     assert!(wait_until(SETTLE, || backend.request_count() >= 500));
 
     assert_eq!(limit(&proxy), MAX_SIZE as f64);
@@ -177,9 +172,7 @@ fn with_adaptive_off_the_limit_is_max_size() {
 
 #[test]
 fn with_adaptive_off_the_pool_opens_max_size_connections_whatever_the_backend_serves() {
-    let backend = prefork(4).start();
-    let proxy = proxy(&backend, false);
-    let _load = Load::get10(proxy.addr, CLIENTS, "/");
+    let (backend, _proxy, _load) = serving_four_under_load(false);
 
     assert!(
         wait_until(SETTLE, || backend.accepted() >= MAX_SIZE),
