@@ -386,7 +386,13 @@ impl Predecessor {
         self.channel.set_nonblocking(true).map_err(io)?;
         let channel = tokio::net::UnixDatagram::from_std(self.channel).map_err(io)?;
         let ready = format!("ready {}", std::process::id());
-        send(&channel, ready.as_bytes(), &[]).await?;
+        // `send` names a failure as the old process's (handing sockets over); here it is ours.
+        send(&channel, ready.as_bytes(), &[])
+            .await
+            .map_err(|e| match e {
+                UpgradeError::HandOver(e) => io(e),
+                other => other,
+            })?;
         let mut answer = [0u8; 16];
         match tokio::time::timeout(ANSWER_TIMEOUT, channel.recv(&mut answer)).await {
             Ok(Ok(n)) if &answer[..n] == GO => Ok(()),
