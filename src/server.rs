@@ -286,46 +286,29 @@ pub async fn accept_loop(listener: TcpListener, serving: Serving, worker: usize,
         // arms are boxed again so a plain connection's future stays small.
         tokio::spawn(Box::pin(async move {
             match (terminator, transparent) {
+                (Some(tls), _) => {
+                    Box::pin(serve_tls(stream, peer, stack, &settings, shutdown, &tls)).await
+                }
+                (None, Some(t)) => {
+                    if let Some(stream) = registered(stream, peer) {
+                        Box::pin(t.handle(stream, peer, stack, &settings, shutdown)).await
+                    }
+                }
                 (None, None) => serve_client(stream, peer, stack, &settings, shutdown, None).await,
-                (terminator, transparent) => match stream.into_tokio() {
-                    Ok(stream) => {
-                        Box::pin(serve_registered(
-                            stream,
-                            peer,
-                            stack,
-                            &settings,
-                            shutdown,
-                            terminator,
-                            transparent,
-                        ))
-                        .await
-                    }
-                    Err(e) => {
-                        tracing::debug!(client = %peer, error = %e, "cannot register the client connection")
-                    }
-                },
             }
             drop(permit);
         }));
     }
 }
 
-/// A TLS or transparent-mode client: both need a registered tokio stream from the start.
-async fn serve_registered(
-    stream: TcpStream,
-    peer: SocketAddr,
-    stack: Stack,
-    settings: &ClientSettings,
-    shutdown: watch::Receiver<bool>,
-    terminator: Option<Arc<TlsTerminator>>,
-    transparent: Option<Arc<Transparent>>,
-) {
-    match (terminator, transparent) {
-        (Some(tls), _) => serve_tls(stream, peer, stack, settings, shutdown, &tls).await,
-        (None, Some(t)) => t.handle(stream, peer, stack, settings, shutdown).await,
-        (None, None) => {
-            let stream = ClientStream::Registered(stream);
-            serve_client(stream, peer, stack, settings, shutdown, None).await
+/// The client's socket registered with the event loop now: TLS and transparent mode need a
+/// tokio stream from the start. None (logged) if registering failed.
+fn registered(stream: ClientStream, peer: SocketAddr) -> Option<TcpStream> {
+    match stream.into_tokio() {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "cannot register the client connection");
+            None
         }
     }
 }
@@ -386,7 +369,7 @@ pub async fn serve_client(
 /// Serves one client of a TLS listener: the handshake, then HTTP as on any connection. A failed
 /// or timed-out handshake closes the connection; it is counted and logged at debug.
 async fn serve_tls(
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     stack: Stack,
     settings: &ClientSettings,
@@ -394,6 +377,9 @@ async fn serve_tls(
     terminator: &TlsTerminator,
 ) {
     let _counted = Counted::new();
+    let Some(stream) = registered(stream, peer) else {
+        return;
+    };
     // As on plain connections, a drain lets the handshake and the first request arrive (each
     // bounded by its own timeout): the client connected before the listener closed.
     let mut tls = match terminator.accept(stream).await {

@@ -1,7 +1,7 @@
 //! A client socket that joins the event loop only when it would block (HAProxy's speculative
 //! I/O): a short request already waiting at accept is read, answered and closed with no epoll_ctl.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -83,7 +83,7 @@ impl ClientStream {
     /// Reads what is there now without waiting; `WouldBlock` when nothing is.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            ClientStream::Unregistered(std) => SockRef::from(std).recv(as_uninit(buf)),
+            ClientStream::Unregistered(std) => (&*std).read(buf),
             ClientStream::Registered(stream) => stream.try_read(buf),
             ClientStream::Closed => Err(io::ErrorKind::NotConnected.into()),
         }
@@ -112,16 +112,6 @@ enum Speculated<'a, T> {
     Done(io::Result<T>),
     /// Poll this, the event loop's stream, instead.
     Registered(&'a mut TcpStream),
-}
-
-/// `buf` seen as possibly uninitialised bytes, which `recv` only writes to.
-fn as_uninit(buf: &mut [u8]) -> &mut [std::mem::MaybeUninit<u8>] {
-    // SAFETY: u8 and MaybeUninit<u8> have the same layout; writing through the result writes
-    // initialised bytes, and initialised bytes are valid MaybeUninit values.
-    #[allow(unsafe_code)]
-    unsafe {
-        &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>])
-    }
 }
 
 impl AsyncRead for ClientStream {
@@ -181,7 +171,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Unregistered(std) => Poll::Ready(std.shutdown(Shutdown::Write)),
             ClientStream::Registered(stream) => Pin::new(stream).poll_shutdown(cx),
-            ClientStream::Closed => Poll::Ready(Ok(())),
+            ClientStream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
