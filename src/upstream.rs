@@ -402,7 +402,10 @@ impl Upstream {
 
     async fn checkout(&self, sp: &ServerPool) -> Result<Lease, CheckoutError> {
         let started = Instant::now();
-        let result = sp.queue.checkout(&sp.pool, &sp.server.metrics).await;
+        let result = sp
+            .queue
+            .checkout(&sp.pool, &sp.server.metrics, started)
+            .await;
         self.metrics
             .pool_wait
             .observe(started.elapsed().as_secs_f64());

@@ -206,6 +206,14 @@ mod tests {
     }
 
     #[test]
+    fn the_index_of_each_fixed_name_is_its_place_in_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+    }
+
+    #[test]
     fn removes_every_fixed_name_however_many_are_present() {
         let mut h = HeaderMap::new();
         for name in HOP_BY_HOP.iter().chain([&header::HOST]) {

@@ -198,14 +198,17 @@ impl Gate {
     }
 
     /// Takes `n` permits out: the free ones now, the rest as they are given back.
+    /// One at a time: a permit taken by `try_enter` meanwhile (it takes no lock) just becomes
+    /// debt, never lets more than the limit in.
     fn withdraw(&self, state: &mut State, n: usize) {
-        let free = n.min(self.permits.available_permits());
-        if let Ok(taken) = self.permits.try_acquire_many(free as u32) {
-            taken.forget();
-            state.debt += n - free;
-        } else {
-            state.debt += n;
+        let mut taken = 0;
+        while taken < n
+            && let Ok(permit) = self.permits.try_acquire()
+        {
+            permit.forget();
+            taken += 1;
         }
+        state.debt += n - taken;
     }
 
     fn log_shrink(

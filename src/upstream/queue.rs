@@ -64,12 +64,13 @@ impl WaitQueue {
     }
 
     /// A permit of the gate, then a connection: each now if free, else a place in the queue.
+    /// `started` is when the request began to wait (the caller times the whole wait).
     pub async fn checkout(
         &self,
         pool: &Pool<ConnManager>,
         metrics: &ServerMetrics,
+        started: Instant,
     ) -> Result<Checkout, CheckoutError> {
-        let started = Instant::now();
         let permit = match &self.gate {
             Some(gate) => Some(self.enter(gate, metrics).await?),
             None => None,
