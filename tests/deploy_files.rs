@@ -8,7 +8,7 @@
 
 mod support;
 
-use support::proxy::TempDir;
+use support::proxy::{self, TempDir};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -258,26 +258,21 @@ fn drain_timeout(config: &toml::Table) -> Duration {
 }
 
 /// `longhaul check --config <file>` on `text`, written to a temporary proxy.toml.
-fn longhaul_check(text: &str) -> Output {
+/// Returns its exit code and its stdout and stderr together.
+fn longhaul_check(text: &str) -> (Option<i32>, String) {
     let dir = TempDir::new();
     let path = dir.write_config(text);
-    Command::new(env!("CARGO_BIN_EXE_longhaul"))
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run longhaul check")
+    let run = proxy::run(
+        &["check", "--config", path.to_str().expect("a UTF-8 path")],
+        Duration::from_secs(60),
+    );
+    (run.code, run.stdout + &run.stderr)
 }
 
 fn assert_check_passes(text: &str, what: &str) {
     let config = parse_toml(text, what);
-    let out = longhaul_check(text);
-    let all = output_text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "`longhaul check` rejects {what}:\n{all}"
-    );
+    let (code, all) = longhaul_check(text);
+    assert_eq!(code, Some(0), "`longhaul check` rejects {what}:\n{all}");
     // `check` prints the effective settings: the listen address must be among them, which also
     // tells a real check from a binary that exits 0 without reading the file.
     for addr in listen_addrs(&config) {
@@ -797,10 +792,9 @@ fn longhaul_check_rejects_a_deploy_config_with_an_unknown_key() {
     // The control for the `check` tests: a real checker refuses this copy.
     let text = docker_proxy_toml_text().replacen("[server]\n", "[server]\nno_such_key = 1\n", 1);
     assert!(text.contains("no_such_key"), "could not insert the bad key");
-    let out = longhaul_check(&text);
-    let all = output_text(&out);
+    let (code, all) = longhaul_check(&text);
     assert_eq!(
-        out.status.code(),
+        code,
         Some(2),
         "`longhaul check` should exit 2 on an unknown key:\n{all}"
     );

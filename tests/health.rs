@@ -369,8 +369,15 @@ fn backend_restart_under_load_fails_only_in_flight_requests_and_leaks_no_fds() {
         ],
     );
     let pid = proxy.pid();
-    thread::sleep(Duration::from_millis(300));
-    let baseline = faults::open_fds(pid);
+    // The baseline once start-up has settled: two reads 100 ms apart agree.
+    let mut baseline = faults::open_fds(pid);
+    assert!(
+        support::poll_until(Duration::from_secs(5), Duration::from_millis(100), || {
+            let now = faults::open_fds(pid);
+            std::mem::replace(&mut baseline, now) == now
+        }),
+        "the proxy's descriptor count did not settle after start"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));

@@ -10,6 +10,7 @@
 mod support;
 
 use support::backend_sim::BackendSim;
+use support::poll_until;
 use support::process::Child;
 use support::proxy::{Proxy, TempDir};
 use support::tools::require_tool;
@@ -23,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -420,19 +421,17 @@ impl Prometheus {
             let (out, err) = (proc.take_stdout(), proc.take_stderr());
             proc.drain(out);
             proc.drain(err);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if proc.try_wait().is_some() {
-                    break;
-                }
-                if matches!(try_http(addr, "GET", "/-/ready", None), Ok((200, _))) {
-                    return Prometheus {
-                        _proc: proc,
-                        _dir: dir,
-                        addr,
-                    };
-                }
-                thread::sleep(Duration::from_millis(200));
+            let mut ready = false;
+            poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
+                ready = matches!(try_http(addr, "GET", "/-/ready", None), Ok((200, _)));
+                ready || proc.try_wait().is_some()
+            });
+            if ready {
+                return Prometheus {
+                    _proc: proc,
+                    _dir: dir,
+                    addr,
+                };
             }
             eprintln!(
                 "prometheus attempt {attempt} did not become ready:\n{}",
@@ -1017,7 +1016,6 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
         r#"sum(rate(longhaul_upstream_errors_total{kind="connect"}[15s])) > 0"#,
         Duration::from_secs(60),
     );
-    thread::sleep(Duration::from_secs(3));
 
     // (what, expression as evaluated)
     let mut checks: Vec<(String, String)> = Vec::new();
@@ -1063,20 +1061,23 @@ fn every_dashboard_and_alert_expression_returns_data_in_prometheus() {
     for (what, expr) in &checks {
         let parse_only = what.contains("parse only");
         // A just-started series can need another scrape; retry briefly before calling it empty.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match prometheus.query(expr) {
-                Err(e) => {
-                    failures.push(format!("{what}: `{expr}` does not evaluate: {e}"));
-                    break;
-                }
-                Ok(samples) if parse_only || !samples.is_empty() => break,
-                Ok(_) if Instant::now() >= deadline => {
-                    failures.push(format!("{what}: `{expr}` returned no samples"));
-                    break;
-                }
-                Ok(_) => thread::sleep(Duration::from_secs(1)),
-            }
+        let mut error = None;
+        let answered =
+            poll_until(
+                Duration::from_secs(15),
+                Duration::from_secs(1),
+                || match prometheus.query(expr) {
+                    Err(e) => {
+                        error = Some(e);
+                        true
+                    }
+                    Ok(samples) => parse_only || !samples.is_empty(),
+                },
+            );
+        if let Some(e) = error {
+            failures.push(format!("{what}: `{expr}` does not evaluate: {e}"));
+        } else if !answered {
+            failures.push(format!("{what}: `{expr}` returned no samples"));
         }
     }
     assert!(
@@ -1131,19 +1132,22 @@ fn prometheus_reuse_rate_matches_backend_stats() {
                 .metric_or_zero("longhaul_upstream_connections_opened_total", &[legacy]),
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ((requests, opened), (accepted, served)) = loop {
-        let before = counters();
-        let stats = stack.backend.counts();
-        thread::sleep(Duration::from_millis(200));
-        if counters() == before {
-            break (before, stats);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "longhaul's counters never settled"
-        );
-    };
+    // Settled: two reads 200 ms apart agree.
+    let mut settled = None;
+    assert!(
+        poll_until(Duration::from_secs(20), Duration::ZERO, || {
+            let before = counters();
+            let stats = stack.backend.counts();
+            thread::sleep(Duration::from_millis(200));
+            let still = counters() == before;
+            if still {
+                settled = Some((before, stats));
+            }
+            still
+        }),
+        "longhaul's counters never settled"
+    );
+    let ((requests, opened), (accepted, served)) = settled.expect("settled counts");
     let scraped = || {
         (
             prometheus.scalar(r#"sum(longhaul_upstream_requests_total{upstream="legacy"})"#),
@@ -1151,17 +1155,18 @@ fn prometheus_reuse_rate_matches_backend_stats() {
                 .scalar(r#"sum(longhaul_upstream_connections_opened_total{upstream="legacy"})"#),
         )
     };
-    while scraped() != (Some(requests), Some(opened)) {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never saw the final counts ({requests} requests, {opened} opened): {:?}\n\
-             Prometheus: {:?}\n/metrics:\n{}",
-            scraped(),
-            prometheus.query("longhaul_upstream_connections_opened_total"),
-            stack.proxy.metrics_text()
-        );
-        thread::sleep(Duration::from_millis(300));
-    }
+    assert!(
+        poll_until(
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            || scraped() == (Some(requests), Some(opened))
+        ),
+        "Prometheus never saw the final counts ({requests} requests, {opened} opened): {:?}\n\
+         Prometheus: {:?}\n/metrics:\n{}",
+        scraped(),
+        prometheus.query("longhaul_upstream_connections_opened_total"),
+        stack.proxy.metrics_text()
+    );
     assert!(served >= 400, "backend served only {served} requests");
     let backend_reuse = 1.0 - accepted as f64 / served as f64;
 
@@ -1236,24 +1241,20 @@ fn status_page_in_chromium_shows_the_numbers_from_pools() {
     browser.open(&format!("http://{}/", stack.proxy.admin));
 
     // Live: after a few seconds of samples the page shows traffic flowing.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let rows = browser.eval(READ_STATUS_PAGE);
-        let legacy_rps = rows
-            .as_array()
+    let mut rows = Value::Null;
+    let flowing = poll_until(Duration::from_secs(20), Duration::from_millis(500), || {
+        rows = browser.eval(READ_STATUS_PAGE);
+        rows.as_array()
             .into_iter()
             .flatten()
             .find(|r| r["upstream"] == "legacy")
-            .and_then(|r| cell_number(r["requests_per_second"].as_str()?));
-        if legacy_rps.is_some_and(|rps| rps > 0.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page never showed requests/s > 0 for legacy: {rows}"
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+            .and_then(|r| cell_number(r["requests_per_second"].as_str()?))
+            .is_some_and(|rps| rps > 0.0)
+    });
+    assert!(
+        flowing,
+        "the page never showed requests/s > 0 for legacy: {rows}"
+    );
     thread::sleep(Duration::from_secs(8)); // a few more samples for the sparklines
     let png = browser.screenshot_png();
     assert!(png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
@@ -1263,26 +1264,25 @@ fn status_page_in_chromium_shows_the_numbers_from_pools() {
 
     // Quiet: with traffic stopped and the pool settled, every cell equals /pools.
     traffic.stop();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last: Value;
-    loop {
+    let mut last = Value::Null;
+    let matched = poll_until(Duration::from_secs(20), Duration::ZERO, || {
         let pools = get_json(stack.proxy.admin, "/pools");
         thread::sleep(Duration::from_millis(2500)); // at least two page refreshes
         let rows = browser.eval(READ_STATUS_PAGE);
         let again = get_json(stack.proxy.admin, "/pools");
-        if pools == again {
-            match compare_page_with_pools(&rows, &pools) {
-                Ok(()) => break,
-                Err(e) => last = json!({ "mismatch": e, "page": rows, "pools": pools }),
-            }
-        } else {
+        if pools != again {
             last = json!({ "pools changed while the page refreshed": [pools, again] });
+            return false;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the status page did not match /pools: {last:#}"
-        );
-    }
+        match compare_page_with_pools(&rows, &pools) {
+            Ok(()) => true,
+            Err(e) => {
+                last = json!({ "mismatch": e, "page": rows, "pools": pools });
+                false
+            }
+        }
+    });
+    assert!(matched, "the status page did not match /pools: {last:#}");
 }
 
 /// Every server in /pools has a row whose cells show its numbers.

@@ -5,17 +5,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
 
 use support::backend_sim::BackendSim;
-use support::process::Child;
-use support::proxy::{BIN, TempDir};
+use support::proxy::{self, Proxy};
 
-/// How long a child gets to print its first line (the machine may be busy compiling).
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A demo run ends well within this, or is killed.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Sends raw bytes and reads one response head and its Content-Length body.
 fn exchange(conn: &mut TcpStream, request: &str) -> (String, String) {
@@ -52,16 +50,12 @@ fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn demo_runs_end_to_end_and_prints_the_comparison() {
-    let out = Command::new(BIN)
-        .args(["demo", "-n", "400", "-c", "8", "--conn-cost", "2ms"])
-        .output()
-        .expect("run demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = proxy::run(
+        &["demo", "-n", "400", "-c", "8", "--conn-cost", "2ms"],
+        DEMO_TIMEOUT,
     );
+    let stdout = out.stdout;
+    assert_eq!(out.code, Some(0), "demo failed: {stdout}\n{}", out.stderr);
     let row = |label: &str| {
         stdout
             .lines()
@@ -90,8 +84,8 @@ fn demo_runs_end_to_end_and_prints_the_comparison() {
 
 /// `longhaul demo --tls -n 300 -c 8 --conn-cost 0ms`: its stdout, the run having succeeded.
 fn demo_tls_stdout() -> String {
-    let out = Command::new(BIN)
-        .args([
+    let out = proxy::run(
+        &[
             "demo",
             "--tls",
             "-n",
@@ -100,14 +94,15 @@ fn demo_tls_stdout() -> String {
             "8",
             "--conn-cost",
             "0ms",
-        ])
-        .output()
-        .expect("run demo --tls");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
+        ],
+        DEMO_TIMEOUT,
+    );
+    let stdout = out.stdout;
+    assert_eq!(
+        out.code,
+        Some(0),
         "demo --tls failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
     assert!(stdout.contains("backend TLS hs"), "{stdout}");
     stdout
@@ -260,22 +255,18 @@ fn backend_sim_answers_http11_when_asked() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
-/// Starts the proxy with `log` settings and returns its first stderr lines until the start line.
+/// Starts the proxy with `log` settings and returns its stderr lines up to the start line.
 fn start_lines(log: &str) -> Vec<String> {
-    let dir = TempDir::new();
-    let config = dir.write_config(&format!(
+    let proxy = Proxy::start_raw(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\n{log}\n\
          [[upstream]]\nname = \"legacy\"\nservers = [\"127.0.0.1:9\"]\n[upstream.pool]\nmin_idle = 0\n"
     ));
-    let mut running = Child::spawn("longhaul", Command::new(BIN).arg("--config").arg(&config));
-    let stdout = running.take_stdout();
-    running.drain(stdout);
-    let stderr = running.take_stderr();
-    let mut lines = Vec::new();
-    running.watch(stderr, START_TIMEOUT, |line| {
-        lines.push(line.to_string());
-        (line.contains("longhaul started") || lines.len() == 20).then_some(())
-    });
+    let mut lines = proxy.stderr_lines();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("longhaul started"))
+        .expect("the start line");
+    lines.truncate(start + 1);
     lines
 }
 

@@ -3,16 +3,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use support::backend::Backend;
 use support::client;
-use support::proxy::{BIN, ProxyConfig, TempDir};
+use support::process::Child;
+use support::proxy::{self, BIN, ProxyConfig, TempDir};
 use support::tls::{Pki, TlsClient};
 use support::tools::have;
 use support::wait_until;
@@ -29,9 +27,7 @@ fn free_addr() -> SocketAddr {
 /// `systemd-socket-activate -l ADDR [--fdname=NAME] longhaul --config CFG`: it listens, and on
 /// the first connection execs longhaul in its own process with the socket as fd 3.
 struct Activated {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
+    child: Child,
     _dir: TempDir,
 }
 
@@ -51,85 +47,30 @@ impl Activated {
         if let Some(name) = fdname {
             command.arg(format!("--fdname={name}"));
         }
-        let mut child = command
-            .arg(BIN)
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn systemd-socket-activate");
-        let stderr = child.stderr.take().expect("stderr pipe");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line);
-            }
-        });
-        let activated = Activated {
-            child: Some(child),
-            lines,
-            reader: Some(reader),
-            _dir: dir,
-        };
+        command.arg(BIN).arg("--config").arg(&config_path);
+        let child = Child::spawn_drained(TOOL, &mut command);
         assert!(
-            wait_until(Duration::from_secs(10), || activated
-                .stderr()
+            wait_until(Duration::from_secs(10), || child
+                .text()
                 .contains("Listening on")),
             "{TOOL} did not listen:\n{}",
-            activated.stderr()
+            child.text()
         );
-        activated
+        Activated { child, _dir: dir }
     }
 
     fn stderr(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.child.text()
     }
 
     /// Waits (bounded) for the process to exit by itself.
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let mut status = None;
-        wait_until(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if status.is_some() {
-            self.child = None;
-            self.join_reader();
-        }
-        status
+        self.child.wait_exit(timeout)
     }
 
-    /// SIGTERM (the process is longhaul once activated), then a bounded wait, then kill.
+    /// SIGTERM (the process is longhaul once activated), then a bounded wait.
     fn stop(&mut self) -> Option<ExitStatus> {
-        let pid = self.child.as_ref()?.id();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        let status = self.wait_exit(Duration::from_secs(10));
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        status
-    }
-
-    fn join_reader(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
-impl Drop for Activated {
-    fn drop(&mut self) {
-        self.stop();
-        self.join_reader();
+        self.child.terminate(Duration::from_secs(10))
     }
 }
 
@@ -250,23 +191,21 @@ fn an_upgrade_hands_the_socket_systemd_passed_to_the_new_process() {
     let mut activated = Activated::start(listen, None, &config);
     let before = client::get10(listen, "/before").status;
     let config_path = dir.write_config(&config.render());
-    let upgrade = Command::new(BIN)
-        .args(["upgrade", "--config"])
-        .arg(&config_path)
-        .output()
-        .expect("run longhaul upgrade");
+    let upgrade = proxy::run(
+        &[
+            "upgrade",
+            "--config",
+            config_path.to_str().expect("a UTF-8 path"),
+        ],
+        Duration::from_secs(120),
+    );
     let new_pid: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    // Polled here, not with `wait_exit`: the new process still holds the stderr pipe.
-    let mut old = activated.child.take().expect("the activated process");
-    let mut old_exit = None;
-    wait_until(Duration::from_secs(40), || {
-        old_exit = old.try_wait().ok().flatten();
-        old_exit.is_some()
-    });
+    // The exit status, not the end of stderr: the new process still holds the stderr pipe.
+    let old_exit = activated.wait_exit(Duration::from_secs(40));
     let after = client::get10(listen, "/after").status;
     let _ = Command::new("kill")
         .args(["-TERM", &new_pid.to_string()])
@@ -278,14 +217,14 @@ fn an_upgrade_hands_the_socket_systemd_passed_to_the_new_process() {
     assert_eq!(
         (
             before,
-            upgrade.status.code(),
+            upgrade.code,
             old_exit.and_then(|s| s.code()),
             after,
             new_exited
         ),
         (200, Some(0), Some(0), 200, true),
         "upgrade: {}\nstderr:\n{}",
-        String::from_utf8_lossy(&upgrade.stderr),
+        upgrade.stderr,
         activated.stderr()
     );
 }

@@ -6,21 +6,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use support::backend_sim::BackendSim;
 use support::client;
-use support::process::die_with_parent;
-use support::proxy::{
-    BIN, ProxyConfig, Started, StderrLog, TempDir, log_field, log_message, parse_log_line,
-};
+use support::proxy::{self, BIN, Proxy, ProxyConfig, Run, TempDir, log_field};
 use support::tls::{Pki, TlsClient};
 use support::tools::require_tool;
 use support::wait_until;
@@ -28,6 +22,8 @@ use support::wait_until;
 const MIN_IDLE: usize = 8;
 const MAX_SIZE: usize = 16;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// `longhaul upgrade` waits for the new process to be ready; it ends well within this.
+const UPGRADE_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A copy of the binary in a directory of its own, so a test can install another file at its
 /// path the way `install(1)` does (a new file renamed over the old one).
@@ -68,19 +64,13 @@ impl Installed {
     }
 }
 
-/// The proxy across upgrades: the first process is this test's child; later ones are started by
-/// their predecessors and found through the pid file. Every process writes to the same stderr
-/// pipe, whose lines are kept. On drop, whatever process the pid file names is killed.
+/// The proxy across upgrades: the first process is this test's child (a `Proxy`); later ones
+/// are started by their predecessors and found through the pid file. Every process writes to
+/// the same stderr pipe, whose lines the `Proxy` keeps. On drop, whatever process the pid file
+/// names is killed.
 struct Running {
-    config: PathBuf,
+    proxy: Proxy,
     pid_file: PathBuf,
-    first: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    new_lines: Receiver<String>,
-    reader: Option<JoinHandle<()>>,
-    addr: SocketAddr,
-    tls_addr: Option<SocketAddr>,
-    admin: SocketAddr,
 }
 
 impl Running {
@@ -92,56 +82,13 @@ impl Running {
             .clone()
             .server("pid_file", &format!("{:?}", pid_file.display().to_string()));
         let config_path = installed.dir.write_config(&config.render());
-        let mut command = Command::new(&installed.bin);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .envs(extra_env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut first = die_with_parent(&mut command)
-            .spawn()
-            .expect("spawn longhaul");
-        let stderr = first.stderr.take().expect("stderr piped");
-        let StderrLog {
-            lines,
-            new_lines,
-            reader,
-        } = StderrLog::keep(stderr);
-        let mut running = Running {
-            config: config_path,
-            pid_file,
-            first,
-            lines,
-            new_lines,
-            reader: Some(reader),
-            addr: "0.0.0.0:0".parse().unwrap(),
-            tls_addr: None,
-            admin: "0.0.0.0:0".parse().unwrap(),
-        };
-        let line = running.wait_for_message("longhaul started");
-        let started = Started::from_line(&line)
-            .unwrap_or_else(|| panic!("`longhaul started` without usable listeners: {line}"));
-        running.addr = started.addr;
-        running.tls_addr = started.tls_addr;
-        running.admin = started.admin;
-        running
+        let proxy = Proxy::launch(&installed.bin, &config_path, extra_env);
+        Running { proxy, pid_file }
     }
 
     /// The next log line (from any process) with this message; panics with the log after 20 s.
     fn wait_for_message(&self, message: &str) -> serde_json::Value {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.new_lines.recv_timeout(left) {
-                Ok(line) => match parse_log_line(&line) {
-                    Some(v) if log_message(&v) == Some(message) => return v,
-                    _ => {}
-                },
-                Err(_) => panic!("no {message:?} in the log:\n{}", self.log_tail()),
-            }
-        }
+        self.proxy.next_log(START_TIMEOUT, message)
     }
 
     /// Replaces the config file with `config` (and this run's pid file), for the next process.
@@ -150,7 +97,7 @@ impl Running {
             "pid_file",
             &format!("{:?}", self.pid_file.display().to_string()),
         );
-        std::fs::write(&self.config, config.render()).expect("rewrite the config");
+        std::fs::write(&self.proxy.config_path, config.render()).expect("rewrite the config");
     }
 
     /// The pid the pid file names now.
@@ -160,15 +107,18 @@ impl Running {
     }
 
     /// `longhaul upgrade --config CFG --pid-file PID_FILE`, run with the installed binary.
-    fn upgrade_command(&self, installed: &Installed) -> Output {
-        Command::new(&installed.bin)
-            .arg("upgrade")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--pid-file")
-            .arg(&self.pid_file)
-            .output()
-            .expect("run longhaul upgrade")
+    fn upgrade_command(&self, installed: &Installed) -> Run {
+        proxy::run_program(
+            &installed.bin,
+            &[
+                "upgrade",
+                "--config",
+                self.proxy.config_path.to_str().expect("a UTF-8 path"),
+                "--pid-file",
+                self.pid_file.to_str().expect("a UTF-8 path"),
+            ],
+            UPGRADE_COMMAND_TIMEOUT,
+        )
     }
 
     fn signal(&self, pid: u32, signal: libc::c_int) {
@@ -176,52 +126,39 @@ impl Running {
         unsafe { libc::kill(pid as libc::pid_t, signal) };
     }
 
-    /// Parsed log lines with this message, in order.
-    fn messages(&self, message: &str) -> Vec<serde_json::Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| parse_log_line(l))
-            .filter(|v| log_message(v) == Some(message))
-            .collect()
-    }
-
-    fn stderr_text(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn log_tail(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
     /// SIGTERM to the current process; returns once every process holding the log pipe is gone.
     fn stop(&mut self) {
         self.signal(self.pid(), libc::SIGTERM);
-        if let Some(reader) = self.reader.take() {
-            let (done_tx, done) = mpsc::channel();
-            thread::spawn(move || {
-                let _ = reader.join();
-                let _ = done_tx.send(());
-            });
-            done.recv_timeout(Duration::from_secs(40))
-                .unwrap_or_else(|_| panic!("longhaul did not exit:\n{}", self.log_tail()));
-        }
-        let _ = self.first.wait();
+        assert!(
+            self.proxy.stderr_closed_within(Duration::from_secs(40)),
+            "longhaul did not exit:\n{}",
+            self.proxy.stderr_tail()
+        );
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Proxy;
+    fn deref(&self) -> &Proxy {
+        &self.proxy
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Proxy {
+        &mut self.proxy
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.reader.is_some()
+        if !self.proxy.stderr_closed_within(Duration::ZERO)
             && let Ok(text) = std::fs::read_to_string(&self.pid_file)
             && let Ok(pid) = text.trim().parse::<u32>()
         {
             self.signal(pid, libc::SIGKILL);
         }
-        let _ = self.first.kill();
-        let _ = self.first.wait();
+        // The Proxy's own drop then stops (or reaps) the first process.
     }
 }
 
@@ -343,10 +280,7 @@ fn load_run() -> Option<&'static LoadRun> {
             installed.install(Path::new(BIN));
             let accepted_before = sim.counts().0;
             let out = running.upgrade_command(&installed);
-            upgrade_outputs.push((
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr).into(),
-            ));
+            upgrade_outputs.push((out.code, out.stderr));
             pids.push(running.pid());
             let requests = sim.counts().1;
             wait_until(Duration::from_secs(60), || {
@@ -380,7 +314,7 @@ fn load_run() -> Option<&'static LoadRun> {
             pids,
             all_reaped,
             fds_besides_pool: (fds_before, fds_after),
-            log: running.log_tail(),
+            log: running.stderr_tail(),
         }
     }))
 }
@@ -498,7 +432,7 @@ fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
     let installed = Installed::new();
     let running = Running::start(&installed, &pooled_config(&sim), &[]);
     let old = running.pid();
-    std::fs::write(&running.config, "[server]\nlisten = 8080\n").unwrap();
+    std::fs::write(&running.config_path, "[server]\nlisten = 8080\n").unwrap();
     running.signal(old, libc::SIGUSR2);
     let failed = running.wait_for_message("upgrade failed; this process keeps serving");
     let error = log_field(&failed, "error")
@@ -514,9 +448,9 @@ fn a_new_binary_that_rejects_its_config_leaves_the_old_process_serving() {
         )
     );
     assert!(
-        running.stderr_text().contains("server.listen"),
+        running.stderr().contains("server.listen"),
         "the new process names the bad key:\n{}",
-        running.stderr_text()
+        running.stderr()
     );
 }
 
@@ -525,11 +459,11 @@ fn longhaul_upgrade_refuses_a_bad_config_before_signalling() {
     let sim = start_sim("0s");
     let installed = Installed::new();
     let running = Running::start(&installed, &pooled_config(&sim), &[]);
-    std::fs::write(&running.config, "[server]\nlisten = 8080\n").unwrap();
+    std::fs::write(&running.config_path, "[server]\nlisten = 8080\n").unwrap();
     let out = running.upgrade_command(&installed);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = out.stderr;
     assert_eq!(
-        (out.status.code(), stderr.contains("server.listen")),
+        (out.code, stderr.contains("server.listen")),
         (Some(2), true),
         "{stderr}"
     );
@@ -641,19 +575,12 @@ fn sigterm_during_an_upgrade_stops_the_new_process_and_the_old_one() {
     let stopped = running.wait_for_message("upgrade: the new process stopped");
     running.wait_for_message("upgrade called off: this process was asked to stop");
     running.wait_for_message("longhaul stopped");
-    let exited = wait_until(Duration::from_secs(10), || {
-        matches!(running.first.try_wait(), Ok(Some(_)))
-    });
+    let exited = wait_until(Duration::from_secs(10), || running.try_wait().is_some());
     assert_eq!(
         (
             log_field(&stopped, "status").and_then(|s| s.as_str()),
             exited,
-            running
-                .first
-                .try_wait()
-                .ok()
-                .flatten()
-                .and_then(|s| s.code())
+            running.try_wait().and_then(|s| s.code())
         ),
         (Some("signal: 15 (SIGTERM)"), true, Some(0))
     );
@@ -718,12 +645,7 @@ fn the_tls_and_admin_listeners_are_handed_over() {
     let running = Running::start(&installed, &config, &[]);
     let old = running.pid();
     let out = running.upgrade_command(&installed);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
         reaped(old, Duration::from_secs(20)),
         "the old process exited"
@@ -746,12 +668,7 @@ fn systemd_is_told_the_new_main_pid_once_it_is_ready() {
     let running = Running::start(&installed, &pooled_config(&sim), &env);
     let old = running.pid();
     let out = running.upgrade_command(&installed);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let new = running.pid();
     let mut buf = [0u8; 256];
     let received: Vec<String> = (0..3)

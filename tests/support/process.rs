@@ -125,6 +125,36 @@ impl Child {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits (bounded) for the child to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then a bounded wait for the exit status; None (and SIGKILL on drop) if the
+    /// child outlived `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: kill(2) on our own child, which is not reaped yet, so its pid is still ours.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.wait_exit(timeout)
+    }
+
+    /// Every collected line.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
     /// The last 40 collected lines.
     pub fn output(&self) -> String {
         let lines = self.lines.lock().unwrap();

@@ -266,7 +266,8 @@ impl Drop for TempDir {
 
 // === running the proxy ===
 
-/// A running longhaul; SIGTERM then kill on drop.
+/// A running longhaul; SIGTERM then kill on drop. Every test starts the binary through this
+/// guard (or `run` for a command that ends by itself).
 pub struct Proxy {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -275,8 +276,10 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Lines not yet looked at by `next_log`.
+    new_lines: Mutex<mpsc::Receiver<String>>,
     reader: Option<JoinHandle<()>>,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 /// Reads a field of a JSON log line, whether flattened at the top level or under "fields".
@@ -295,14 +298,14 @@ pub fn log_message(line: &serde_json::Value) -> Option<&str> {
 
 /// A longhaul process's stderr, read on a thread: every line is kept (for failure messages) and
 /// sent on to `new_lines` as it comes (for waiting on a log line).
-pub struct StderrLog {
-    pub lines: Arc<Mutex<Vec<String>>>,
-    pub new_lines: mpsc::Receiver<String>,
-    pub reader: JoinHandle<()>,
+struct StderrLog {
+    lines: Arc<Mutex<Vec<String>>>,
+    new_lines: mpsc::Receiver<String>,
+    reader: JoinHandle<()>,
 }
 
 impl StderrLog {
-    pub fn keep(stderr: impl Read + Send + 'static) -> StderrLog {
+    fn keep(stderr: impl Read + Send + 'static) -> StderrLog {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, new_lines) = mpsc::channel::<String>();
         let keep = lines.clone();
@@ -321,26 +324,54 @@ impl StderrLog {
     }
 }
 
-/// The listeners a JSON `longhaul started` line names: the first of `listen` and of
-/// `tls_listen` (comma-separated lists), and `admin`.
+/// The listeners a `longhaul started` line names: the first of `listen` and of `tls_listen`
+/// (comma-separated lists), and `admin`.
 pub struct Started {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
     pub admin: SocketAddr,
 }
 
+/// What a stderr line says about start-up.
+enum StartLine {
+    NotIt,
+    Started(Started),
+    /// The start line, without usable `listen`/`admin` fields.
+    Unusable,
+}
+
 impl Started {
-    /// None when `listen` or `admin` is missing or not an address.
-    pub fn from_line(line: &serde_json::Value) -> Option<Started> {
+    /// Reads a stderr line in either log format (JSON or text).
+    fn from_stderr_line(line: &str) -> StartLine {
+        let fields: Vec<(String, String)> = match parse_log_line(line) {
+            Some(v) if log_message(&v) == Some("longhaul started") => {
+                ["listen", "tls_listen", "admin"]
+                    .into_iter()
+                    .filter_map(|key| {
+                        Some((key.to_string(), log_field(&v, key)?.as_str()?.to_string()))
+                    })
+                    .collect()
+            }
+            Some(_) => return StartLine::NotIt,
+            None if line.contains(" longhaul started ") => line
+                .split_whitespace()
+                .filter_map(|word| word.split_once('='))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            None => return StartLine::NotIt,
+        };
         let first = |key: &str| -> Option<SocketAddr> {
-            let list = log_field(line, key)?.as_str()?;
+            let (_, list) = fields.iter().find(|(k, _)| k == key)?;
             list.split(',').next()?.trim().parse().ok()
         };
-        Some(Started {
-            addr: first("listen")?,
-            tls_addr: first("tls_listen"),
-            admin: first("admin")?,
-        })
+        match (first("listen"), first("admin")) {
+            (Some(addr), Some(admin)) => StartLine::Started(Started {
+                addr,
+                tls_addr: first("tls_listen"),
+                admin,
+            }),
+            _ => StartLine::Unusable,
+        }
     }
 }
 
@@ -359,72 +390,72 @@ impl Proxy {
     pub fn start_raw(config_text: &str) -> Proxy {
         let dir = TempDir::new();
         let config_path = dir.write_config(config_text);
-        let mut cmd = Command::new(BIN);
+        let mut proxy = Proxy::launch(Path::new(BIN), &config_path, &[]);
+        proxy._dir = Some(dir);
+        proxy
+    }
+
+    /// Starts `program --config config_path` with `env` added, and waits for its start line.
+    /// The caller owns the config file (an upgrade test rewrites it for the next process).
+    pub fn launch(program: &Path, config_path: &Path, env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = Command::new(program);
         cmd.arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = die_with_parent(&mut cmd).spawn().expect("spawn longhaul");
-        let stderr = child.stderr.take().expect("stderr pipe");
-        let StderrLog {
-            lines,
-            new_lines: rx,
-            reader,
-        } = StderrLog::keep(stderr);
+        let log = StderrLog::keep(child.stderr.take().expect("stderr pipe"));
+        let failed = |child: &mut Child, why: &str| -> ! {
+            let _ = child.kill();
+            let _ = child.wait();
+            let config = std::fs::read_to_string(config_path).unwrap_or_default();
+            let stderr = log.lines.lock().unwrap().join("\n");
+            panic!("{why}.\nconfig:\n{config}\nstderr:\n{stderr}");
+        };
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut ports = None;
-        while ports.is_none() {
+        let started = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                failed(
+                    &mut child,
+                    &format!("longhaul did not log `longhaul started` within {START_TIMEOUT:?}"),
+                );
             }
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(v) = parse_log_line(&line) {
-                        if log_message(&v) == Some("longhaul started") {
-                            let Some(started) = Started::from_line(&v) else {
-                                let _ = child.kill();
-                                let _ = child.wait();
-                                panic!(
-                                    "`longhaul started` line without usable listen/admin fields: {line}"
-                                );
-                            };
-                            ports = Some((started.addr, started.tls_addr, started.admin));
-                        }
-                    }
-                }
+            match log
+                .new_lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => match Started::from_stderr_line(&line) {
+                    StartLine::Started(started) => break started,
+                    StartLine::Unusable => failed(
+                        &mut child,
+                        &format!("`longhaul started` without usable listen/admin fields: {line}"),
+                    ),
+                    StartLine::NotIt => continue,
+                },
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            if ports.is_none() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    // Give the reader a moment to collect the last lines.
-                    thread::sleep(Duration::from_millis(100));
-                    let stderr = lines.lock().unwrap().join("\n");
-                    panic!(
-                        "longhaul exited early ({status}) before `longhaul started`.\nconfig:\n{config_text}\nstderr:\n{stderr}"
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stderr closed: the process is exiting; its status says how.
+                    let status = wait_bounded(&mut child, Duration::from_secs(5));
+                    failed(
+                        &mut child,
+                        &format!("longhaul exited early ({status:?}) before `longhaul started`"),
                     );
                 }
             }
-        }
-        let Some((addr, tls_addr, admin)) = ports else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = lines.lock().unwrap().join("\n");
-            panic!(
-                "longhaul did not log `longhaul started` within {START_TIMEOUT:?}.\nconfig:\n{config_text}\nstderr:\n{stderr}"
-            );
         };
         Proxy {
             child: Some(child),
-            addr,
-            tls_addr,
-            admin,
-            config_path,
-            lines,
-            reader: Some(reader),
-            _dir: dir,
+            addr: started.addr,
+            tls_addr: started.tls_addr,
+            admin: started.admin,
+            config_path: config_path.to_path_buf(),
+            lines: log.lines,
+            new_lines: Mutex::new(log.new_lines),
+            reader: Some(log.reader),
+            _dir: None,
         }
     }
 
@@ -438,11 +469,25 @@ impl Proxy {
         self.lines.lock().unwrap().clone()
     }
 
+    /// The last 30 stderr lines, for a failure message.
+    pub fn stderr_tail(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
     /// Stderr lines that parse as JSON.
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
         self.stderr_lines()
             .iter()
             .filter_map(|l| parse_log_line(l))
+            .collect()
+    }
+
+    /// JSON log lines with this message, in order.
+    pub fn messages(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|v| log_message(v) == Some(message))
             .collect()
     }
 
@@ -500,7 +545,12 @@ impl Proxy {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Waits (bounded) for a JSON log line matching `pred`.
+    /// The child's exit status, once it has exited (it stays reapable until then).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits (bounded) for a JSON log line matching `pred`, among every line so far.
     pub fn wait_for_log(
         &self,
         timeout: Duration,
@@ -518,9 +568,50 @@ impl Proxy {
         }
     }
 
+    /// The next JSON log line with this message, not counting lines an earlier `next_log`
+    /// passed over; panics with the log's tail after `timeout`.
+    pub fn next_log(&self, timeout: Duration, message: &str) -> serde_json::Value {
+        let new_lines = self.new_lines.lock().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match new_lines.recv_timeout(left) {
+                Ok(line) => match parse_log_line(&line) {
+                    Some(v) if log_message(&v) == Some(message) => return v,
+                    _ => {}
+                },
+                Err(_) => panic!("no {message:?} in the log:\n{}", self.stderr_tail()),
+            }
+        }
+    }
+
+    /// Whether every process writing to this stderr pipe (this child, and any process it
+    /// handed the pipe to) has closed it within `timeout`.
+    pub fn stderr_closed_within(&mut self, timeout: Duration) -> bool {
+        let Some(reader) = self.reader.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while !reader.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if reader.is_finished() {
+            let _ = reader.join();
+            true
+        } else {
+            self.reader = Some(reader);
+            false
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status; kills it if it does not exit.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            // Reaped already: its pid may belong to another process now.
+            self.stderr_closed_within(Duration::from_secs(2));
+            return Some(status);
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -536,15 +627,7 @@ impl Proxy {
                 None
             }
         };
-        if let Some(r) = self.reader.take() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !r.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-            if r.is_finished() {
-                let _ = r.join();
-            }
-        }
+        self.stderr_closed_within(Duration::from_secs(2));
         status
     }
 }
@@ -651,17 +734,23 @@ pub struct Run {
 
 /// Runs longhaul with `args`, killing it after `timeout`.
 pub fn run(args: &[&str], timeout: Duration) -> Run {
-    run_to_end(args, timeout, true)
+    run_to_end(Path::new(BIN), args, timeout, true)
+}
+
+/// Runs `program` (a copy of longhaul, or a script installed in its place) like `run`.
+pub fn run_program(program: &Path, args: &[&str], timeout: Duration) -> Run {
+    run_to_end(program, args, timeout, true)
 }
 
 /// Runs longhaul with `args` and its stdout a pipe whose read end is closed at once, as
 /// `longhaul ... | head -0` would; killed after `timeout`. `stdout` is always empty.
 pub fn run_with_stdout_closed(args: &[&str], timeout: Duration) -> Run {
-    run_to_end(args, timeout, false)
+    run_to_end(Path::new(BIN), args, timeout, false)
 }
 
-fn run_to_end(args: &[&str], timeout: Duration, read_stdout: bool) -> Run {
-    let mut child = Command::new(BIN)
+fn run_to_end(program: &Path, args: &[&str], timeout: Duration, read_stdout: bool) -> Run {
+    let mut command = Command::new(program);
+    let mut child = die_with_parent(&mut command)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
