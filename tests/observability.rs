@@ -11,7 +11,7 @@ mod support;
 
 use support::backend_sim::BackendSim;
 use support::poll_until;
-use support::process::Child;
+use support::process::{Child, send_signal};
 use support::proxy::{Proxy, TempDir};
 use support::tools::require_tool;
 
@@ -761,10 +761,7 @@ struct ProcessGroup(u32);
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
+        send_signal(-(self.0 as i32), libc::SIGKILL);
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::backend::Backend;
 use support::client;
-use support::process::Child;
+use support::process::{Child, send_signal};
 use support::proxy::{self, BIN, ProxyConfig, TempDir};
 use support::tls::{Pki, TlsClient};
 use support::tools::have;
@@ -207,9 +207,7 @@ fn an_upgrade_hands_the_socket_systemd_passed_to_the_new_process() {
     // The exit status, not the end of stderr: the new process still holds the stderr pipe.
     let old_exit = activated.wait_exit(Duration::from_secs(40));
     let after = client::get10(listen, "/after").status;
-    let _ = Command::new("kill")
-        .args(["-TERM", &new_pid.to_string()])
-        .status();
+    send_signal(new_pid as i32, libc::SIGTERM);
     let new_exited = wait_until(Duration::from_secs(20), || {
         std::fs::read_to_string(format!("/proc/{new_pid}/stat"))
             .map_or(true, |stat| stat.contains(") Z"))

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use support::backend_sim::BackendSim;
 use support::client;
+use support::process::send_signal;
 use support::proxy::{self, BIN, Proxy, ProxyConfig, Run, TempDir, log_field};
 use support::tls::{Pki, TlsClient};
 use support::tools::require_tool;
@@ -122,8 +123,7 @@ impl Running {
     }
 
     fn signal(&self, pid: u32, signal: libc::c_int) {
-        // SAFETY: kill(2) on a longhaul process this test started (directly or by upgrade).
-        unsafe { libc::kill(pid as libc::pid_t, signal) };
+        send_signal(pid as i32, signal);
     }
 
     /// SIGTERM to the current process; returns once every process holding the log pipe is gone.

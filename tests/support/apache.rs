@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::Child;
+use super::process::{Child, send_signal};
 use super::proxy::TempDir;
 
 /// The prefork settings that matter here.
@@ -74,9 +74,10 @@ impl Drop for Apache {
     /// SIGTERM lets the parent stop its children (a SIGKILL would orphan them); then a bounded
     /// wait, and `Child`'s kill as the last resort.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        if self.child.try_wait().is_some() {
+            return;
+        }
+        send_signal(self.child.id() as i32, libc::SIGTERM);
         super::wait_until(Duration::from_secs(10), || self.child.try_wait().is_some());
     }
 }

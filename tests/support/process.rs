@@ -27,6 +27,13 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Sends `signal` to `pid` (a negative pid: to that process group); whether it was delivered.
+/// kill(2) directly, so stopping a test's process does not start another one.
+pub fn send_signal(pid: i32, signal: libc::c_int) -> bool {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+}
+
 /// A child process (stdin null, stdout and stderr piped) that is killed and reaped when dropped
 /// and dies with the thread that spawned it; the lines of the streams it watches are kept.
 pub struct Child {
@@ -145,8 +152,8 @@ impl Child {
         if let Some(status) = self.try_wait() {
             return Some(status);
         }
-        // SAFETY: kill(2) on our own child, which is not reaped yet, so its pid is still ours.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // Not reaped yet, so the pid is still our child's.
+        send_signal(self.child.id() as i32, libc::SIGTERM);
         self.wait_exit(timeout)
     }
 

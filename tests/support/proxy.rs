@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::client::{self, Response};
-use super::process::die_with_parent;
+use super::process::{die_with_parent, send_signal};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
 
@@ -526,16 +526,19 @@ impl Proxy {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// Sends a signal by name ("HUP", "TERM", ...) to the running proxy.
+    /// Sends a signal by name ("HUP", "TERM", "USR2") to the running proxy.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {} failed", self.pid());
+        let signal = match name {
+            "HUP" => libc::SIGHUP,
+            "TERM" => libc::SIGTERM,
+            "USR2" => libc::SIGUSR2,
+            other => panic!("no signal named {other:?} here"),
+        };
+        assert!(
+            send_signal(self.pid() as i32, signal),
+            "kill -{name} {} failed",
+            self.pid()
+        );
     }
 
     /// Whether the child is still running.
@@ -612,12 +615,7 @@ impl Proxy {
             self.stderr_closed_within(Duration::from_secs(2));
             return Some(status);
         }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        send_signal(child.id() as i32, libc::SIGTERM);
         let status = wait_bounded(&mut child, Duration::from_secs(10));
         let status = match status {
             Some(s) => Some(s),
