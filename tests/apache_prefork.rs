@@ -5,8 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::apache::{self, Apache, PreforkOptions};
+use support::apache::{self, Apache, Mpm, PreforkOptions};
 use support::client::Load;
+use support::faults;
 use support::proxy::{Proxy, ProxyConfig};
 use support::wait_until;
 
@@ -22,7 +23,7 @@ fn apache_behind_longhaul(start_servers: usize, max_workers: usize) -> Option<(A
         start_servers,
         max_workers,
     };
-    let apache = Apache::start(&binary, &options);
+    let apache = Apache::start(&binary, faults::unused_port(), &Mpm::Prefork(options));
     let proxy = Proxy::start(
         &ProxyConfig::single(&[apache.addr])
             .pool("max_size", &MAX_SIZE.to_string())

@@ -2,7 +2,7 @@
 //! reset or timed-out connect is retried (another server first) for `retry_window`, counted as
 //! `retries_total{reason="connect"}`; `max_connecting` bounds the connects open to one server;
 //! with every server ejected, ejection is ignored (panic rule). Checked against the real
-//! `python3 -m http.server` under `ab`, a real Apache restarted with `-k stop` / `-k start`, and
+//! `python3 -m http.server` under `ab`, a real Apache stopped (SIGTERM, as `-k stop`) and started, and
 //! the scripted backend restarted on its address.
 
 mod support;
@@ -14,11 +14,12 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use support::Stopwatch;
+use support::apache::{self, Apache, Mpm};
 use support::backend::Backend;
 use support::client;
 use support::faults::{self, Blackhole, RefusingPort};
 use support::proxy::{Proxy, ProxyConfig};
-use support::real_servers::{self, Apache, PythonHttpServer};
+use support::real_servers::{self, PythonHttpServer};
 
 /// How long the backend is down in the restart scenarios (as `apachectl restart` or a deploy).
 const OUTAGE: Duration = Duration::from_millis(1200);
@@ -173,11 +174,11 @@ fn assert_restart_costs_only_in_flight_requests(
 
 #[test]
 fn an_apache_restart_fails_only_requests_in_flight_and_none_after_it_is_back() {
-    if !support::tools::have("apache2") {
+    let Some(binary) = apache::binary() else {
         return;
-    }
+    };
     let addr = faults::unused_port();
-    let apache = Apache::start(addr);
+    let apache = Apache::start(&binary, addr, &Mpm::Event);
     let proxy = Proxy::start(&ProxyConfig::single(&[addr]));
     assert_eq!(client::get10(proxy.addr, "/index.html").body, b"hello\n");
     assert_restart_costs_only_in_flight_requests(

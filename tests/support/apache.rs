@@ -1,14 +1,24 @@
-//! Apache httpd 2.4 with mpm_prefork (Debian `apache2`) on a temp config, loopback only, serving a
-//! 1 KiB file: one process per connection, children forked as load needs them. Stopped on drop.
+//! Apache httpd 2.4 (Debian `apache2`) in the foreground on a config of its own in a temp dir,
+//! loopback only, with mpm_event or mpm_prefork; stopped and started again on its address.
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use super::process::{Child, send_signal};
+use super::process::Child;
 use super::proxy::TempDir;
+use super::real_servers::accepting;
+
+/// The multi-processing module Apache runs with.
+pub enum Mpm {
+    /// Threads serve connections; keep-alive on.
+    Event,
+    /// One process per connection, children forked as load needs them.
+    Prefork(PreforkOptions),
+}
 
 /// The prefork settings that matter here.
 pub struct PreforkOptions {
@@ -17,52 +27,75 @@ pub struct PreforkOptions {
     pub max_workers: usize,
 }
 
-/// A running prefork Apache.
+/// A running Apache serving `index.html` (`hello\n`) and `1k.html` (1 KiB of `x`).
 pub struct Apache {
     pub addr: SocketAddr,
+    binary: PathBuf,
+    conf: PathBuf,
     // Field order is drop order: Apache is stopped before its directory goes.
-    child: Child,
+    child: Mutex<Option<Child>>,
     dir: TempDir,
 }
 
-/// Where Debian's `apache2` binary is, or None (the caller skips via `tools`).
+/// Where Debian's `apache2` binary is, or None after `tools::skip` said why.
 pub fn binary() -> Option<PathBuf> {
     super::tools::require_tool("apache2")
 }
 
 impl Apache {
-    pub fn start(binary: &PathBuf, options: &PreforkOptions) -> Apache {
-        let temp = TempDir::new();
-        let dir = temp.path();
-        let root = dir.join("htdocs");
+    /// Starts `binary` on `addr`; returns once it accepts connections.
+    pub fn start(binary: &Path, addr: SocketAddr, mpm: &Mpm) -> Apache {
+        let dir = TempDir::new();
+        let root = dir.path().join("htdocs");
         std::fs::create_dir_all(&root).expect("create docroot");
+        std::fs::write(root.join("index.html"), "hello\n").expect("write index.html");
         std::fs::write(root.join("1k.html"), vec![b'x'; 1024]).expect("write 1k.html");
-        let addr = super::faults::unused_port();
-        let conf_path = dir.join("httpd.conf");
-        std::fs::write(&conf_path, config(dir, &root, addr, options)).expect("write httpd.conf");
+        let conf = dir.path().join("httpd.conf");
+        std::fs::write(&conf, config(dir.path(), &root, addr, mpm)).expect("write httpd.conf");
+        let apache = Apache {
+            addr,
+            binary: binary.to_path_buf(),
+            conf,
+            child: Mutex::new(None),
+            dir,
+        };
+        apache.start_again();
+        apache
+    }
+
+    /// Starts the stopped Apache on its address again; returns once it accepts connections.
+    pub fn start_again(&self) {
+        let mut running = self.child.lock().unwrap();
+        assert!(running.is_none(), "apache2 is running already");
         let child = Child::spawn_drained(
             "apache2",
-            Command::new(binary)
+            Command::new(&self.binary)
                 .arg("-f")
-                .arg(&conf_path)
+                .arg(&self.conf)
                 .arg("-DFOREGROUND")
                 // Its own process group: at a stop, Apache signals its whole group.
                 .process_group(0),
         );
-        let apache = Apache {
-            addr,
-            child,
-            dir: temp,
-        };
+        let up = super::wait_until(Duration::from_secs(10), || accepting(self.addr));
         assert!(
-            super::wait_until(Duration::from_secs(10), || {
-                super::real_servers::accepting(addr)
-            }),
-            "apache2 never accepted on {addr}: {}\n{}",
-            apache.error_log(),
-            apache.child.output()
+            up,
+            "apache2 never accepted on {}: {}\n{}",
+            self.addr,
+            self.error_log(),
+            child.output()
         );
-        apache
+        *running = Some(child);
+    }
+
+    /// SIGTERM, as `apache2 -k stop` sends: the parent stops its children (a SIGKILL would
+    /// orphan them) and closes the listener; returns once it has exited.
+    pub fn stop(&self) {
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return;
+        };
+        if child.terminate(Duration::from_secs(10)).is_none() {
+            panic!("apache2 did not stop within 10 s: {}", self.error_log());
+        }
     }
 
     pub fn error_log(&self) -> String {
@@ -71,46 +104,45 @@ impl Apache {
 }
 
 impl Drop for Apache {
-    /// SIGTERM lets the parent stop its children (a SIGKILL would orphan them); then a bounded
-    /// wait, and `Child`'s kill as the last resort.
+    /// A bounded stop; `Child`'s kill is the last resort.
     fn drop(&mut self) {
-        if self.child.try_wait().is_some() {
-            return;
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            child.terminate(Duration::from_secs(10));
         }
-        send_signal(self.child.id() as i32, libc::SIGTERM);
-        super::wait_until(Duration::from_secs(10), || self.child.try_wait().is_some());
     }
 }
 
-fn config(
-    dir: &std::path::Path,
-    root: &std::path::Path,
-    addr: SocketAddr,
-    o: &PreforkOptions,
-) -> String {
+fn config(dir: &Path, root: &Path, addr: SocketAddr, mpm: &Mpm) -> String {
     let modules = "/usr/lib/apache2/modules";
-    // As root, prefork children must switch to an unprivileged user.
+    // As root, Apache's children must switch to an unprivileged user.
     let user = if running_as_root() {
         "User nobody\nGroup nogroup\n"
     } else {
         ""
     };
+    let mpm = match mpm {
+        Mpm::Event => format!("LoadModule mpm_event_module {modules}/mod_mpm_event.so\n"),
+        Mpm::Prefork(o) => format!(
+            "LoadModule mpm_prefork_module {modules}/mod_mpm_prefork.so\n\
+             StartServers {start}\nMinSpareServers 5\nMaxSpareServers 10\n\
+             ServerLimit {max}\nMaxRequestWorkers {max}\nMaxConnectionsPerChild 0\n\
+             KeepAliveTimeout 2\nMaxKeepAliveRequests 100\n",
+            start = o.start_servers,
+            max = o.max_workers,
+        ),
+    };
     format!(
-        "ServerRoot \"{d}\"\n\
-         LoadModule mpm_prefork_module {modules}/mod_mpm_prefork.so\n\
+        "ServerRoot \"{d}\"\nDefaultRuntimeDir \"{d}\"\n\
+         {mpm}\
          LoadModule authz_core_module {modules}/mod_authz_core.so\n\
          {user}\
          Listen {addr}\nServerName localhost\n\
          PidFile \"{d}/httpd.pid\"\nMutex file:{d} default\n\
          ErrorLog \"{d}/error.log\"\nLogLevel warn\n\
-         DocumentRoot \"{r}\"\n<Directory \"{r}\">\n  Require all granted\n</Directory>\n\
-         StartServers {start}\nMinSpareServers 5\nMaxSpareServers 10\n\
-         ServerLimit {max}\nMaxRequestWorkers {max}\nMaxConnectionsPerChild 0\n\
-         KeepAlive On\nKeepAliveTimeout 2\nMaxKeepAliveRequests 100\n",
+         KeepAlive On\n\
+         DocumentRoot \"{r}\"\n<Directory \"{r}\">\n  Require all granted\n</Directory>\n",
         d = dir.display(),
         r = root.display(),
-        start = o.start_servers,
-        max = o.max_workers,
     )
 }
 

@@ -1,5 +1,5 @@
-//! Real servers and load tools the issue names: Python's `http.server`, Apache httpd on a config
-//! of its own in a temp dir (started and stopped with `-k`), and `ab` with its report parsed.
+//! Real servers and load tools the issue names: Python's `http.server` and `ab` with its report
+//! parsed (Apache httpd is `support::apache`).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -57,117 +57,6 @@ impl PythonHttpServer {
             _child: child,
             addr,
             _dir: dir,
-        }
-    }
-}
-
-// === Apache httpd ===
-
-/// Apache httpd (mpm_event) on a minimal config in a temp dir, serving `index.html`. Started
-/// with `apache2 -f CONF -k start`; stopped with `-k stop` on `stop` and on drop.
-pub struct Apache {
-    pub addr: SocketAddr,
-    conf: PathBuf,
-    // Dropped last: Apache is stopped before its directory goes.
-    dir: TempDir,
-}
-
-const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
-
-impl Apache {
-    pub fn start(addr: SocketAddr) -> Apache {
-        let temp = TempDir::new();
-        let dir = temp.path();
-        let root = docroot(dir);
-        let conf = dir.join("httpd.conf");
-        let d = dir.display();
-        let text = format!(
-            "ServerRoot \"{d}\"\n\
-             DefaultRuntimeDir \"{d}\"\n\
-             PidFile \"{d}/httpd.pid\"\n\
-             ErrorLog \"{d}/error.log\"\n\
-             LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so\n\
-             LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n\
-             Listen {addr}\n\
-             ServerName {ip}\n\
-             User nobody\n\
-             Group nogroup\n\
-             KeepAlive On\n\
-             DocumentRoot \"{root}\"\n\
-             <Directory \"{root}\">\n  Require all granted\n</Directory>\n",
-            ip = addr.ip(),
-            root = root.display(),
-        );
-        std::fs::write(&conf, text).expect("write httpd.conf");
-        let apache = Apache {
-            addr,
-            conf,
-            dir: temp,
-        };
-        apache.run_start();
-        apache
-    }
-
-    fn control(&self, action: &str) {
-        let out = Command::new("apache2")
-            .arg("-f")
-            .arg(&self.conf)
-            .args(["-k", action])
-            .output()
-            .expect("run apache2");
-        assert!(
-            out.status.success(),
-            "apache2 -k {action}: {}\n{}\nerror.log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.error_log()
-        );
-    }
-
-    fn run_start(&self) {
-        self.control("start");
-        wait_accepting(self.addr, "apache2");
-    }
-
-    /// `apache2 -k start` again; returns once it accepts connections.
-    pub fn start_again(&self) {
-        self.run_start();
-    }
-
-    /// `apache2 -k stop`; returns once the master process is gone.
-    pub fn stop(&self) {
-        let Some(pid) = self.pid() else { return };
-        self.control("stop");
-        let gone = super::wait_until(Duration::from_secs(10), || {
-            !Path::new(&format!("/proc/{pid}")).exists()
-        });
-        assert!(gone, "apache2 (pid {pid}) did not stop");
-    }
-
-    fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join("httpd.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Apache {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("apache2")
-                .arg("-f")
-                .arg(&self.conf)
-                .args(["-k", "stop"])
-                .output();
-            super::wait_until(Duration::from_secs(10), || {
-                !Path::new(&format!("/proc/{pid}")).exists()
-            });
         }
     }
 }
