@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::Stopwatch;
 use support::backend::{self, Backend, Reply};
 use support::client;
-use support::faults::{self, FixedBackend, RefusingPort};
+use support::faults::{self, RefusingPort};
 use support::proxy::{self, Proxy, ProxyConfig};
 
 fn start(config: &ProxyConfig, health: &[(&str, &str)]) -> Proxy {
@@ -147,7 +147,7 @@ fn ejected_server_returns_once_it_accepts_connections_again() {
     assert_eq!(r.status, 502);
     assert_eq!(server_up(&proxy, addr), Some(0.0));
 
-    let backend = FixedBackend::start(port.release(), Duration::ZERO);
+    let backend = Backend::builder().start_on(port.release());
     let back = support::wait_until(Duration::from_secs(5), || {
         client::try_get10(proxy.addr, "/up").is_ok_and(|r| r.status == 200)
     });
@@ -155,7 +155,7 @@ fn ejected_server_returns_once_it_accepts_connections_again() {
         back,
         "the server never came back after it started accepting again"
     );
-    assert!(backend.requests() >= 1);
+    assert!(backend.request_count() >= 1);
     assert_eq!(server_up(&proxy, addr), Some(1.0));
     assert_eq!(pools_healthy(&proxy, addr), Some(true));
     for i in 0..5 {
@@ -356,7 +356,9 @@ fn round_robin_skips_ejected_servers() {
 fn backend_restart_under_load_fails_only_in_flight_requests_and_leaks_no_fds() {
     const CLIENTS: usize = 4;
     let a_addr = faults::unused_port();
-    let a = FixedBackend::start(a_addr, Duration::from_millis(40));
+    let a = Backend::builder()
+        .delay(Duration::from_millis(40))
+        .start_on(a_addr);
     let b = Backend::builder().delay(Duration::from_millis(40)).start();
     let mut proxy = start(
         &ProxyConfig::single(&[a_addr, b.addr()])
@@ -414,15 +416,17 @@ fn backend_restart_under_load_fails_only_in_flight_requests_and_leaks_no_fds() {
 
     thread::sleep(Duration::from_millis(1200));
     assert!(
-        a.requests() > 0 && b.request_count() > 0,
+        a.request_count() > 0 && b.request_count() > 0,
         "load reaches both servers"
     );
     let stopped_at = clock.elapsed();
     let unanswered = a.stop();
     thread::sleep(Duration::from_millis(600));
     let restarted_at = clock.elapsed();
-    let a2 = FixedBackend::start(a_addr, Duration::from_millis(40));
-    let refilled = support::wait_until(Duration::from_secs(5), || a2.requests() >= 20);
+    let a2 = Backend::builder()
+        .delay(Duration::from_millis(40))
+        .start_on(a_addr);
+    let refilled = support::wait_until(Duration::from_secs(5), || a2.request_count() >= 20);
     thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     for w in workers {
@@ -432,7 +436,7 @@ fn backend_restart_under_load_fails_only_in_flight_requests_and_leaks_no_fds() {
     assert!(
         refilled,
         "traffic never returned to the restarted server ({} requests)",
-        a2.requests()
+        a2.request_count()
     );
     assert!(
         ok.load(Ordering::SeqCst) > 50,
@@ -444,7 +448,7 @@ fn backend_restart_under_load_fails_only_in_flight_requests_and_leaks_no_fds() {
          {} served after the restart, fds at start {baseline}",
         ok.load(Ordering::SeqCst),
         failed.len(),
-        a2.requests()
+        a2.request_count()
     );
     assert!(
         failed.len() <= CLIENTS,

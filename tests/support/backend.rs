@@ -272,6 +272,7 @@ impl BackendBuilder {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             seq: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
             streams: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
@@ -357,6 +358,8 @@ struct Shared {
     stop: AtomicBool,
     accepted: AtomicUsize,
     seq: AtomicUsize,
+    /// Replies written in full.
+    answered: AtomicUsize,
     conns: Mutex<Vec<ConnRecord>>,
     /// Clones of open sockets so `Drop` can shut them down; removed before a connection closes
     /// so that closing the thread's own handle really closes the socket (and RST really resets).
@@ -423,6 +426,14 @@ impl Backend {
     /// Waits (bounded) until `cond` holds; returns whether it did.
     pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&Backend) -> bool) -> bool {
         super::wait_until(timeout, || cond(self))
+    }
+
+    /// Stops as a restarted server does (listener closed, every connection shut at once; see
+    /// `Drop`) and returns how many requests it had read but not answered.
+    pub fn stop(self) -> usize {
+        let shared = Arc::clone(&self.shared);
+        drop(self);
+        shared.seq.load(Ordering::SeqCst) - shared.answered.load(Ordering::SeqCst)
     }
 
     /// The body the default responder sends for a request.
@@ -589,6 +600,7 @@ fn perform(reply: Reply, mut stream: &TcpStream, reader: &mut WireReader, shared
             if let Err(e) = stream.write_all(&bytes).and_then(|_| stream.flush()) {
                 return Step::Closed(Closed::Error(format!("writing response: {e}")));
             }
+            shared.answered.fetch_add(1, Ordering::SeqCst);
             if keep_open {
                 Step::Continue
             } else {
@@ -609,6 +621,7 @@ fn perform(reply: Reply, mut stream: &TcpStream, reader: &mut WireReader, shared
                     thread::sleep(pause);
                 }
             }
+            shared.answered.fetch_add(1, Ordering::SeqCst);
             if keep_open {
                 Step::Continue
             } else {
