@@ -18,7 +18,8 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use lab::{After, Script, ScriptedServer, connect, read_exactly, read_head};
+use lab::{connect, read_exactly, read_head};
+use support::backend::{Backend, Echo};
 
 /// longhaul's transparent listener and admin listener inside the namespace.
 const PROXY_PORT: u16 = 15001;
@@ -310,15 +311,17 @@ fn http10_get(dst: SocketAddr) -> Result<u16, String> {
 fn server_first_protocol_passes_through_byte_for_byte() {
     in_netns(Firewall::Iptables, REDIRECTED, |lab| {
         let banner = b"220 legacy-smtp ready \x00\xff\r\n".to_vec();
-        let backend = ScriptedServer::start(SERVER_FIRST, Script::BannerThenEcho(banner.clone()));
+        let backend = Backend::builder()
+            .raw_echo(&banner)
+            .start_on(addr(SERVER_FIRST));
         let mut client = connect(addr(SERVER_FIRST));
         // The client stays silent: the banner can only come once detect_timeout gave up on HTTP.
         assert_eq!(read_exactly(&mut client, banner.len()), banner);
         let payload: Vec<u8> = (0u8..=255).collect();
         client.write_all(&payload).expect("send");
         assert_eq!(read_exactly(&mut client, payload.len()), payload);
-        assert_eq!(backend.received(), payload, "bytes the backend got");
-        assert_eq!(backend.accepts(), 1);
+        assert_eq!(backend.raw_bytes(), payload, "bytes the backend got");
+        assert_eq!(backend.accepted(), 1);
         assert_eq!(
             metric_sum_in(
                 &lab.metrics(),
@@ -410,7 +413,9 @@ fn tls_it_does_not_terminate_passes_through_to_the_backend_as_raw_tcp() {
 #[test]
 fn client_first_binary_protocol_passes_through_byte_for_byte() {
     in_netns(Firewall::Iptables, REDIRECTED, |lab| {
-        let backend = ScriptedServer::start(CLIENT_FIRST, Script::Echo);
+        let backend = Backend::builder()
+            .raw_echo(b"")
+            .start_on(addr(CLIENT_FIRST));
         let mut client = connect(addr(CLIENT_FIRST));
         // Starts like a TLS record: no HTTP method, so it is spliced at once.
         let mut payload = b"\x16\x03\x01\x02\x00\x01".to_vec();
@@ -426,7 +431,7 @@ fn client_first_binary_protocol_passes_through_byte_for_byte() {
             "later bytes that look like HTTP still pass through untouched"
         );
         assert_eq!(
-            backend.received(),
+            backend.raw_bytes(),
             [payload.as_slice(), b"GET / HTTP/1.0\r\n\r\n"].concat()
         );
         assert_eq!(
@@ -454,8 +459,10 @@ const VANISHED_BOUND: Duration = Duration::from_secs(10);
 /// Opens a raw TCP passthrough tunnel to an echo backend, checks that it carries bytes, then
 /// makes the client vanish as a powered-off device behind a NAT does: from now on every packet
 /// it sends (ACKs to keepalive probes included) is dropped. The client socket stays open.
-fn passthrough_whose_client_vanishes() -> (ScriptedServer, std::net::TcpStream) {
-    let backend = ScriptedServer::start(CLIENT_FIRST, Script::Echo);
+fn passthrough_whose_client_vanishes() -> (Backend, std::net::TcpStream) {
+    let backend = Backend::builder()
+        .raw_echo(b"")
+        .start_on(addr(CLIENT_FIRST));
     let mut client = connect(addr(CLIENT_FIRST));
     let payload = b"\x16\x03\x01 not http";
     client.write_all(payload).expect("send");
@@ -522,16 +529,14 @@ fn vanished_client_of_a_passthrough_tunnel_is_counted_as_a_tunnel_error() {
 #[test]
 fn websocket_upgrade_to_a_redirected_destination_echoes_bytes() {
     in_netns(Firewall::Iptables, REDIRECTED, |lab| {
-        let backend = ScriptedServer::start(
-            WEBSOCKET,
-            Script::Respond {
-                response: b"HTTP/1.1 101 Switching Protocols\r\n\
+        let backend = Backend::builder()
+            .tunnel(
+                b"HTTP/1.1 101 Switching Protocols\r\n\
 Upgrade: websocket\r\n\
-Connection: Upgrade\r\n\r\n"
-                    .to_vec(),
-                after: After::Echo,
-            },
-        );
+Connection: Upgrade\r\n\r\n",
+                Echo::UntilClosed,
+            )
+            .start_on(addr(WEBSOCKET));
         let mut client = connect(addr(WEBSOCKET));
         client
             .write_all(
@@ -558,11 +563,8 @@ Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
             .collect();
         client.write_all(&payload).expect("send frame");
         assert_eq!(read_exactly(&mut client, payload.len()), payload);
-        let seen = String::from_utf8_lossy(&backend.received()).to_ascii_lowercase();
-        assert!(
-            seen.starts_with("get /chat http/1.1\r\n") && seen.contains("upgrade: websocket"),
-            "backend got:\n{seen}"
-        );
+        lab::assert_websocket_upgrade_reached(&backend);
+        assert_eq!(backend.raw_bytes(), payload, "bytes after the 101");
         assert_eq!(
             metric_sum_in(
                 &lab.metrics(),
@@ -593,9 +595,13 @@ fn assert_refused(dst: SocketAddr, lab: &Lab) {
 #[test]
 fn destination_outside_the_allow_list_is_refused() {
     in_netns(Firewall::Iptables, REDIRECTED, |lab| {
-        let backend = ScriptedServer::start(NOT_ALLOWED, Script::Echo);
+        let backend = Backend::builder().raw_echo(b"").start_on(addr(NOT_ALLOWED));
         assert_refused(addr(NOT_ALLOWED), lab);
-        assert_eq!(backend.accepts(), 0, "the denied destination was contacted");
+        assert_eq!(
+            backend.accepted(),
+            0,
+            "the denied destination was contacted"
+        );
         assert_eq!(
             metric_sum_in(
                 &lab.metrics(),

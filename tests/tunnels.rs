@@ -1,15 +1,13 @@
 //! Tunnels in reverse mode, end to end through the real binary: WebSocket-style upgrades (101, then
 //! raw bytes both ways, and a close on either side reaching the other), a refused upgrade forwarded
 //! as a normal response, and CONNECT (allowed only to hosts a route names, 405 when disabled).
-//!
-//! Self-contained on purpose: the scripted backends, the longhaul child process and the raw-socket
-//! client live in the `lab` module below, so this file does not depend on tests/support.
 
 use std::time::Duration;
 
-use lab::{After, Script, ScriptedServer, connect, read_exactly, read_head};
+use lab::{connect, read_exactly, read_head};
 use std::io::Write;
 use std::net::Shutdown;
+use support::backend::{Backend, Echo, Reply};
 
 const UPGRADE_REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\n\
 Host: chat.example\r\n\
@@ -91,14 +89,10 @@ fn upgrade(proxy: &Proxy) -> (std::net::TcpStream, lab::Head) {
 
 #[test]
 fn websocket_upgrade_answers_101_and_echoes_bytes_both_ways() {
-    let backend = ScriptedServer::start(
-        "127.0.0.1:0",
-        Script::Respond {
-            response: SWITCHING.to_vec(),
-            after: After::Echo,
-        },
-    );
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let backend = Backend::builder()
+        .tunnel(SWITCHING, Echo::UntilClosed)
+        .start();
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let (mut client, head) = upgrade(&proxy);
 
     assert_eq!(
@@ -114,12 +108,7 @@ fn websocket_upgrade_answers_101_and_echoes_bytes_both_ways() {
         "response head:\n{}",
         head.raw
     );
-    let to_backend = String::from_utf8_lossy(&backend.received()).to_ascii_lowercase();
-    assert!(
-        to_backend.starts_with("get /chat http/1.1\r\n")
-            && to_backend.contains("upgrade: websocket"),
-        "the backend did not get the upgrade request:\n{to_backend}"
-    );
+    lab::assert_websocket_upgrade_reached(&backend);
 
     let payload = ws_payload();
     for round in 0..2 {
@@ -130,10 +119,9 @@ fn websocket_upgrade_answers_101_and_echoes_bytes_both_ways() {
             "round {round}: bytes changed in the tunnel"
         );
     }
-    let head_len = backend.received().len() - 2 * payload.len();
     assert_eq!(
-        &backend.received()[head_len..],
-        [payload.as_slice(), payload.as_slice()].concat().as_slice(),
+        backend.raw_bytes(),
+        [payload.as_slice(), payload.as_slice()].concat(),
         "the backend did not receive the client's bytes unchanged"
     );
     drop(client);
@@ -141,14 +129,10 @@ fn websocket_upgrade_answers_101_and_echoes_bytes_both_ways() {
 
 #[test]
 fn upgrade_tunnel_client_close_reaches_the_backend() {
-    let backend = ScriptedServer::start(
-        "127.0.0.1:0",
-        Script::Respond {
-            response: SWITCHING.to_vec(),
-            after: After::Echo,
-        },
-    );
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let backend = Backend::builder()
+        .tunnel(SWITCHING, Echo::UntilClosed)
+        .start();
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let (mut client, head) = upgrade(&proxy);
     assert_eq!(head.status, 101, "status line: {}", head.raw);
     client.write_all(b"ping").expect("send");
@@ -166,14 +150,10 @@ fn upgrade_tunnel_client_close_reaches_the_backend() {
 
 #[test]
 fn upgrade_tunnel_backend_close_reaches_the_client() {
-    let backend = ScriptedServer::start(
-        "127.0.0.1:0",
-        Script::Respond {
-            response: SWITCHING.to_vec(),
-            after: After::EchoOnceThenClose,
-        },
-    );
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let backend = Backend::builder()
+        .tunnel(SWITCHING, Echo::OnceThenClose)
+        .start();
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let (mut client, head) = upgrade(&proxy);
     assert_eq!(head.status, 101, "status line: {}", head.raw);
     client.write_all(b"last").expect("send");
@@ -183,19 +163,18 @@ fn upgrade_tunnel_backend_close_reaches_the_client() {
 
 #[test]
 fn upgrade_answered_without_101_is_forwarded_as_a_normal_response() {
-    let backend = ScriptedServer::start(
-        "127.0.0.1:0",
-        Script::Respond {
-            response: b"HTTP/1.1 426 Upgrade Required\r\n\
+    let backend = Backend::builder()
+        .responder(|_| Reply::Raw {
+            bytes: b"HTTP/1.1 426 Upgrade Required\r\n\
 Content-Type: text/plain\r\n\
 Content-Length: 12\r\n\
 Connection: close\r\n\r\n\
 no upgrades\n"
                 .to_vec(),
-            after: After::Close,
-        },
-    );
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+            keep_open: false,
+        })
+        .start();
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let mut client = connect(proxy.addr);
     client
         .write_all(UPGRADE_REQUEST)
@@ -221,9 +200,9 @@ no upgrades\n"
 
 #[test]
 fn connect_to_a_routed_host_answers_200_and_tunnels_bytes_both_ways() {
-    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let proxy = Proxy::start_text(&connect_config(true, tunnel.addr, web.addr));
+    let tunnel = Backend::builder().raw_echo(b"").start();
+    let web = Backend::builder().raw_echo(b"").start();
+    let proxy = Proxy::start_text(&connect_config(true, tunnel.addr(), web.addr()));
     let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
@@ -245,11 +224,11 @@ fn connect_to_a_routed_host_answers_200_and_tunnels_bytes_both_ways() {
     client.write_all(&payload).expect("send through tunnel");
     assert_eq!(read_exactly(&mut client, payload.len()), payload);
     assert_eq!(
-        tunnel.received(),
+        tunnel.raw_bytes(),
         payload,
         "the tunnel backend must get exactly the client's bytes (no HTTP head)"
     );
-    assert_eq!(web.accepts(), 0, "the catch-all upstream was contacted");
+    assert_eq!(web.accepted(), 0, "the catch-all upstream was contacted");
     assert_eq!(
         metric_sum_in(
             &proxy.metrics_text(),
@@ -262,9 +241,9 @@ fn connect_to_a_routed_host_answers_200_and_tunnels_bytes_both_ways() {
 
 #[test]
 fn connect_when_disabled_answers_405() {
-    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let proxy = Proxy::start_text(&connect_config(false, tunnel.addr, web.addr));
+    let tunnel = Backend::builder().raw_echo(b"").start();
+    let web = Backend::builder().raw_echo(b"").start();
+    let proxy = Proxy::start_text(&connect_config(false, tunnel.addr(), web.addr()));
     let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
@@ -272,7 +251,7 @@ fn connect_when_disabled_answers_405() {
     let (head, _) = read_head(&mut client);
     assert_eq!(head.status, 405, "response head:\n{}", head.raw);
     assert_eq!(
-        tunnel.accepts() + web.accepts(),
+        tunnel.accepted() + web.accepted(),
         0,
         "a backend was contacted"
     );
@@ -280,18 +259,18 @@ fn connect_when_disabled_answers_405() {
 
 #[test]
 fn connect_to_a_host_no_route_names_answers_421_and_reaches_no_backend() {
-    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let proxy = Proxy::start_text(&connect_config(true, tunnel.addr, web.addr));
+    let tunnel = Backend::builder().raw_echo(b"").start();
+    let web = Backend::builder().raw_echo(b"").start();
+    let proxy = Proxy::start_text(&connect_config(true, tunnel.addr(), web.addr()));
     let mut client = connect(proxy.addr);
     client
         .write_all(b"CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: elsewhere.example:443\r\n\r\n")
         .expect("send CONNECT");
     let (head, _) = read_head(&mut client);
     assert_eq!(head.status, 421, "response head:\n{}", head.raw);
-    assert_eq!(tunnel.accepts(), 0, "the tunnel backend was contacted");
-    assert_eq!(web.accepts(), 0, "the catch-all backend was contacted");
-    assert!(web.received().is_empty() && tunnel.received().is_empty());
+    assert_eq!(tunnel.accepted(), 0, "the tunnel backend was contacted");
+    assert_eq!(web.accepted(), 0, "the catch-all backend was contacted");
+    assert!(web.raw_bytes().is_empty() && tunnel.raw_bytes().is_empty());
 }
 
 // === tunnel_idle_timeout ===
@@ -308,14 +287,10 @@ fn with_tunnel_idle_timeout(config: String, timeout: &str) -> String {
     )
 }
 
-fn echo_after_101() -> ScriptedServer {
-    ScriptedServer::start(
-        "127.0.0.1:0",
-        Script::Respond {
-            response: SWITCHING.to_vec(),
-            after: After::Echo,
-        },
-    )
+fn echo_after_101() -> Backend {
+    Backend::builder()
+        .tunnel(SWITCHING, Echo::UntilClosed)
+        .start()
 }
 
 /// A CONNECT tunnel to the `tunnel` upstream, answered 200.
@@ -340,7 +315,7 @@ fn tunnels_closed(proxy: &Proxy, kind: &str, reason: &str) -> f64 {
 #[test]
 fn silent_upgrade_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
     let backend = echo_after_101();
-    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
+    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr()), TUNNEL_IDLE);
     let proxy = Proxy::start_text(&config);
     let (mut client, head) = upgrade(&proxy);
     assert_eq!(head.status, 101, "status line: {}", head.raw);
@@ -355,7 +330,7 @@ fn silent_upgrade_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
 #[test]
 fn silent_upgrade_tunnel_close_is_counted_as_idle_timeout() {
     let backend = echo_after_101();
-    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
+    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr()), TUNNEL_IDLE);
     let proxy = Proxy::start_text(&config);
     let (mut client, _) = upgrade(&proxy);
     lab::expect_eof(&mut client);
@@ -370,9 +345,10 @@ fn silent_upgrade_tunnel_close_is_counted_as_idle_timeout() {
 
 #[test]
 fn silent_connect_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
-    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let config = with_tunnel_idle_timeout(connect_config(true, tunnel.addr, web.addr), TUNNEL_IDLE);
+    let tunnel = Backend::builder().raw_echo(b"").start();
+    let web = Backend::builder().raw_echo(b"").start();
+    let config =
+        with_tunnel_idle_timeout(connect_config(true, tunnel.addr(), web.addr()), TUNNEL_IDLE);
     let proxy = Proxy::start_text(&config);
     let mut client = connect_tunnel(&proxy);
     lab::expect_eof(&mut client);
@@ -385,9 +361,10 @@ fn silent_connect_tunnel_is_closed_on_both_sides_after_tunnel_idle_timeout() {
 
 #[test]
 fn silent_connect_tunnel_close_is_counted_as_idle_timeout() {
-    let tunnel = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let web = ScriptedServer::start("127.0.0.1:0", Script::Echo);
-    let config = with_tunnel_idle_timeout(connect_config(true, tunnel.addr, web.addr), TUNNEL_IDLE);
+    let tunnel = Backend::builder().raw_echo(b"").start();
+    let web = Backend::builder().raw_echo(b"").start();
+    let config =
+        with_tunnel_idle_timeout(connect_config(true, tunnel.addr(), web.addr()), TUNNEL_IDLE);
     let proxy = Proxy::start_text(&config);
     let mut client = connect_tunnel(&proxy);
     lab::expect_eof(&mut client);
@@ -403,7 +380,7 @@ fn silent_connect_tunnel_close_is_counted_as_idle_timeout() {
 #[test]
 fn upgrade_tunnel_with_traffic_stays_open_past_tunnel_idle_timeout() {
     let backend = echo_after_101();
-    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr), TUNNEL_IDLE);
+    let config = with_tunnel_idle_timeout(upgrade_config(backend.addr()), TUNNEL_IDLE);
     let proxy = Proxy::start_text(&config);
     let (mut client, _) = upgrade(&proxy);
     // A byte each way every 200 ms for three idle timeouts: the tunnel is never silent for 1 s.
@@ -417,7 +394,7 @@ fn upgrade_tunnel_with_traffic_stays_open_past_tunnel_idle_timeout() {
 #[test]
 fn upgrade_tunnel_closed_by_the_client_is_counted_as_client_closed() {
     let backend = echo_after_101();
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let (mut client, _) = upgrade(&proxy);
     client.shutdown(Shutdown::Write).expect("half-close");
     lab::expect_eof(&mut client);
@@ -432,14 +409,10 @@ fn upgrade_tunnel_closed_by_the_client_is_counted_as_client_closed() {
 
 #[test]
 fn upgrade_tunnel_closed_by_the_backend_is_counted_as_upstream_closed() {
-    let backend = ScriptedServer::start(
-        "127.0.0.1:0",
-        Script::Respond {
-            response: SWITCHING.to_vec(),
-            after: After::EchoOnceThenClose,
-        },
-    );
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let backend = Backend::builder()
+        .tunnel(SWITCHING, Echo::OnceThenClose)
+        .start();
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let (mut client, _) = upgrade(&proxy);
     client.write_all(b"last").expect("send");
     assert_eq!(read_exactly(&mut client, 4), b"last");
@@ -461,7 +434,7 @@ fn upgrade_tunnel_closed_by_the_backend_is_counted_as_upstream_closed() {
 #[test]
 fn tunnel_close_series_are_exported_at_zero_before_any_tunnel() {
     let backend = echo_after_101();
-    let proxy = Proxy::start_text(&upgrade_config(backend.addr));
+    let proxy = Proxy::start_text(&upgrade_config(backend.addr()));
     let metrics = proxy.metrics_text();
     let series: Vec<&str> = metrics
         .lines()

@@ -11,7 +11,7 @@
 //! `n` are read from at a time, each until it closes; the others wait (an accept queue).
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -118,6 +118,17 @@ pub enum Reply {
     Close,
     /// Never answer; hold the connection until the peer closes it or the backend stops.
     Hang,
+    /// Write `response` (a 101, say), then carry raw bytes as `then` says: a tunnel's far end.
+    Tunnel { response: Vec<u8>, then: Echo },
+}
+
+/// How a backend answers raw bytes (after a `Reply::Tunnel`, or from the start with `raw_echo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// Every byte back until the peer closes, then close.
+    UntilClosed,
+    /// One read's worth of bytes back, then close.
+    OnceThenClose,
 }
 
 type Responder = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
@@ -141,6 +152,8 @@ pub struct BackendBuilder {
     body_size: usize,
     responder: Option<Responder>,
     serving: usize,
+    /// Not HTTP: write this banner (maybe empty) on accept, then echo (`raw_echo`).
+    raw_banner: Option<Vec<u8>>,
 }
 
 impl Default for BackendBuilder {
@@ -160,6 +173,7 @@ impl Default for BackendBuilder {
             body_size: 0,
             responder: None,
             serving: usize::MAX,
+            raw_banner: None,
         }
     }
 }
@@ -239,6 +253,21 @@ impl BackendBuilder {
         self.serving = n;
         self
     }
+    /// Speaks no HTTP: writes `banner` on accept (a server-first protocol; empty for a
+    /// client-first one), then echoes every byte until the peer closes.
+    pub fn raw_echo(mut self, banner: &[u8]) -> Self {
+        self.raw_banner = Some(banner.to_vec());
+        self
+    }
+    /// Answers every request with `response` (a 101, say), then echoes raw bytes as `then`
+    /// says: the far end of a tunnel.
+    pub fn tunnel(self, response: &[u8], then: Echo) -> Self {
+        let response = response.to_vec();
+        self.responder(move |_| Reply::Tunnel {
+            response: response.clone(),
+            then,
+        })
+    }
     /// Replaces the default responder entirely.
     pub fn responder(mut self, f: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Self {
         self.responder = Some(Arc::new(f));
@@ -273,10 +302,12 @@ impl BackendBuilder {
             accepted: AtomicUsize::new(0),
             seq: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
+            raw_bytes: Mutex::new(Vec::new()),
             conns: Mutex::new(Vec::new()),
             streams: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
         });
+        let listener_handle = listener.try_clone().expect("clone backend listener");
         let accept_shared = shared.clone();
         let accept = thread::Builder::new()
             .name("backend-accept".into())
@@ -285,6 +316,7 @@ impl BackendBuilder {
         Backend {
             addr,
             shared,
+            listener: listener_handle,
             accept: Some(accept),
         }
     }
@@ -360,6 +392,8 @@ struct Shared {
     seq: AtomicUsize,
     /// Replies written in full.
     answered: AtomicUsize,
+    /// Raw bytes received (`raw_echo`, or after a `Reply::Tunnel`), all connections, in order.
+    raw_bytes: Mutex<Vec<u8>>,
     conns: Mutex<Vec<ConnRecord>>,
     /// Clones of open sockets so `Drop` can shut them down; removed before a connection closes
     /// so that closing the thread's own handle really closes the socket (and RST really resets).
@@ -371,6 +405,8 @@ struct Shared {
 pub struct Backend {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The listening socket, shut down at a stop to wake the blocked accept.
+    listener: TcpListener,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -428,6 +464,22 @@ impl Backend {
         super::wait_until(timeout, || cond(self))
     }
 
+    /// Raw bytes received so far (`raw_echo`, or after a `Reply::Tunnel`), all connections.
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        self.shared.raw_bytes.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` connections were closed by their peer first.
+    pub fn wait_peer_closed(&self, n: usize, within: Duration) -> bool {
+        self.wait_until(within, |b| {
+            b.connections()
+                .iter()
+                .filter(|c| c.closed == Closed::ByPeer)
+                .count()
+                >= n
+        })
+    }
+
     /// Stops as a restarted server does (listener closed, every connection shut at once; see
     /// `Drop`) and returns how many requests it had read but not answered.
     pub fn stop(self) -> usize {
@@ -445,8 +497,10 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() so the loop sees the stop flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Wake the blocking accept() so the loop sees the stop flag: on Linux, shutting a
+        // listening socket down makes accept fail at once (a connect to wake it could be
+        // redirected elsewhere by a test's netfilter rules).
+        let _ = socket2::SockRef::from(&self.listener).shutdown(Shutdown::Read);
         if let Some(accept) = self.accept.take() {
             join_bounded(accept, Duration::from_secs(5));
         }
@@ -519,7 +573,10 @@ enum End {
 
 fn serve(stream: TcpStream, id: usize, shared: Arc<Shared>) {
     let (closed, end) = if shared.serving.enter(id, &shared.stop) {
-        let served = serve_requests(&stream, id, &shared);
+        let served = match &shared.behaviour.raw_banner {
+            Some(banner) => (serve_raw(&stream, banner, &shared), End::Fin),
+            None => serve_requests(&stream, id, &shared),
+        };
         shared.serving.leave();
         served
     } else {
@@ -639,6 +696,13 @@ fn perform(reply: Reply, mut stream: &TcpStream, reader: &mut WireReader, shared
             perform(*inner, stream, reader, shared)
         }
         Reply::Close => Step::Closed(Closed::Scripted),
+        Reply::Tunnel { response, then } => {
+            if let Err(e) = stream.write_all(&response).and_then(|_| stream.flush()) {
+                return Step::Closed(Closed::Error(format!("writing response: {e}")));
+            }
+            shared.answered.fetch_add(1, Ordering::SeqCst);
+            Step::Closed(echo(stream, reader.take_buffered(), then, shared))
+        }
         Reply::Hang => {
             // Read and discard until the peer (or Drop) closes the socket.
             let _ = stream.set_read_timeout(None);
@@ -649,6 +713,51 @@ fn perform(reply: Reply, mut stream: &TcpStream, reader: &mut WireReader, shared
                     Err(e) => return Step::Closed(Closed::Error(e.to_string())),
                 }
             }
+        }
+    }
+}
+
+/// A `raw_echo` connection: the banner, then echo until the peer closes.
+fn serve_raw(mut stream: &TcpStream, banner: &[u8], shared: &Shared) -> Closed {
+    if let Err(e) = stream.write_all(banner) {
+        return Closed::Error(format!("writing the banner: {e}"));
+    }
+    echo(stream, Vec::new(), Echo::UntilClosed, shared)
+}
+
+/// Echoes `early` (bytes read past a head), then what arrives, as `how` says. Reads wake every
+/// 50 ms to notice a stop.
+fn echo(mut stream: &TcpStream, early: Vec<u8>, how: Echo, shared: &Shared) -> Closed {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    // Records and writes back `bytes`; says how the connection ended, if it did.
+    let send_back = |mut to: &TcpStream, bytes: &[u8]| -> Option<Closed> {
+        shared.raw_bytes.lock().unwrap().extend_from_slice(bytes);
+        if let Err(e) = to.write_all(bytes) {
+            return Some(Closed::Error(format!("echoing: {e}")));
+        }
+        (how == Echo::OnceThenClose).then_some(Closed::AfterResponse)
+    };
+    if !early.is_empty() {
+        if let Some(closed) = send_back(stream, &early) {
+            return closed;
+        }
+    }
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Closed::Stopped;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Closed::ByPeer,
+            Ok(n) => {
+                if let Some(closed) = send_back(stream, &buf[..n]) {
+                    return closed;
+                }
+            }
+            Err(e) if wire::is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A reset by the peer counts as its close.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Closed::ByPeer,
+            Err(e) => return Closed::Error(e.to_string()),
         }
     }
 }

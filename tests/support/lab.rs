@@ -1,225 +1,15 @@
-//! Test plumbing for the tunnel and transparent-mode tests: scripted TCP backends and a
-//! raw-socket client (longhaul itself runs as a `support::proxy::Proxy`).
-// Wall-clock time is right in tests: the proxy under test is another process, out of reach of tokio's clock.
-#![allow(dead_code, clippy::disallowed_types)]
+//! The raw-socket client of the tunnel and transparent-mode tests: bounded connects, reading a
+//! response head, exact byte counts and end of stream (their backend is `support::backend`).
+#![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use super::backend::Backend;
 
 /// Every socket read or write in these tests gives up after this.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a scripted backend does after the optional HTTP exchange.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum After {
-    /// Echo every byte until the peer closes, then close.
-    Echo,
-    /// Echo one read's worth of bytes, then close.
-    EchoOnceThenClose,
-    /// Close at once.
-    Close,
-}
-
-#[derive(Clone, Debug)]
-pub enum Script {
-    /// Echo every byte until the peer closes, then close.
-    Echo,
-    /// Send a banner first (a server-first protocol), then echo.
-    BannerThenEcho(Vec<u8>),
-    /// Read one HTTP request head, write `response` verbatim, then `after`.
-    Respond { response: Vec<u8>, after: After },
-}
-
-#[derive(Default)]
-struct Shared {
-    accepts: AtomicUsize,
-    peer_closed: AtomicUsize,
-    received: Mutex<Vec<u8>>,
-}
-
-/// A TCP server run by a script on std threads; stopped and joined on drop.
-pub struct ScriptedServer {
-    pub addr: SocketAddr,
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ScriptedServer {
-    pub fn start(addr: &str, script: Script) -> ScriptedServer {
-        let listener =
-            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind scripted server {addr}: {e}"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
-        let shared = Arc::new(Shared::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            thread::spawn(move || {
-                let mut conns = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            shared.accepts.fetch_add(1, Ordering::SeqCst);
-                            let (shared, stop, script) =
-                                (shared.clone(), stop.clone(), script.clone());
-                            conns.push(thread::spawn(move || {
-                                serve(stream, &script, &shared, &stop)
-                            }));
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(5))
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-                for c in conns {
-                    let _ = c.join();
-                }
-            })
-        };
-        ScriptedServer {
-            addr,
-            shared,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Connections accepted so far.
-    pub fn accepts(&self) -> usize {
-        self.shared.accepts.load(Ordering::SeqCst)
-    }
-
-    /// Every byte received so far, all connections, in arrival order.
-    pub fn received(&self) -> Vec<u8> {
-        self.shared.received.lock().expect("lock").clone()
-    }
-
-    /// Waits until `n` connections saw their peer close first.
-    pub fn wait_peer_closed(&self, n: usize, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.shared.peer_closed.load(Ordering::SeqCst) >= n {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-impl Drop for ScriptedServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-enum Got {
-    Bytes(usize),
-    Eof,
-    Stopped,
-}
-
-/// One read that wakes up every 50ms to notice `stop`.
-fn read_some(stream: &mut TcpStream, buf: &mut [u8], stop: &AtomicBool) -> Got {
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return Got::Stopped;
-        }
-        match stream.read(buf) {
-            Ok(0) => return Got::Eof,
-            Ok(n) => return Got::Bytes(n),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Got::Eof,
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, script: &Script, shared: &Shared, stop: &AtomicBool) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let mut buf = [0u8; 16 * 1024];
-    let record = |bytes: &[u8]| {
-        shared
-            .received
-            .lock()
-            .expect("lock")
-            .extend_from_slice(bytes)
-    };
-    let mut after = After::Echo;
-    match script {
-        Script::Echo => {}
-        Script::BannerThenEcho(banner) => {
-            if stream.write_all(banner).is_err() {
-                return;
-            }
-        }
-        Script::Respond {
-            response,
-            after: then,
-        } => {
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match read_some(&mut stream, &mut buf, stop) {
-                    Got::Bytes(n) => {
-                        record(&buf[..n]);
-                        head.extend_from_slice(&buf[..n]);
-                    }
-                    Got::Eof => {
-                        shared.peer_closed.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    Got::Stopped => return,
-                }
-            }
-            if stream.write_all(response).is_err() {
-                return;
-            }
-            after = *then;
-            let end = head
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .expect("found")
-                + 4;
-            let early = &head[end..];
-            if !early.is_empty() && after != After::Close {
-                let _ = stream.write_all(early);
-                if after == After::EchoOnceThenClose {
-                    return;
-                }
-            }
-        }
-    }
-    if after == After::Close {
-        return;
-    }
-    loop {
-        match read_some(&mut stream, &mut buf, stop) {
-            Got::Bytes(n) => {
-                record(&buf[..n]);
-                if stream.write_all(&buf[..n]).is_err() || after == After::EchoOnceThenClose {
-                    return;
-                }
-            }
-            Got::Eof => {
-                shared.peer_closed.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            Got::Stopped => return,
-        }
-    }
-}
 
 /// A client connection with bounded reads and writes.
 pub fn connect(addr: SocketAddr) -> TcpStream {
@@ -346,4 +136,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
     (status, body.to_string())
+}
+
+/// The backend got `GET /chat HTTP/1.1` asking to upgrade to websocket.
+pub fn assert_websocket_upgrade_reached(backend: &Backend) {
+    let requests = backend.requests();
+    let first = requests
+        .first()
+        .expect("the upgrade request reached the backend");
+    assert_eq!(
+        (
+            first.method.as_str(),
+            first.target.as_str(),
+            first.version.as_str(),
+            first.header("upgrade")
+        ),
+        ("GET", "/chat", "HTTP/1.1", Some("websocket"))
+    );
 }

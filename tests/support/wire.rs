@@ -80,6 +80,11 @@ impl WireReader {
         self.buf.len()
     }
 
+    /// The bytes received but not consumed, taken out of the buffer.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// One read from the socket into the buffer; Ok(0) on EOF.
     pub fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
