@@ -14,6 +14,14 @@ use support::backend::{Backend, Closed, Request};
 use support::client;
 use support::proxy::{Proxy, ProxyConfig};
 
+/// How many requests with `method` reached the backend (read after an answered probe).
+fn sent_with_method(proxy: &Proxy, backend: &Backend, method: &str) -> usize {
+    requests_before_a_probe(proxy, backend)
+        .iter()
+        .filter(|r| r.method == method)
+        .count()
+}
+
 /// What the backend saw once a probe sent after the request under test has been answered: the
 /// negative checks below without a sleep. A retry would have reached the backend before the proxy
 /// answered the request it retried, so before the probe.
@@ -296,10 +304,7 @@ fn post_on_connection_reset_after_read_gets_502_and_is_sent_once() {
         b"POST /charge HTTP/1.0\r\nHost: test.local\r\nContent-Length: 9\r\n\r\namount=10",
     );
     assert_eq!(r.status, 502, "{}", r.body_str());
-    let posts = requests_before_a_probe(&proxy, &backend)
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .count();
+    let posts = sent_with_method(&proxy, &backend, "POST");
     assert_eq!(
         posts, 1,
         "a POST whose bytes were written must not be retried"
@@ -402,10 +407,7 @@ fn a_put_with_a_streamed_body_is_not_retried_and_is_sent_once() {
         b"PUT /doc HTTP/1.0\r\nHost: test.local\r\nContent-Length: 4\r\n\r\nk=v&",
     );
     assert_eq!(r.status, 502, "{}", r.body_str());
-    let puts = requests_before_a_probe(&proxy, &backend)
-        .iter()
-        .filter(|r| r.method == "PUT")
-        .count();
+    let puts = sent_with_method(&proxy, &backend, "PUT");
     assert_eq!(puts, 1, "the streamed PUT reached the backend {puts} times");
 }
 

@@ -134,16 +134,12 @@ impl Child {
 
     /// Waits (bounded) for the child to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        let mut status = None;
+        super::wait_until(timeout, || {
+            status = self.try_wait();
+            status.is_some()
+        });
+        status
     }
 
     /// SIGTERM, then a bounded wait for the exit status; None (and SIGKILL on drop) if the
