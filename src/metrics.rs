@@ -625,6 +625,9 @@ pub enum CloseReason {
     PeerClosed,
     NotReusable,
     Error,
+    /// An idle connection whose place a fresh one took: a request retried after a stale
+    /// connection must not meet another one (`Upstream::forward`).
+    Replaced,
     /// A reload dropped the server: its pool was closed.
     Removed,
     /// longhaul is shutting down.
@@ -633,13 +636,14 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::IdleTimeout,
         CloseReason::MaxLifetime,
         CloseReason::MaxRequests,
         CloseReason::PeerClosed,
         CloseReason::NotReusable,
         CloseReason::Error,
+        CloseReason::Replaced,
         CloseReason::Removed,
         CloseReason::Shutdown,
     ];
@@ -652,6 +656,7 @@ impl CloseReason {
             CloseReason::PeerClosed => "peer_closed",
             CloseReason::NotReusable => "not_reusable",
             CloseReason::Error => "error",
+            CloseReason::Replaced => "replaced",
             CloseReason::Removed => "removed",
             CloseReason::Shutdown => "shutdown",
         }

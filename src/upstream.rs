@@ -233,7 +233,10 @@ impl Upstream {
         let idempotent = is_idempotent(&head.method);
         let mut retries = Retries::new(self.retry_window);
         loop {
-            let (sp, lease) = self.connected(&mut retries, |sp| self.checkout(sp)).await?;
+            let fresh = retries.needs_fresh_connection();
+            let (sp, lease) = self
+                .connected(&mut retries, |sp| self.checkout(sp, fresh))
+                .await?;
             let server = &sp.server;
             let (sending, replayable) = match body.try_clone() {
                 Some(copy) => (copy, true),
@@ -400,7 +403,9 @@ impl Upstream {
         }
     }
 
-    async fn checkout(&self, sp: &ServerPool) -> Result<Lease, CheckoutError> {
+    /// A connection of `sp`'s pool; with `fresh`, one that never carried a request: an idle
+    /// one handed out gives its place to a new connection (the global `max_size` holds).
+    async fn checkout(&self, sp: &ServerPool, fresh: bool) -> Result<Lease, CheckoutError> {
         let started = Instant::now();
         let result = sp
             .queue
@@ -409,7 +414,14 @@ impl Upstream {
         self.metrics
             .pool_wait
             .observe(started.elapsed().as_secs_f64());
-        result.map(|c| Lease::pooled(c.conn, c.permit))
+        let mut checkout = result?;
+        if fresh && checkout.conn.served > 0 {
+            let new = sp.pool.manager().dial().await;
+            let displaced =
+                std::mem::replace(&mut *checkout.conn, new.map_err(CheckoutError::Connect)?);
+            displaced.end(CloseReason::Replaced);
+        }
+        Ok(Lease::pooled(checkout.conn, checkout.permit))
     }
 
     fn checkout_error(&self, server: &Server, e: CheckoutError) -> ProxyError {

@@ -27,6 +27,8 @@ pub struct PooledConn {
     stream: RefCell<BackendStream>,
     /// Requests sent on this connection so far.
     pub served: u32,
+    /// `clock::now_ms()` when the connection was opened (`max_lifetime` counts from here).
+    opened_ms: u64,
     /// `clock::now_ms()` when the connection last went idle (or was opened).
     idle_since_ms: u64,
     /// Frees the server's `max_connecting` slot when sent or dropped (see `hold_until_answered`).
@@ -56,11 +58,13 @@ impl Drop for Fate {
 impl PooledConn {
     fn new(stream: BackendStream, server: Arc<Server>, slot: OwnedSemaphorePermit) -> PooledConn {
         server.metrics.opened.inc();
+        let now = clock::now_ms();
         PooledConn {
             stream: RefCell::new(stream),
             served: 0,
+            opened_ms: now,
             // Idle from birth: a warm connection nobody used must still expire.
-            idle_since_ms: clock::now_ms(),
+            idle_since_ms: now,
             opening: Some(hold_until_answered(slot)),
             fate: Fate {
                 server,
@@ -113,12 +117,12 @@ impl PooledConn {
 
     /// The reason this idle connection must not be handed out again, if any. A backend's idle
     /// close is learned here, from how long the connection had been idle.
-    pub fn expiry(&self, metrics: &Metrics) -> Option<CloseReason> {
+    pub fn expiry(&self) -> Option<CloseReason> {
         let server = self.server();
         if self.peer_has_closed() {
             server.learn_observed_idle_close(self.idle_for());
             Some(CloseReason::PeerClosed)
-        } else if metrics.age() >= server.settings.pool.max_lifetime {
+        } else if clock::since(self.opened_ms) >= server.settings.pool.max_lifetime {
             Some(CloseReason::MaxLifetime)
         } else if self.served >= server.request_budget() {
             Some(CloseReason::MaxRequests)
@@ -193,13 +197,9 @@ impl managed::Manager for ConnManager {
         Box::pin(self.dial())
     }
 
-    async fn recycle(
-        &self,
-        conn: &mut PooledConn,
-        metrics: &Metrics,
-    ) -> RecycleResult<ConnectError> {
+    async fn recycle(&self, conn: &mut PooledConn, _: &Metrics) -> RecycleResult<ConnectError> {
         conn.accepted();
-        match conn.expiry(metrics) {
+        match conn.expiry() {
             Some(reason) => {
                 conn.end(reason);
                 Err(RecycleError::message(reason.as_str()))

@@ -62,7 +62,7 @@ fn requests(server: &Server) -> u64 {
 /// Closes idle connections that are closed, too old, too used or idle too long.
 fn reap_expired(pool: &Pool<ConnManager>) {
     let removed = pool
-        .retain(|conn, metrics| match conn.expiry(&metrics) {
+        .retain(|conn, _| match conn.expiry() {
             Some(reason) => {
                 conn.end(reason);
                 false

@@ -63,6 +63,12 @@ impl Retries {
         (self.started.elapsed() + delay < self.window).then_some(delay)
     }
 
+    /// Whether the next attempt must go on a new connection: after a stale one failed, the
+    /// other idle connections may be just as stale (a backend's idle timeout closes them together).
+    pub fn needs_fresh_connection(&self) -> bool {
+        self.stale_retried
+    }
+
     /// After a send that wrote nothing: whether to send it again.
     pub fn after_unsent(&mut self) -> bool {
         self.unsent += 1;
@@ -97,6 +103,26 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_stale_retry_the_next_attempt_needs_a_fresh_connection() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        assert!(
+            !retries.needs_fresh_connection(),
+            "a first attempt may reuse"
+        );
+        let stale = Attempt {
+            reused: true,
+            unsent: false,
+            before_response: true,
+            idempotent: true,
+            replayable: true,
+        };
+
+        assert_eq!(retries.after_send_failure(stale), Retry::Stale);
+
+        assert!(retries.needs_fresh_connection());
+    }
 
     #[test]
     fn backoff_doubles_from_10ms_up_to_200ms() {

@@ -254,6 +254,44 @@ async fn a_get_on_a_reused_connection_that_closed_unanswered_is_retried_once() {
 }
 
 #[tokio::test]
+async fn a_stale_retry_goes_on_a_new_connection_even_when_other_idle_ones_are_stale_too() {
+    // Two connections answer once, then close on the next request without a response: the
+    // stale-close race when the backend's idle timeout ends every pooled connection at once.
+    let backend = Backend::start(|conn, req| match (conn, req) {
+        (0 | 1, 0) => Act::Reply(OK),
+        (0 | 1, _) => Act::Close,
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let upstream = upstream("lease-stale-siblings", &backend);
+    let first = forward(&upstream, get()).await.expect("a response");
+    let second = forward(&upstream, get()).await.expect("a response");
+    for resp in [first, second] {
+        resp.into_body().collect().await.expect("a body");
+    }
+    assert_eq!(idle(&upstream), 2, "two reused connections idle");
+
+    assert_eq!(body_of(&upstream, get()).await, "ok");
+
+    assert_eq!(upstream.metrics.retry_stale.get(), 1);
+    assert_eq!(
+        backend.connections(),
+        3,
+        "the retry dialled a new connection"
+    );
+    assert_eq!(
+        backend.requests(),
+        4,
+        "sent on one stale connection, then the new one"
+    );
+    assert_eq!(
+        closed(&upstream, CloseReason::Replaced),
+        1,
+        "the other idle one gave its place"
+    );
+}
+
+#[tokio::test]
 async fn a_response_cut_short_closes_the_connection_as_error() {
     let backend = Backend::start(|_, _| Act::ReplyAndClose(SHORT)).await;
     let upstream = upstream("lease-cut-short", &backend);
