@@ -25,7 +25,7 @@ pub use body::{ResponseBody, Reuse};
 pub use error::{Error, ErrorKind};
 pub use framing::{Framing, response_framing};
 pub use head::{Limits, read_response};
-pub use request::{RequestHead, write_request};
+pub use request::{AddedField, RequestHead, write_request};
 
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@ use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, failure_response};
 use crate::metrics::CloseReason;
 use crate::middleware::access_log::UpstreamName;
-use crate::middleware::forwarded::UpstreamVersion;
+use crate::middleware::forwarded::{Forwarding, UpstreamVersion};
 use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
 use crate::middleware::request_id;
 use crate::middleware::trailers::{self, AcceptsTrailers};
@@ -232,7 +232,8 @@ pub(crate) async fn proxy_request(
         trailers::ask_backend(&mut parts.headers);
     }
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
-    let resp = upstream.forward(parts, body).await?;
+    let forwarding = Forwarding::of(&parts);
+    let resp = upstream.forward(parts, &forwarding.fields(), body).await?;
     // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
     let close_client =
         client_version == Version::HTTP_10 && resp.body().size_hint().exact().is_none();

@@ -146,7 +146,8 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .timeout(server.request_timeout)
         // Connection-scoped headers never cross the proxy, in either direction. Ours are added
         // after stripping on both ways (a request runs down this list, a response up it), so a
-        // `Connection: via` from either peer cannot remove them.
+        // `Connection: via` from either peer cannot remove them; on requests they are written
+        // with the head (`forwarded::Forwarding`).
         .layer(MapRequestLayer::new(
             hop_by_hop::strip_request as RequestMap,
         ))
@@ -156,19 +157,13 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
         .layer(MapResponseLayer::new(
             hop_by_hop::strip_response as ResponseMap,
         ))
-        .layer(MapRequestLayer::new(
-            forwarded::add_request_headers as RequestMap,
-        ))
         .service(proxy)
 }
 
 type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
 type ResponseMap = fn(http::Response<ProxyBody>) -> http::Response<ProxyBody>;
 /// Header rewriting around the proxy service.
-type Rewrite = MapRequest<
-    MapResponse<MapResponse<MapRequest<Proxy, RequestMap>, ResponseMap>, ResponseMap>,
-    RequestMap,
->;
+type Rewrite = MapRequest<MapResponse<MapResponse<Proxy, ResponseMap>, ResponseMap>, RequestMap>;
 /// The request guard, load shedding, the concurrency limit and the request timeout.
 type Guarded = RequestGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
 /// The whole stack `stack` builds, named so it can be cloned per connection without boxing.

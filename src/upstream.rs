@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use deadpool::managed::{Pool, QueueMode};
-use http::header::{self, HeaderValue};
 use http::request::Parts as RequestParts;
 use http::response::Parts;
 use http::{Method, Request, Response, Version};
@@ -37,7 +36,7 @@ pub use tls::{UpstreamTls, host_of};
 use crate::body::RequestBody;
 use crate::config::{Balance, Protocol, UpstreamConfig};
 use crate::error::ProxyError;
-use crate::h1::{self, ResponseBody};
+use crate::h1::{self, AddedField, RequestHead, ResponseBody};
 use crate::metrics::{CloseReason, RequestSeries, UpstreamMetrics};
 use balance::Balancer;
 use queue::{CheckoutError, WaitQueue};
@@ -223,14 +222,17 @@ impl Upstream {
     /// failed connects within `retry_window` (nothing was sent), a request of which no byte was
     /// written, and once an idempotent request with a replayable body when a reused connection
     /// failed before any response byte. The request head is borrowed by every attempt, never
-    /// copied; a buffered body is a reference-counted `Bytes`.
+    /// copied; a buffered body is a reference-counted `Bytes`. `added` are the fields this hop
+    /// adds to the head (`middleware::forwarded`).
     pub async fn forward(
         &self,
-        mut head: RequestParts,
+        mut parts: RequestParts,
+        added: &[AddedField<'_>],
         mut body: RequestBody,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        self.prepare(&mut head);
-        let idempotent = is_idempotent(&head.method);
+        parts.version = self.version();
+        let head = RequestHead::from_parts(&parts, added);
+        let idempotent = is_idempotent(head.method);
         let mut retries = Retries::new(self.retry_window);
         loop {
             let fresh = retries.needs_fresh_connection();
@@ -279,7 +281,7 @@ impl Upstream {
         &self,
         server: &Arc<Server>,
         lease: Lease,
-        head: &RequestParts,
+        head: &RequestHead<'_>,
         body: RequestBody,
     ) -> Result<Result<Response<PooledBody>, SendError>, ProxyError> {
         if lease.reused() {
@@ -335,6 +337,7 @@ impl Upstream {
     pub async fn send_dedicated(
         &self,
         req: Request<RequestBody>,
+        added: &[AddedField<'_>],
     ) -> Result<Response<PooledBody>, ProxyError> {
         let mut retries = Retries::new(self.retry_window);
         let (sp, conn) = self
@@ -346,7 +349,8 @@ impl Upstream {
                     .map_err(CheckoutError::Connect)
             })
             .await?;
-        let (head, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
+        let head = RequestHead::from_parts(&parts, added);
         match self
             .send(&sp.server, Lease::dedicated(conn), &head, body)
             .await?
@@ -391,15 +395,12 @@ impl Upstream {
         }
     }
 
-    /// Version and `Connection` header for what this upstream speaks.
-    fn prepare(&self, head: &mut RequestParts) {
+    /// The version this upstream speaks; an HTTP/1.0 request asks for keep-alive
+    /// (`h1::write_request`).
+    fn version(&self) -> Version {
         match self.protocol {
-            Protocol::Http10 => {
-                head.version = Version::HTTP_10;
-                head.headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-            }
-            Protocol::Http11 => head.version = Version::HTTP_11,
+            Protocol::Http10 => Version::HTTP_10,
+            Protocol::Http11 => Version::HTTP_11,
         }
     }
 

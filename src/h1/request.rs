@@ -1,5 +1,6 @@
 //! Writes a request: the head with the framing its body needs (Content-Length, or chunked for
-//! HTTP/1.1 bodies of unknown length), then the body, coalescing small pieces into few writes.
+//! HTTP/1.1 bodies of unknown length) and the fields this hop adds, then the body, coalescing
+//! small pieces into few writes. An HTTP/1.0 request asks for keep-alive unless it says otherwise.
 
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
@@ -7,7 +8,7 @@ use std::task::Poll;
 
 use bytes::Buf;
 use http::request::Parts;
-use http::{HeaderMap, Method, Version, header};
+use http::{HeaderMap, HeaderName, Method, Version, header};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -26,13 +27,27 @@ pub struct RequestHead<'a> {
     /// Origin-form (`/path?query`), or the authority for CONNECT.
     pub target: &'a str,
     pub version: Version,
-    /// Sent as they are, except Content-Length and Transfer-Encoding, which the body decides.
+    /// Sent as they are, except Content-Length and Transfer-Encoding, which the body decides,
+    /// and the names `added` carries.
     pub headers: &'a HeaderMap,
+    /// Fields this hop adds, written after the request's own: no insert into `headers` (a
+    /// hash and a possible growth of the map each) for what every request carries.
+    pub added: &'a [AddedField<'a>],
+}
+
+/// A field the proxy adds to a request head (`X-Forwarded-For`, `Via`, `Connection`).
+#[derive(Debug, Clone, Copy)]
+pub struct AddedField<'a> {
+    pub name: &'a HeaderName,
+    pub value: &'a [u8],
+    /// The request's own fields of this name are kept, joined in order before ours into one
+    /// field (`X-Forwarded-For: client, proxy`); otherwise ours replaces them.
+    pub appends: bool,
 }
 
 impl<'a> RequestHead<'a> {
-    /// The head of `parts`: its URI's path and query (its authority for CONNECT).
-    pub fn from_parts(parts: &'a Parts) -> RequestHead<'a> {
+    /// The head of `parts`: its URI's path and query (its authority for CONNECT), and `added`.
+    pub fn from_parts(parts: &'a Parts, added: &'a [AddedField<'a>]) -> RequestHead<'a> {
         let target = if parts.method == Method::CONNECT {
             parts.uri.authority().map_or("", |a| a.as_str())
         } else {
@@ -43,6 +58,7 @@ impl<'a> RequestHead<'a> {
             target,
             version: parts.version,
             headers: &parts.headers,
+            added,
         }
     }
 }
@@ -95,11 +111,37 @@ fn encode_head(head: &RequestHead<'_>, framing: BodyFraming) -> Vec<u8> {
         Version::HTTP_10 => b" HTTP/1.0\r\n",
         _ => b" HTTP/1.1\r\n",
     });
+    // The request's own values of appended fields, by index into `head.added`; empty (no
+    // allocation) unless the client sent such a field.
+    let mut prior: Vec<(usize, &[u8])> = Vec::new();
+    let mut says_connection = false;
     for (name, value) in head.headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
+        says_connection |= name == header::CONNECTION;
+        if let Some(i) = head.added.iter().position(|a| a.name == name) {
+            if head.added[i].appends {
+                prior.push((i, value.as_bytes()));
+            }
+            continue;
+        }
         field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (i, added) in head.added.iter().enumerate() {
+        out.extend_from_slice(added.name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        for (_, value) in prior.iter().filter(|(of, _)| *of == i) {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(added.value);
+        out.extend_from_slice(b"\r\n");
+        says_connection |= added.name == header::CONNECTION;
+    }
+    // An HTTP/1.0 connection closes after each response unless the request asks to keep it.
+    if head.version == Version::HTTP_10 && !says_connection {
+        field(&mut out, b"connection", b"keep-alive");
     }
     match framing {
         BodyFraming::None => {}

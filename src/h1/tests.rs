@@ -400,7 +400,7 @@ where
     B::Error: Into<crate::error::BoxError>,
 {
     let mut io = Scripted::default();
-    let result = write_request(&mut io, &RequestHead::from_parts(parts), body).await;
+    let result = write_request(&mut io, &RequestHead::from_parts(parts, &[]), body).await;
     (result, io.written, io.writes)
 }
 
@@ -411,6 +411,56 @@ async fn a_request_without_a_body_has_no_framing_header() {
     result.unwrap();
     assert_eq!(wire, b"GET /p?q=1 HTTP/1.1\r\nhost: b\r\n\r\n");
     assert_eq!(writes, 1);
+}
+
+const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+/// The head `write_request` writes for a GET with `own` fields and `added` ones.
+async fn head_with(own: &[(&'static str, &'static str)], added: &[AddedField<'_>]) -> String {
+    let mut parts = get_parts("/", Version::HTTP_11);
+    for (name, value) in own {
+        parts
+            .headers
+            .append(*name, http::HeaderValue::from_static(value));
+    }
+    let mut io = Scripted::default();
+    let head = RequestHead::from_parts(&parts, added);
+    write_request(&mut io, &head, Empty::<Bytes>::new())
+        .await
+        .unwrap();
+    String::from_utf8(io.written).unwrap()
+}
+
+#[tokio::test]
+async fn an_added_field_replaces_the_requests_own_fields_of_that_name() {
+    let connection = AddedField {
+        name: &http::header::CONNECTION,
+        value: b"keep-alive",
+        appends: false,
+    };
+    let wire = head_with(&[("connection", "close"), ("accept", "*/*")], &[connection]).await;
+    assert_eq!(
+        wire,
+        "GET / HTTP/1.1\r\nhost: b\r\naccept: */*\r\nconnection: keep-alive\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn an_appended_field_joins_every_own_value_before_ours_in_one_field() {
+    let forwarded_for = AddedField {
+        name: &XFF,
+        value: b"10.0.0.9",
+        appends: true,
+    };
+    let own = [
+        ("x-forwarded-for", "1.1.1.1"),
+        ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+    ];
+    let wire = head_with(&own, &[forwarded_for]).await;
+    assert_eq!(
+        wire,
+        "GET / HTTP/1.1\r\nhost: b\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9\r\n\r\n"
+    );
 }
 
 #[tokio::test]
@@ -513,7 +563,7 @@ async fn a_write_failure_after_some_bytes_is_not_unsent() {
     };
     let err = write_request(
         &mut io,
-        &RequestHead::from_parts(&parts),
+        &RequestHead::from_parts(&parts, &[]),
         Empty::<Bytes>::new(),
     )
     .await
@@ -531,7 +581,7 @@ async fn a_write_failure_before_any_byte_is_unsent() {
     };
     let err = write_request(
         &mut io,
-        &RequestHead::from_parts(&parts),
+        &RequestHead::from_parts(&parts, &[]),
         Empty::<Bytes>::new(),
     )
     .await

@@ -10,6 +10,7 @@ use super::{ProxyOptions, origin_form, request_body};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::TunnelKind;
+use crate::middleware::forwarded::Forwarding;
 use crate::middleware::hop_by_hop::{HTTP2_SETTINGS, UpgradeRequest};
 use crate::tunnel;
 use crate::upstream::Upstream;
@@ -41,8 +42,9 @@ pub async fn switch_protocols(
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static(connection));
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
+    let forwarding = Forwarding::of(&parts);
     let resp = upstream
-        .send_dedicated(Request::from_parts(parts, body))
+        .send_dedicated(Request::from_parts(parts, body), &forwarding.fields())
         .await?;
     let (mut parts, body) = resp.into_parts();
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {

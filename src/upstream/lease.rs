@@ -12,7 +12,6 @@ use crate::body::RequestBody;
 use crate::h1::{self, Limits, RequestHead, ResponseBody, Reuse};
 use crate::metrics::CloseReason;
 use deadpool::managed::Object;
-use http::request::Parts as RequestParts;
 use http::response::Parts;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -124,7 +123,7 @@ impl Lease {
     /// Writes `head` and `body`, then reads the response head; the body follows on the lease.
     pub async fn exchange(
         mut self,
-        head: &RequestParts,
+        head: &RequestHead<'_>,
         body: RequestBody,
         limits: &Limits,
     ) -> Result<(Parts, ResponseBody<Lease>), SendError> {
@@ -134,10 +133,10 @@ impl Lease {
             unsent: cause.is_unsent(),
             cause,
         };
-        h1::write_request(&mut self, &RequestHead::from_parts(head), body)
+        h1::write_request(&mut self, head, body)
             .await
             .map_err(failed)?;
-        h1::read_response(self, &head.method, limits)
+        h1::read_response(self, head.method, limits)
             .await
             .map_err(failed)
     }

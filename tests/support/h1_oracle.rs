@@ -131,7 +131,7 @@ async fn our_outcome(method: &Method, pieces: &[Vec<u8>]) -> Outcome {
         .into_parts();
     h1::write_request(
         &mut io,
-        &RequestHead::from_parts(&parts),
+        &RequestHead::from_parts(&parts, &[]),
         Empty::<Bytes>::new(),
     )
     .await

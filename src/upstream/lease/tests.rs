@@ -146,7 +146,7 @@ async fn forward(
     req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let (head, body) = req.into_parts();
-    upstream.forward(head, body).await
+    upstream.forward(head, &[], body).await
 }
 
 fn get() -> Request<RequestBody> {
