@@ -86,6 +86,9 @@ struct SimArgs {
     /// Requests per connection before the backend closes it; 0 = unlimited.
     #[arg(long, default_value_t = 0)]
     max_requests: u32,
+    /// Connections served at once, like a small device; more wait in the accept queue. 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
     /// Response body size in bytes.
     #[arg(long, default_value_t = 1024)]
     body_size: usize,
@@ -292,6 +295,7 @@ fn backend_sim(args: SimArgs) -> ExitCode {
         response_delay: args.response_delay,
         keepalive_timeout: args.keepalive_timeout,
         max_requests: args.max_requests,
+        max_connections: args.max_connections,
         body_size: args.body_size,
         protocol: args.protocol,
         tls: args.tls_ca_out.is_some(),

@@ -465,6 +465,7 @@ pub struct UpstreamMetrics {
     pub pool_wait: Histogram,
     pub retry_not_sent: IntCounter,
     pub retry_stale: IntCounter,
+    pub retry_not_picked_up: IntCounter,
     errors: [IntCounter; ErrorKind::ALL.len()],
     tunnels: [IntCounter; TunnelKind::THROUGH_UPSTREAM.len()],
     pub retry_connect: IntCounter,
@@ -482,6 +483,9 @@ impl UpstreamMetrics {
             retry_stale: m
                 .upstream_retries_total
                 .with_label_values(&[upstream, "stale_reused"]),
+            retry_not_picked_up: m
+                .upstream_retries_total
+                .with_label_values(&[upstream, "not_picked_up"]),
             errors: children(
                 &m.upstream_errors_total,
                 &[upstream],

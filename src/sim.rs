@@ -38,6 +38,8 @@ pub struct SimConfig {
     pub keepalive_timeout: Duration,
     /// Requests per connection, then `Connection: close`; 0 = unlimited.
     pub max_requests: u32,
+    /// Connections served at once (a small device); more wait in the accept queue. 0 = unlimited.
+    pub max_connections: usize,
     pub body_size: usize,
     /// The version the backend answers with.
     pub protocol: Protocol,
@@ -54,6 +56,7 @@ impl Default for SimConfig {
             response_delay: Duration::ZERO,
             keepalive_timeout: Duration::from_secs(5),
             max_requests: 0,
+            max_connections: 0,
             body_size: 1024,
             protocol: Protocol::Http10,
             tls: false,
@@ -151,7 +154,17 @@ async fn accept(
     stats: Arc<SimStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = (config.max_connections > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_connections)));
     loop {
+        // A device that serves N connections calls accept only while fewer are open.
+        let slot = match &slots {
+            Some(slots) => tokio::select! {
+                slot = slots.clone().acquire_owned() => Some(slot.expect("never closed")),
+                () = crate::server::stopping(&mut stop) => return,
+            },
+            None => None,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -163,6 +176,7 @@ async fn accept(
         let (config, body, stats, tls) = (config.clone(), body.clone(), stats.clone(), tls.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = stream.set_nodelay(true);
             tokio::time::sleep(config.conn_cost).await;
             let Some(acceptor) = tls else {

@@ -244,7 +244,8 @@ impl Upstream {
                 Some(copy) => (copy, true),
                 None => (std::mem::replace(&mut body, RequestBody::Empty), false),
             };
-            let error = match self.send(server, lease, &head, sending).await? {
+            let rescuable = idempotent && replayable && retries.may_leave_unpicked_connection();
+            let error = match self.send(server, lease, &head, sending, rescuable).await? {
                 Ok(resp) => return Ok(resp),
                 Err(error) => error,
             };
@@ -255,6 +256,7 @@ impl Upstream {
                 reused: error.reused,
                 unsent: error.unsent,
                 before_response: error.before_response(),
+                not_picked_up: matches!(error.cause.kind(), h1::ErrorKind::NotPickedUp),
                 idempotent,
                 replayable,
             };
@@ -266,6 +268,11 @@ impl Upstream {
                         "reused connection failed before a response; retrying on another");
                     self.metrics.retry_stale.inc();
                 }
+                Retry::NotPickedUp => {
+                    tracing::debug!(upstream = %self.name, server = %server.address,
+                        "the server is not picking up a new connection; moving the request");
+                    self.metrics.retry_not_picked_up.inc();
+                }
                 Retry::No => {
                     if !error.reused {
                         server.record_failure(Failure::Reset);
@@ -276,13 +283,16 @@ impl Upstream {
         }
     }
 
-    /// One exchange on `lease` within `response_timeout`: the response, or why it failed.
+    /// One exchange on `lease` within `response_timeout`: the response, or why it failed. A
+    /// `rescuable` request (safe to send again) leaves a new connection the adaptive gate finds
+    /// the server is not picking up, instead of waiting in the server's accept queue.
     async fn send(
         &self,
         server: &Arc<Server>,
         lease: Lease,
         head: &RequestHead<'_>,
         body: RequestBody,
+        rescuable: bool,
     ) -> Result<Result<Response<PooledBody>, SendError>, ProxyError> {
         if lease.reused() {
             server.metrics.requests_reused.inc();
@@ -290,8 +300,21 @@ impl Upstream {
             server.metrics.requests_new.inc();
         }
         let in_flight = InFlight::new(server);
+        let not_picked_up = lease.not_picked_up().filter(|_| rescuable);
         let exchange = lease.exchange(head, body, &self.limits);
-        match tokio::time::timeout(self.response_timeout, exchange).await {
+        let timed = tokio::time::timeout(self.response_timeout, exchange);
+        let outcome = match not_picked_up {
+            None => timed.await,
+            Some(signal) => tokio::select! {
+                biased;
+                outcome = timed => outcome,
+                () = signal.notified() => {
+                    // Dropping the exchange closes the connection (and it leaves the server's queue).
+                    return Ok(Err(SendError::not_picked_up()));
+                }
+            },
+        };
+        match outcome {
             Ok(Ok((parts, body))) => Ok(Ok(self.accept(parts, body, server, in_flight)?)),
             Ok(Err(error)) => Ok(Err(error)),
             Err(_) => Err(ProxyError::ResponseTimeout {
@@ -352,7 +375,7 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let head = RequestHead::from_parts(&parts, added);
         match self
-            .send(&sp.server, Lease::dedicated(conn), &head, body)
+            .send(&sp.server, Lease::dedicated(conn), &head, body, false)
             .await?
         {
             Ok(resp) => Ok(resp),

@@ -71,6 +71,34 @@ fn requests_beyond_the_limit_wait_in_longhaul_and_none_fails() {
 }
 
 #[test]
+fn no_get_waits_behind_a_connection_a_small_device_never_picks_up() {
+    // A device serving 4 connections and keeping them: a fifth waits in its accept queue for
+    // as long as the load lasts. A GET sent on one moves to a served connection; had it stayed,
+    // it would end in a 504 after response_timeout.
+    let device = Backend::builder().serving_at_most(4).start();
+    let proxy = Proxy::start(
+        &ProxyConfig::single(&[device.addr()])
+            .up("response_timeout", "\"5s\"")
+            .pool("max_size", &MAX_SIZE.to_string())
+            .pool("adaptive", "true"),
+    );
+    let load = Load::get10(proxy.addr, CLIENTS, "/");
+    assert!(wait_until(SETTLE, || load.ok() >= 2000));
+
+    let (ok, errors, first) = load.finish();
+
+    assert_eq!(errors, 0, "{errors} failed of {}: {first:?}", ok + errors);
+    let moved = proxy.metric_or_zero(
+        "longhaul_upstream_retries_total",
+        &[("upstream", "legacy"), ("reason", "not_picked_up")],
+    );
+    assert!(
+        moved >= 1.0,
+        "no request had to move: the test did not exercise it"
+    );
+}
+
+#[test]
 fn the_pools_page_shows_the_limit_next_to_max_size() {
     let (_backend, proxy, _load) = serving_four_under_load(true);
     assert!(limit_reaches(&proxy, |l| l <= 5.0));

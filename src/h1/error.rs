@@ -33,6 +33,11 @@ impl Error {
         }
     }
 
+    /// An exchange given up by its caller before any response byte.
+    pub fn abandoned(kind: ErrorKind) -> Error {
+        Error::reading(kind, false)
+    }
+
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
     }
@@ -60,6 +65,9 @@ pub enum ErrorKind {
     RequestBody(BoxError),
     #[error("the connection closed before a response")]
     ClosedBeforeResponse,
+    /// The adaptive pool gave up on a new connection the server was not picking up.
+    #[error("the server did not pick up the new connection while it answered others")]
+    NotPickedUp,
     #[error("the connection closed in the middle of the response head")]
     IncompleteHead,
     #[error("the response head is larger than {limit} bytes")]

@@ -9,12 +9,13 @@
 //! reused); fresh connections still unanswered are tracked so an answer elsewhere can count how
 //! many of them are late. A shrink withdraws permits: first those of late fresh leases (written
 //! off: the backend is not serving them, so they must not keep served requests out), then free
-//! ones, then held ones as they come back (`debt`). A grow adds one.
+//! ones, then held ones as they come back (`debt`). A grow adds one. A written-off lease is told
+//! (`Permit::not_picked_up`): a request that is safe to send again leaves that connection.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::adaptive::{Change, Limiter};
@@ -46,13 +47,22 @@ struct State {
 /// warning says so once a minute, the rest go to debug.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, PartialEq)]
 enum Slot {
     Free,
-    /// The request was written at this time; its permit counts.
-    Waiting(Instant),
+    /// The request was written at `since`; its permit counts. `written_off` is notified if a
+    /// shrink writes it off.
+    Waiting {
+        since: Instant,
+        written_off: Arc<Notify>,
+    },
     /// Late when the limit shrank: its permit was withdrawn and is forgotten when it ends.
     WrittenOff,
+}
+
+impl Slot {
+    fn late(&self, now: Instant, threshold: Duration) -> bool {
+        matches!(self, Slot::Waiting { since, .. } if now - *since > threshold)
+    }
 }
 
 impl State {
@@ -62,13 +72,17 @@ impl State {
         };
         self.unanswered_fresh
             .iter()
-            .filter(|s| matches!(s, Slot::Waiting(since) if now - *since > threshold))
+            .filter(|s| s.late(now, threshold))
             .count()
     }
 
-    fn track(&mut self, since: Instant) -> usize {
-        let slot = Slot::Waiting(since);
-        match self.unanswered_fresh.iter().position(|s| *s == Slot::Free) {
+    fn track(&mut self, since: Instant, written_off: Arc<Notify>) -> usize {
+        let slot = Slot::Waiting { since, written_off };
+        match self
+            .unanswered_fresh
+            .iter()
+            .position(|s| matches!(s, Slot::Free))
+        {
             Some(i) => {
                 self.unanswered_fresh[i] = slot;
                 i
@@ -83,7 +97,7 @@ impl State {
     /// Frees `slot`; true if its permit had been written off.
     fn untrack(&mut self, slot: usize) -> bool {
         let was = std::mem::replace(&mut self.unanswered_fresh[slot], Slot::Free);
-        was == Slot::WrittenOff
+        matches!(was, Slot::WrittenOff)
     }
 
     /// Writes off up to `n` late fresh leases' permits; returns how many.
@@ -96,8 +110,10 @@ impl State {
             if done == n {
                 break;
             }
-            if matches!(slot, Slot::Waiting(since) if now - *since > threshold) {
-                *slot = Slot::WrittenOff;
+            if slot.late(now, threshold)
+                && let Slot::Waiting { written_off, .. } = std::mem::replace(slot, Slot::WrittenOff)
+            {
+                written_off.notify_one();
                 done += 1;
             }
         }
@@ -152,6 +168,7 @@ impl Gate {
             sent: None,
             fresh_slot: None,
             written_off: false,
+            not_picked_up: None,
         }
     }
 
@@ -272,6 +289,8 @@ pub struct Permit {
     fresh_slot: Option<usize>,
     /// A shrink withdrew this permit while the lease was unanswered.
     written_off: bool,
+    /// Notified when a shrink writes this fresh lease off unanswered.
+    not_picked_up: Option<Arc<Notify>>,
 }
 
 impl Permit {
@@ -280,8 +299,16 @@ impl Permit {
         let now = Instant::now();
         self.sent = Some((now, reused));
         if !reused {
-            self.fresh_slot = Some(self.gate.lock().track(now));
+            let signal = Arc::new(Notify::new());
+            self.fresh_slot = Some(self.gate.lock().track(now, signal.clone()));
+            self.not_picked_up = Some(signal);
         }
+    }
+
+    /// For a fresh lease: completes once the gate wrote it off unanswered (the server is not
+    /// picking the connection up while it answers others). Never completes for a reused one.
+    pub fn not_picked_up(&self) -> Option<Arc<Notify>> {
+        self.not_picked_up.clone()
     }
 
     /// The first response byte arrived.
@@ -408,6 +435,47 @@ mod tests {
         }
         drop(stuck);
         assert_eq!(free_permits(&gate), gate.limit());
+    }
+
+    /// Whether the gate told `permit`'s lease that the server is not picking it up.
+    async fn told_not_picked_up(permit: &Permit) -> bool {
+        let Some(signal) = permit.not_picked_up() else {
+            return false;
+        };
+        tokio::time::timeout(Duration::ZERO, signal.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_fresh_lease_a_shrink_writes_off_is_told_it_was_not_picked_up() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        until_shrunk(&gate, &mut stuck).await;
+
+        let mut told = 0;
+        for p in &stuck {
+            told += usize::from(told_not_picked_up(p).await);
+        }
+
+        assert!(
+            told >= 4,
+            "the four late when the limit fell to 4: {told} told"
+        );
+        let still_counted = gate.lock().in_use;
+        assert_eq!(
+            told + still_counted,
+            stuck.len(),
+            "told exactly the written-off ones"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_lease_is_never_told_it_was_not_picked_up() {
+        let gate = gate(32);
+        let mut reused = gate.try_enter().expect("free");
+        reused.sending(true);
+        assert!(reused.not_picked_up().is_none());
     }
 
     #[tokio::test(start_paused = true)]

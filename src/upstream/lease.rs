@@ -50,6 +50,15 @@ pub struct SendError {
 }
 
 impl SendError {
+    /// The adaptive gate wrote the fresh connection off before any response byte.
+    pub fn not_picked_up() -> SendError {
+        SendError {
+            reused: false,
+            unsent: false,
+            cause: h1::Error::abandoned(h1::ErrorKind::NotPickedUp),
+        }
+    }
+
     /// Nothing of the response arrived (the failure a stale connection causes).
     pub fn before_response(&self) -> bool {
         self.cause.is_before_response()
@@ -85,6 +94,12 @@ impl Lease {
 
     pub fn reused(&self) -> bool {
         self.reused
+    }
+
+    /// For a fresh connection under the adaptive gate: notified if the gate writes it off
+    /// unanswered (`gate::Permit::not_picked_up`).
+    pub fn not_picked_up(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.permit.as_ref()?.not_picked_up()
     }
 
     fn conn(&mut self) -> &mut PooledConn {

@@ -16,9 +16,14 @@ pub struct Retries {
     started: Instant,
     window: Duration,
     connect_failures: u32,
+    not_picked_up: u32,
     unsent: u32,
     stale_retried: bool,
 }
+
+/// Moves off connections the server had not picked up, per request; each is a connection the
+/// adaptive limit wrote off, so more than a few means the limit is still settling.
+const MAX_NOT_PICKED_UP_RETRIES: u32 = 3;
 
 /// What to do after an exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +33,9 @@ pub enum Retry {
     /// A reused connection failed before any response byte, and sending the request again is
     /// safe (idempotent, replayable body): once, on another connection.
     Stale,
+    /// The server had not picked up the new connection while it answered others, and sending
+    /// the request again is safe (`retries_total{reason="not_picked_up"}`).
+    NotPickedUp,
     /// Fail the request.
     No,
 }
@@ -38,6 +46,8 @@ pub struct Attempt {
     pub reused: bool,
     pub unsent: bool,
     pub before_response: bool,
+    /// The adaptive gate wrote the fresh connection off unanswered (`h1::ErrorKind::NotPickedUp`).
+    pub not_picked_up: bool,
     pub idempotent: bool,
     /// The body can be sent again (absent or buffered).
     pub replayable: bool,
@@ -50,6 +60,7 @@ impl Retries {
             started: Instant::now(),
             window,
             connect_failures: 0,
+            not_picked_up: 0,
             unsent: 0,
             stale_retried: false,
         }
@@ -69,6 +80,12 @@ impl Retries {
         self.stale_retried
     }
 
+    /// Whether a request safe to send again may still leave a new connection the server is not
+    /// picking up (else it waits there, as a request that is not safe to resend always does).
+    pub fn may_leave_unpicked_connection(&self) -> bool {
+        self.not_picked_up < MAX_NOT_PICKED_UP_RETRIES
+    }
+
     /// After a send that wrote nothing: whether to send it again.
     pub fn after_unsent(&mut self) -> bool {
         self.unsent += 1;
@@ -83,6 +100,10 @@ impl Retries {
         }
         if attempt.unsent && self.after_unsent() {
             return Retry::Unsent;
+        }
+        if attempt.not_picked_up && attempt.idempotent && self.may_leave_unpicked_connection() {
+            self.not_picked_up += 1;
+            return Retry::NotPickedUp;
         }
         let stale = attempt.reused && attempt.before_response && attempt.idempotent;
         if stale && !self.stale_retried {
@@ -115,6 +136,7 @@ mod tests {
             reused: true,
             unsent: false,
             before_response: true,
+            not_picked_up: false,
             idempotent: true,
             replayable: true,
         };
@@ -167,9 +189,39 @@ mod tests {
             reused: true,
             unsent: false,
             before_response: true,
+            not_picked_up: false,
             idempotent: true,
             replayable: true,
         }
+    }
+
+    fn not_picked_up(idempotent: bool) -> Attempt {
+        Attempt {
+            reused: false,
+            not_picked_up: true,
+            idempotent,
+            ..attempt()
+        }
+    }
+
+    #[test]
+    fn a_get_on_a_connection_the_server_did_not_pick_up_moves_on_a_few_times_then_waits() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        let mut moved = 0;
+        while retries.may_leave_unpicked_connection() {
+            assert_eq!(
+                retries.after_send_failure(not_picked_up(true)),
+                Retry::NotPickedUp
+            );
+            moved += 1;
+        }
+        assert_eq!(moved, MAX_NOT_PICKED_UP_RETRIES);
+    }
+
+    #[test]
+    fn a_post_on_a_connection_the_server_did_not_pick_up_is_not_sent_again() {
+        let mut retries = Retries::new(Duration::from_secs(3));
+        assert_eq!(retries.after_send_failure(not_picked_up(false)), Retry::No);
     }
 
     #[test]

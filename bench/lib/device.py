@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Issue #12's small-device row: a backend that serves 4 connections at a time (backend-sim
+--max-connections 4: a fifth waits in its accept queue until one of the four closes), `ab -n N
+-c 50` HTTP/1.0 short connections, through longhaul with max_size 32 and adaptive on, with
+max_size 4 set by hand (adaptive off), with max_size 32 and adaptive off, and through HAProxy
+(maxconn 32, http-reuse always). A fresh backend for each target.
+
+  python3 bench/lib/device.py [--n 20000] [--longhaul target/release/longhaul]
+
+Writes a Markdown table to stdout; every process it starts is stopped at exit. Loopback only.
+"""
+
+import argparse
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clients  # noqa: E402
+import harness  # noqa: E402
+
+DEVICE_CONNECTIONS = 4
+
+# name: (max_size, [upstream.pool] lines)
+LONGHAUL = {
+    "longhaul-adaptive-32": (32, "adaptive = true\n"),
+    "longhaul-fixed-4": (DEVICE_CONNECTIONS, "adaptive = false\n"),
+    "longhaul-fixed-32": (32, "adaptive = false\n"),
+}
+
+
+def start_device(procs, longhaul):
+    port = harness.free_port()
+    argv = [longhaul, "backend-sim", "--listen", "127.0.0.1:%d" % port, "--conn-cost", "1ms",
+            "--keepalive-timeout", "5s", "--body-size", "1024", "--protocol", "http/1.0",
+            "--max-connections", str(DEVICE_CONNECTIONS)]
+    p = procs.start("device-%d" % port, argv)
+    harness.wait_port(port, p)
+    return p, port
+
+
+def start_target(procs, tmp, name, longhaul, backend_port):
+    port = harness.free_port()
+    if name in LONGHAUL:
+        pool, extra = LONGHAUL[name]
+        conf = harness.longhaul_config(tmp, port, harness.free_port(), backend_port, pool,
+                                       pool_extra=extra)
+        p = procs.start("%s-%d" % (name, port), [longhaul, "--config", conf])
+    else:
+        conf = harness.haproxy_config(tmp, port, backend_port, 32)
+        p = procs.start("haproxy-%d" % port, ["haproxy", "-db", "-f", conf])
+    harness.wait_port(port, p)
+    return p, port
+
+
+def measure(procs, tmp, name, longhaul, n):
+    device, backend_port = start_device(procs, longhaul)
+    try:
+        proxy, port = start_target(procs, tmp, name, longhaul, backend_port)
+        try:
+            return clients.run_ab(port, n, 50, tmpdir=tmp)
+        finally:
+            procs.stop(proxy)
+    finally:
+        procs.stop(device)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000, help="requests per target")
+    ap.add_argument("--longhaul", default=os.path.join(harness.REPO, "target", "release", "longhaul"))
+    ap.add_argument("--targets", default=",".join(list(LONGHAUL) + ["haproxy"]))
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="longhaul-device-")
+    procs = harness.Procs(tmp, os.path.join(tmp, "pids"))
+    atexit.register(procs.stop_all)
+    atexit.register(shutil.rmtree, tmp, True)
+    rows = []
+    for name in args.targets.split(","):
+        r = measure(procs, tmp, name, args.longhaul, args.n)
+        rows.append((name, r))
+        print("%s: %.0f req/s, p99 %.0f ms, %d errors" % (name, r["rps"], r["p99_ms"], r["errors"]),
+              file=sys.stderr)
+    print("| %d-connection device, ab -n %d -c 50, HTTP/1.0 | req/s | p50 ms | p99 ms | errors |"
+          % (DEVICE_CONNECTIONS, args.n))
+    print("| --- | --- | --- | --- | --- |")
+    for name, r in rows:
+        print("| %s | %.0f | %.0f | %.0f | %d |" % (name, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]))
+
+
+if __name__ == "__main__":
+    main()
