@@ -356,9 +356,7 @@ impl Default for PoolConfig {
             wait_timeout: Duration::from_secs(5),
             max_waiters: 1024,
             max_connecting: 4,
-            // Off until a warm prefork backend is served as fast with it as without
-            // (bench/README.md, "Apache prefork").
-            adaptive: false,
+            adaptive: true,
         }
     }
 }
