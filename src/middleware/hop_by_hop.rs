@@ -41,13 +41,22 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// names present marks the fixed ones; only a `Connection` that lists other names (rare) costs
 /// a lookup per name it lists. No allocation for the common heads.
 pub fn strip(headers: &mut HeaderMap) {
+    strip_read(headers, None);
+}
+
+/// `strip`, given what the `Connection` header says when the caller read it already.
+fn strip_read(headers: &mut HeaderMap, tokens: Option<ConnectionTokens>) {
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
         }
     }
-    if present & 1 != 0 && ConnectionTokens::of(headers).others {
+    if present & 1 != 0
+        && tokens
+            .unwrap_or_else(|| ConnectionTokens::of(headers))
+            .others
+    {
         remove_listed(headers);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -122,11 +131,12 @@ pub struct UpgradeRequest {
 
 /// The request-side mapping for `tower::util::MapRequestLayer`.
 pub fn strip_request<B>(mut req: Request<B>) -> Request<B> {
-    if let Some(upgrade) = requested_upgrade(req.headers()) {
+    let tokens = ConnectionTokens::of(req.headers());
+    if let Some(upgrade) = requested_upgrade(req.headers(), tokens) {
         req.extensions_mut().insert(upgrade);
     }
     trailers::note_acceptance(&mut req);
-    strip(req.headers_mut());
+    strip_read(req.headers_mut(), Some(tokens));
     req
 }
 
@@ -155,8 +165,8 @@ pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
 #[derive(Debug, Clone, Copy)]
 pub struct CloseClient;
 
-fn requested_upgrade(headers: &HeaderMap) -> Option<UpgradeRequest> {
-    if !ConnectionTokens::of(headers).upgrade {
+fn requested_upgrade(headers: &HeaderMap, tokens: ConnectionTokens) -> Option<UpgradeRequest> {
+    if !tokens.upgrade {
         return None;
     }
     Some(UpgradeRequest {
