@@ -308,7 +308,7 @@ impl Upstream {
             Some(signal) => tokio::select! {
                 biased;
                 outcome = timed => outcome,
-                () = signal.notified() => {
+                () = signal.wait() => {
                     // Dropping the exchange closes the connection (and it leaves the server's queue).
                     return Ok(Err(SendError::not_picked_up()));
                 }

@@ -102,6 +102,21 @@ impl Limiter {
         self.grow(now)
     }
 
+    /// No answer came, but `late_fresh` fresh connections are unanswered past the threshold
+    /// although the server answered others since they were sent (a lease's own review).
+    pub fn on_overdue(&mut self, now: Instant, in_use: usize, late_fresh: usize) -> Option<Change> {
+        if late_fresh == 0 {
+            return None;
+        }
+        self.shrink(now, in_use, late_fresh)
+    }
+
+    /// How often an unanswered fresh lease reviews itself: its late threshold, or the floor
+    /// before a baseline exists.
+    pub fn review_every(&self) -> Duration {
+        self.threshold().unwrap_or(LATE_FLOOR)
+    }
+
     fn sample(&mut self, rtt: Duration) {
         match self.srtt {
             None => {

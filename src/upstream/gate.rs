@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::adaptive::{Change, Limiter};
@@ -41,6 +41,8 @@ struct State {
     unanswered_fresh: Vec<Slot>,
     /// When a shrink was last logged as a warning (at most one per `WARN_EVERY`).
     warned_at: Option<Instant>,
+    /// When the server last answered a request (a first byte).
+    last_answer: Option<Instant>,
 }
 
 /// A limit that keeps probing one above what the server serves shrinks every few seconds: the
@@ -73,6 +75,19 @@ impl State {
         self.unanswered_fresh
             .iter()
             .filter(|s| s.late(now, threshold))
+            .count()
+    }
+
+    /// Late fresh leases sent before the server's last answer: it answered others after them.
+    fn late_fresh_passed_over(&self, now: Instant) -> usize {
+        let (Some(threshold), Some(last_answer)) = (self.limiter.threshold(), self.last_answer)
+        else {
+            return 0;
+        };
+        self.unanswered_fresh
+            .iter()
+            .filter(|s| s.late(now, threshold))
+            .filter(|s| matches!(s, Slot::Waiting { since, .. } if *since < last_answer))
             .count()
     }
 
@@ -135,6 +150,7 @@ impl Gate {
                 debt: 0,
                 unanswered_fresh: Vec::new(),
                 warned_at: None,
+                last_answer: None,
             }),
             max: max_size,
             upstream: metrics.upstream.clone(),
@@ -155,9 +171,9 @@ impl Gate {
     }
 
     /// A permit, after those who came first.
-    pub async fn enter(self: &Arc<Self>) -> Result<Permit, AcquireError> {
-        let permit = self.permits.clone().acquire_owned().await?;
-        Ok(self.admitted(permit))
+    pub async fn enter(self: &Arc<Self>) -> Permit {
+        let permit = self.permits.clone().acquire_owned().await;
+        self.admitted(permit.expect("the gate's semaphore is never closed"))
     }
 
     fn admitted(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Permit {
@@ -176,10 +192,17 @@ impl Gate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Feeds the limiter a first byte; returns true if the lease's permit had been written off.
-    fn answered(&self, reused: bool, latency: Duration, fresh_slot: Option<usize>) -> bool {
-        let now = Instant::now();
+    /// Feeds the limiter a first byte at `now`, `latency` after the request was written;
+    /// returns true if the lease's permit had been written off.
+    fn answered(
+        &self,
+        now: Instant,
+        reused: bool,
+        latency: Duration,
+        fresh_slot: Option<usize>,
+    ) -> bool {
         let mut state = self.lock();
+        state.last_answer = Some(now);
         if let Some(slot) = fresh_slot
             && state.untrack(slot)
         {
@@ -189,9 +212,32 @@ impl Gate {
         let late = state.late_fresh(now);
         let in_use = state.in_use;
         let before = state.limiter.limit();
-        let Some(change) = state.limiter.on_answer(now, reused, latency, in_use, late) else {
-            return false;
-        };
+        if let Some(change) = state.limiter.on_answer(now, reused, latency, in_use, late) {
+            self.apply(&mut state, change, before, now, in_use);
+        }
+        false
+    }
+
+    /// An unanswered fresh lease's review at its late threshold: when no answer comes to
+    /// trigger it (the load stopped), late fresh leases the server passed over still shrink the
+    /// limit and are written off, as an answer would have done.
+    fn review(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let late = state.late_fresh_passed_over(now);
+        let in_use = state.in_use;
+        let before = state.limiter.limit();
+        if let Some(change) = state.limiter.on_overdue(now, in_use, late) {
+            self.apply(&mut state, change, before, now, in_use);
+        }
+    }
+
+    fn review_every(&self) -> Duration {
+        self.lock().limiter.review_every()
+    }
+
+    /// Carries out a change of the limit from `before`.
+    fn apply(&self, state: &mut State, change: Change, before: usize, now: Instant, in_use: usize) {
         match change {
             Change::Grew { .. } => {
                 if state.debt > 0 {
@@ -202,7 +248,7 @@ impl Gate {
             }
             Change::Shrank { to, late } => {
                 let written_off = state.write_off_late(now, before - to);
-                self.withdraw(&mut state, before - to - written_off);
+                self.withdraw(state, before - to - written_off);
                 let warn = state.warned_at.is_none_or(|at| now - at >= WARN_EVERY);
                 if warn && to < self.max {
                     state.warned_at = Some(now);
@@ -211,7 +257,6 @@ impl Gate {
             }
         }
         self.limit_gauge.set(state.limiter.limit() as i64);
-        false
     }
 
     /// Takes `n` permits out: the free ones now, the rest as they are given back.
@@ -293,6 +338,26 @@ pub struct Permit {
     not_picked_up: Option<Arc<Notify>>,
 }
 
+/// What a fresh lease waits on to learn that the server is not picking its connection up.
+pub struct NotPickedUp {
+    gate: Arc<Gate>,
+    written_off: Arc<Notify>,
+}
+
+impl NotPickedUp {
+    /// Completes once the gate writes the lease off; reviews the gate at each late threshold
+    /// meanwhile, so a lease is written off even when no other answer comes to trigger it.
+    pub async fn wait(self) {
+        loop {
+            let every = self.gate.review_every();
+            tokio::select! {
+                () = self.written_off.notified() => return,
+                () = tokio::time::sleep(every) => self.gate.review(),
+            }
+        }
+    }
+}
+
 impl Permit {
     /// The request is about to be written on a `reused` or fresh connection.
     pub fn sending(&mut self, reused: bool) {
@@ -307,8 +372,11 @@ impl Permit {
 
     /// For a fresh lease: completes once the gate wrote it off unanswered (the server is not
     /// picking the connection up while it answers others). Never completes for a reused one.
-    pub fn not_picked_up(&self) -> Option<Arc<Notify>> {
-        self.not_picked_up.clone()
+    pub fn not_picked_up(&self) -> Option<NotPickedUp> {
+        Some(NotPickedUp {
+            gate: self.gate.clone(),
+            written_off: self.not_picked_up.clone()?,
+        })
     }
 
     /// The first response byte arrived.
@@ -317,7 +385,9 @@ impl Permit {
             return;
         };
         let slot = self.fresh_slot.take();
-        self.written_off = self.gate.answered(reused, since.elapsed(), slot);
+        // One clock read for both the latency and the limiter's time.
+        let now = Instant::now();
+        self.written_off = self.gate.answered(now, reused, now - since, slot);
     }
 }
 
@@ -356,7 +426,7 @@ mod tests {
         for i in 0..3 {
             let (gate, tx) = (gate.clone(), tx.clone());
             tokio::spawn(async move {
-                let _p = gate.enter().await.unwrap();
+                let _p = gate.enter().await;
                 tx.send(i).unwrap();
             });
             tokio::task::yield_now().await;
@@ -442,7 +512,7 @@ mod tests {
         let Some(signal) = permit.not_picked_up() else {
             return false;
         };
-        tokio::time::timeout(Duration::ZERO, signal.notified())
+        tokio::time::timeout(Duration::ZERO, signal.written_off.notified())
             .await
             .is_ok()
     }
@@ -468,6 +538,29 @@ mod tests {
             stuck.len(),
             "told exactly the written-off ones"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_fresh_lease_is_written_off_by_its_own_review_when_no_answer_follows() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        // A baseline, then 4 served and 4 fresh ones sent; the served are answered at once,
+        // after which no answer comes (the load stopped).
+        round(&gate, 4, &mut stuck).await;
+        round(&gate, 4, &mut stuck).await;
+        let waits: Vec<_> = stuck
+            .iter()
+            .map(|p| p.not_picked_up().expect("fresh"))
+            .collect();
+
+        let written_off = tokio::time::timeout(
+            Duration::from_secs(1),
+            waits.into_iter().next().unwrap().wait(),
+        )
+        .await;
+
+        assert!(written_off.is_ok(), "still waiting a second later");
+        assert!(gate.limit() < 8, "limit {}", gate.limit());
     }
 
     #[tokio::test(start_paused = true)]

@@ -98,7 +98,7 @@ impl Lease {
 
     /// For a fresh connection under the adaptive gate: notified if the gate writes it off
     /// unanswered (`gate::Permit::not_picked_up`).
-    pub fn not_picked_up(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+    pub fn not_picked_up(&self) -> Option<super::gate::NotPickedUp> {
         self.permit.as_ref()?.not_picked_up()
     }
 

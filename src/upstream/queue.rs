@@ -89,8 +89,7 @@ impl WaitQueue {
         }
         let _place = self.join_or_reject(metrics)?;
         match tokio::time::timeout(self.wait_timeout, gate.enter()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(closed)) => Err(CheckoutError::Unavailable(closed.to_string())),
+            Ok(permit) => Ok(permit),
             Err(_) => {
                 metrics.rejected_wait_timeout.inc();
                 Err(CheckoutError::WaitTimeout)

@@ -21,9 +21,11 @@ pub struct Retries {
     stale_retried: bool,
 }
 
-/// Moves off connections the server had not picked up, per request; each is a connection the
-/// adaptive limit wrote off, so more than a few means the limit is still settling.
-const MAX_NOT_PICKED_UP_RETRIES: u32 = 3;
+/// Moves off connections the server had not picked up, per request. A moved request may take a
+/// permit the limit still has above what the server serves and land on another new connection;
+/// each move follows a shrink, which at most halves the limit, so the limit reaches what is
+/// served within log2(max_size) moves: 16 covers any `max_size` up to 65,536.
+const MAX_NOT_PICKED_UP_RETRIES: u32 = 16;
 
 /// What to do after an exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
