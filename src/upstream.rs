@@ -221,7 +221,9 @@ impl Upstream {
     /// Sends `req` to a server and returns its response, retrying only where that is safe:
     /// failed connects within `retry_window` (nothing was sent), a request of which no byte was
     /// written, and once an idempotent request with a replayable body when a reused connection
-    /// failed before any response byte. The request head is borrowed by every attempt, never
+    /// failed before any response byte (then on a connection that never carried a request), and
+    /// such a request again when the adaptive gate finds the server is not picking up the new
+    /// connection it went out on. The request head is borrowed by every attempt, never
     /// copied; a buffered body is a reference-counted `Bytes`. `added` are the fields this hop
     /// adds to the head (`middleware::forwarded`).
     pub async fn forward(
