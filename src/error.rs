@@ -1,16 +1,27 @@
 //! The failures a proxied request can meet, and the one place (`rescue`) that turns each into
 //! the response a client sees: status, short body naming upstream and cause, and the metric kind.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ProxyBody;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, RequestSeries};
+use crate::middleware::upstreamed::{ResponseFacts, Upstreamed};
 
 /// Any error a tower layer may return; classified by `rescue`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request that failed once routed: the cause, and the upstream's request series, so the
+/// failure is counted and labelled with the upstream like any answer from it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct UpstreamFailure {
+    pub error: ProxyError,
+    pub series: Arc<RequestSeries>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -123,6 +134,14 @@ impl ProxyError {
 
 /// The tower load-shed and timeout errors, and our own, as one client response.
 pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    if let Some(failed) = err.downcast_ref::<UpstreamFailure>() {
+        tracing::warn!(upstream = %failed.series.upstream, error = %failed.error,
+            request_id = request_id.to_str().unwrap_or("-"), "request failed");
+        let mut resp = failure_response(&failed.error, request_id);
+        let (series, facts) = (failed.series.clone(), ResponseFacts::default());
+        resp.extensions_mut().insert(Upstreamed { series, facts });
+        return resp;
+    }
     if let Some(e) = err.downcast_ref::<ProxyError>() {
         return failure_response(e, request_id);
     }

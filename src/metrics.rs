@@ -422,6 +422,14 @@ pub struct RequestSeries {
     statuses: [OnceLock<(u16, IntCounter)>; STATUS_SLOTS],
 }
 
+impl std::fmt::Debug for RequestSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSeries")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RequestSeries {
     pub fn new(upstream: &str) -> RequestSeries {
         RequestSeries {

@@ -9,3 +9,4 @@ pub mod head_limits;
 pub mod hop_by_hop;
 pub mod request_id;
 pub mod trailers;
+pub mod upstreamed;

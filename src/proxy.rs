@@ -16,13 +16,12 @@ use tower::Service;
 
 use crate::body::{ProxyBody, RequestBody, StallGuard};
 use crate::config::{Config, Protocol};
-use crate::error::{BoxError, ProxyError, failure_response};
+use crate::error::{BoxError, ProxyError, UpstreamFailure};
 use crate::metrics::CloseReason;
-use crate::middleware::access_log::UpstreamName;
-use crate::middleware::forwarded::{Forwarding, UpstreamVersion};
-use crate::middleware::hop_by_hop::{CloseClient, UpgradeRequest};
-use crate::middleware::request_id;
+use crate::middleware::forwarded::Forwarding;
+use crate::middleware::hop_by_hop::UpgradeRequest;
 use crate::middleware::trailers::{self, AcceptsTrailers};
+use crate::middleware::upstreamed::{ResponseFacts, Upstreamed};
 use crate::route::{Router, normalize_host};
 use crate::transparent::Destination;
 use crate::upstream::Upstream;
@@ -142,36 +141,36 @@ impl Service<Request<Incoming>> for Proxy {
         let routing = self.routing.load_full();
         let options = self.options;
         Box::pin(async move {
-            let id = request_id::of(&req);
             let selected = match req.extensions().get::<Destination>() {
                 Some(d) => Ok(d.upstream.clone()),
                 None => select_upstream(&routing, &req, options),
             };
             let upstream = match selected {
                 Ok(found) => found,
-                Err(e) => return Ok(failure_response(&e, &id)),
+                Err(e) => return Err(e.into()),
             };
             // Tunnels are rare: boxed, so their futures do not size every request's.
             let outcome = if req.method() == Method::CONNECT {
-                Box::pin(upgrade::connect(&upstream, req, options)).await
+                let tunnel = Box::pin(upgrade::connect(&upstream, req, options)).await;
+                tunnel.map(|resp| (resp, ResponseFacts::default()))
             } else if req.extensions().get::<UpgradeRequest>().is_some() {
-                Box::pin(upgrade::switch_protocols(&upstream, req, options)).await
+                let switched = Box::pin(upgrade::switch_protocols(&upstream, req, options)).await;
+                switched.map(|resp| (resp, ResponseFacts::default()))
             } else {
                 proxy_request(&upstream, req, options).await
             };
-            let mut resp = match outcome {
-                Ok(resp) => resp,
-                Err(e) => {
-                    if let Some(kind) = e.upstream_kind() {
+            let series = upstream.requests.clone();
+            let (mut resp, facts) = match outcome {
+                Ok(answered) => answered,
+                Err(error) => {
+                    if let Some(kind) = error.upstream_kind() {
                         upstream.metrics.error(kind);
                     }
-                    tracing::warn!(upstream = %upstream.name, error = %e,
-                        request_id = id.to_str().unwrap_or("-"), "request failed");
-                    failure_response(&e, &id)
+                    // `rescue` makes the response, with the request id, above the timeout.
+                    return Err(UpstreamFailure { error, series }.into());
                 }
             };
-            resp.extensions_mut()
-                .insert(UpstreamName(upstream.requests.clone()));
+            resp.extensions_mut().insert(Upstreamed { series, facts });
             Ok(resp)
         })
     }
@@ -215,7 +214,7 @@ pub(crate) async fn proxy_request(
     upstream: &Upstream,
     req: Request<Incoming>,
     options: ProxyOptions,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<(Response<ProxyBody>, ResponseFacts), ProxyError> {
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
     let accepts_trailers = parts.extensions.get::<AcceptsTrailers>().is_some();
@@ -237,17 +236,12 @@ pub(crate) async fn proxy_request(
     // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
     let close_client =
         client_version == Version::HTTP_10 && resp.body().size_hint().exact().is_none();
-    let announced = trailers::to_announce(accepts_trailers, resp.headers());
-    let version = resp.version();
+    let facts = ResponseFacts {
+        version: Some(resp.version()),
+        close_client,
+        trailers: trailers::to_announce(accepts_trailers, resp.headers()),
+    };
     let mut resp = resp.map(|body| ProxyBody::Upstream(Box::new(body)));
-    let extensions = resp.extensions_mut();
-    extensions.insert(UpstreamVersion(version));
-    if close_client {
-        extensions.insert(CloseClient);
-    }
-    if let Some(announced) = announced {
-        extensions.insert(announced);
-    }
     // hyper decides the client's keep-alive from the client's request only when the response
     // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.
     *resp.version_mut() = if close_client {
@@ -255,7 +249,7 @@ pub(crate) async fn proxy_request(
     } else {
         Version::HTTP_11
     };
-    Ok(resp)
+    Ok((resp, facts))
 }
 
 /// The request body as the upstream's protocol needs it.

@@ -31,7 +31,6 @@ use crate::middleware::access_log::{AccessLog, AccessLogLayer};
 use crate::middleware::forwarded::{self, ClientAddr, ClientTls};
 use crate::middleware::guard::{RequestGuard, RequestGuardLayer};
 use crate::middleware::hop_by_hop;
-use crate::middleware::request_id::{RequestId, RequestIdLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::tls::TlsTerminator;
 use crate::transparent::{Destination, Transparent};
@@ -128,9 +127,9 @@ fn listening_socket(
 /// Outermost first; each layer says why it sits where it does.
 pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
     ServiceBuilder::new()
-        // First, so every log line, error body and upstream request carries the id.
-        .layer(RequestIdLayer)
-        // Sees every outcome, shed and timed-out requests included, and turns errors into responses.
+        // First: gives the request its id, so every log line, error body and upstream request
+        // carries it; sees every outcome, shed and timed-out requests included, and turns
+        // errors into responses.
         .layer(AccessLogLayer {
             enabled: access_log,
         })
@@ -167,7 +166,7 @@ type Rewrite = MapRequest<MapResponse<MapResponse<Proxy, ResponseMap>, ResponseM
 /// The request guard, load shedding, the concurrency limit and the request timeout.
 type Guarded = RequestGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
 /// The whole stack `stack` builds, named so it can be cloned per connection without boxing.
-pub type Stack = RequestId<AccessLog<Guarded>>;
+pub type Stack = AccessLog<Guarded>;
 
 /// Client connection settings, from `[server]`.
 #[derive(Clone)]

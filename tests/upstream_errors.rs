@@ -58,6 +58,25 @@ fn connect_refused_gives_502() {
 }
 
 #[test]
+fn a_failed_request_is_counted_under_its_upstream_with_the_status_the_client_got() {
+    let dead = RefusingPort::new();
+    let proxy = Proxy::start(&ProxyConfig::single(&[dead.addr]));
+
+    let r = client::get10(proxy.addr, "/x");
+
+    assert_eq!(r.status, 502, "{}", r.body_str());
+    let counted = |upstream| {
+        let labels = [("upstream", upstream), ("code", "502")];
+        proxy.metric_or_zero("longhaul_requests_total", &labels)
+    };
+    assert_eq!(
+        [counted("legacy"), counted("none")],
+        [1.0, 0.0],
+        "requests_total for 502 under upstream legacy and none"
+    );
+}
+
+#[test]
 fn response_timeout_gives_504() {
     let backend = Backend::builder().never_answer().start();
     let proxy =

@@ -1,10 +1,10 @@
-//! Outermost accounting: one access-log line and the request metrics per request, and the one
-//! place where errors from inner layers (load shed, timeout) become client responses.
+//! Outermost accounting: the request's id (`request_id`), one access-log line and the request
+//! metrics per request, and the one place where errors from inner layers (load shed, timeout,
+//! a failed upstream) become client responses.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::time::Instant;
 
@@ -15,12 +15,7 @@ use tower::{Layer, Service};
 use crate::body::ProxyBody;
 use crate::error::{BoxError, rescue};
 use crate::metrics::RequestSeries;
-use crate::middleware::request_id;
-
-/// The upstream a response came from, set by the proxy service for logs and labels: its
-/// request series, resolved once per upstream.
-#[derive(Clone)]
-pub struct UpstreamName(pub Arc<RequestSeries>);
+use crate::middleware::{request_id, upstreamed};
 
 #[derive(Clone)]
 pub struct AccessLogLayer {
@@ -59,9 +54,9 @@ where
         }
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let id = request_id::of(&req);
+        let id = request_id::assign(&mut req);
         // Copied only when a log line will be written: the request moves into the inner service.
         let logged = self
             .enabled
@@ -95,11 +90,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let resp = match ready!(this.inner.poll(cx)) {
+        let mut resp = match ready!(this.inner.poll(cx)) {
             Ok(resp) => resp,
             Err(err) => rescue(&err, this.id),
         };
         record(&resp, *this.started, this.id, this.logged.take());
+        // Polled no more once ready: the id moves onto the response.
+        let id = std::mem::replace(this.id, HeaderValue::from_static("-"));
+        request_id::echo(&mut resp, id);
         Poll::Ready(Ok(resp))
     }
 }
@@ -111,8 +109,8 @@ fn record(
     id: &HeaderValue,
     logged: Option<(Method, String)>,
 ) {
-    let series = match resp.extensions().get::<UpstreamName>() {
-        Some(name) => &*name.0,
+    let series = match upstreamed::of(resp) {
+        Some(u) => &*u.series,
         None => RequestSeries::none(),
     };
     let upstream = &*series.upstream;

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderName, HeaderValue, Response, Version, header};
 
 use crate::h1::AddedField;
+use crate::middleware::upstreamed;
 
 /// The peer address of the client connection, put in request extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -131,16 +132,11 @@ impl IpText {
     }
 }
 
-/// The HTTP version the backend answered with (the response head sent on may say another).
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamVersion(pub Version);
-
 /// The response-side mapping for `tower::util::MapResponseLayer`.
 pub fn add_response_headers<B>(mut resp: Response<B>) -> Response<B> {
-    let version = match resp.extensions().get::<UpstreamVersion>() {
-        Some(v) => v.0,
-        None => resp.version(),
-    };
+    let version = upstreamed::of(&resp)
+        .and_then(|u| u.facts.version)
+        .unwrap_or(resp.version());
     append_via(resp.headers_mut(), version);
     resp
 }

@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
-use super::trailers;
+use super::{trailers, upstreamed};
 
 /// The settings of an h2c upgrade (RFC 9113 §3.2.1): connection-specific by definition.
 pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -148,22 +148,21 @@ pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
         .then(|| resp.headers().get(header::UPGRADE).cloned())
         .flatten();
     strip(resp.headers_mut());
-    trailers::reannounce(&mut resp);
+    let (close_client, kept_trailers) = match upstreamed::of_mut(&mut resp) {
+        Some(u) => (u.facts.close_client, std::mem::take(&mut u.facts.trailers)),
+        None => (false, Vec::new()),
+    };
+    trailers::reannounce(resp.headers_mut(), kept_trailers);
     if let Some(protocol) = upgrade {
         resp.headers_mut().insert(header::UPGRADE, protocol);
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if resp.extensions().get::<CloseClient>().is_some() {
+    } else if close_client {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }
-
-/// Set by the proxy on a response after which the client connection must close (its body
-/// ends at close for an HTTP/1.0 client); becomes `Connection: close` once stripping is done.
-#[derive(Debug, Clone, Copy)]
-pub struct CloseClient;
 
 fn requested_upgrade(headers: &HeaderMap, tokens: ConnectionTokens) -> Option<UpgradeRequest> {
     if !tokens.upgrade {

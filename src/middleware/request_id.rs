@@ -1,14 +1,10 @@
 //! `X-Request-Id`: kept when the client sent a sane one, generated otherwise, passed upstream and
 //! echoed on the response, so one id follows a request through every log line.
 
-use std::pin::Pin;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -45,7 +41,7 @@ fn push_hex(out: &mut Vec<u8>, n: u64, min_digits: u32) {
     }
 }
 
-/// The id of a request that went through `RequestIdLayer`.
+/// The id `assign` gave a request.
 pub fn of<B>(req: &Request<B>) -> HeaderValue {
     req.headers()
         .get(X_REQUEST_ID)
@@ -59,74 +55,25 @@ fn acceptable(id: &HeaderValue) -> bool {
         && id.as_bytes().iter().all(|b| b.is_ascii_graphic())
 }
 
-#[derive(Clone, Default)]
-pub struct RequestIdLayer;
-
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestId<S>;
-    fn layer(&self, inner: S) -> RequestId<S> {
-        RequestId { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct RequestId<S> {
-    inner: S,
-}
-
-impl<S, B, RB> Service<Request<B>> for RequestId<S>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-{
-    type Response = Response<RB>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // hyper sizes the map to the fields it parsed; the proxy adds up to four (this id,
-        // X-Forwarded-For, X-Forwarded-Proto, Via): one growth here, not one per insert.
-        req.headers_mut().reserve(ADDED_REQUEST_FIELDS);
-        let id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) if acceptable(id) => id.clone(),
-            _ => {
-                let id = generate();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
-            }
-        };
-        ResponseFuture {
-            inner: self.inner.call(req),
-            id: Some(id),
+/// Gives `req` its id: the client's when sane, a new one otherwise (written into the request, so
+/// it goes upstream and every layer below sees it); returns it, for the log and the response.
+pub fn assign<B>(req: &mut Request<B>) -> HeaderValue {
+    // hyper sizes the map to the fields it parsed; the proxy adds up to four (this id,
+    // X-Forwarded-For, X-Forwarded-Proto, Via): one growth here, not one per insert.
+    req.headers_mut().reserve(ADDED_REQUEST_FIELDS);
+    match req.headers().get(X_REQUEST_ID) {
+        Some(id) if acceptable(id) => id.clone(),
+        _ => {
+            let id = generate();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
         }
     }
 }
 
-pin_project! {
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        id: Option<HeaderValue>,
-    }
-}
-
-impl<F, RB, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<RB>, E>>,
-{
-    type Output = Result<Response<RB>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = ready!(this.inner.poll(cx));
-        if let (Ok(resp), Some(id)) = (&mut result, this.id.take()) {
-            resp.headers_mut().insert(X_REQUEST_ID, id);
-        }
-        Poll::Ready(result)
-    }
+/// Echoes the request's id on its response.
+pub fn echo<B>(resp: &mut Response<B>, id: HeaderValue) {
+    resp.headers_mut().insert(X_REQUEST_ID, id);
 }
 
 #[cfg(test)]

@@ -2,16 +2,11 @@
 //! them, so the fact is noted before `TE` is stripped and the backend's `Trailer` re-announced.
 
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Request, Response, Version};
+use http::{HeaderMap, Request, Version};
 
 /// On a request whose client accepts a trailer section (HTTP/1.1 with `TE: trailers`).
 #[derive(Debug, Clone, Copy)]
 pub struct AcceptsTrailers;
-
-/// On a response: the backend's `Trailer` announcement, sent on to a client that accepts them.
-/// hyper writes only the trailer fields the response head announced.
-#[derive(Debug, Clone)]
-pub struct AnnouncedTrailers(Vec<HeaderValue>);
 
 /// Notes whether the client accepts trailers; called before hop-by-hop stripping removes `TE`.
 pub fn note_acceptance<B>(req: &mut Request<B>) {
@@ -27,20 +22,18 @@ pub fn ask_backend(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
 }
 
-/// The backend's `Trailer` values, kept for a client that accepts trailers; `None` otherwise.
-pub fn to_announce(client_accepts: bool, backend: &HeaderMap) -> Option<AnnouncedTrailers> {
-    let values: Vec<HeaderValue> = backend.get_all(header::TRAILER).iter().cloned().collect();
-    (client_accepts && !values.is_empty()).then_some(AnnouncedTrailers(values))
+/// The backend's `Trailer` values, kept for a client that accepts trailers; none otherwise.
+pub fn to_announce(client_accepts: bool, backend: &HeaderMap) -> Vec<HeaderValue> {
+    if !client_accepts {
+        return Vec::new();
+    }
+    backend.get_all(header::TRAILER).iter().cloned().collect()
 }
 
 /// Puts the kept announcement back after stripping.
-pub fn reannounce<B>(resp: &mut Response<B>) {
-    let Some(AnnouncedTrailers(values)) = resp.extensions_mut().remove::<AnnouncedTrailers>()
-    else {
-        return;
-    };
-    for value in values {
-        resp.headers_mut().append(header::TRAILER, value);
+pub fn reannounce(headers: &mut HeaderMap, kept: Vec<HeaderValue>) {
+    for value in kept {
+        headers.append(header::TRAILER, value);
     }
 }
 
@@ -90,8 +83,11 @@ mod tests {
     #[test]
     fn announcement_is_kept_only_for_an_accepting_client() {
         let h = headers(&[("trailer", "X-Checksum")]);
-        assert!(to_announce(true, &h).is_some());
-        assert!(to_announce(false, &h).is_none());
-        assert!(to_announce(true, &HeaderMap::new()).is_none());
+        assert_eq!(
+            to_announce(true, &h),
+            [HeaderValue::from_static("X-Checksum")]
+        );
+        assert!(to_announce(false, &h).is_empty());
+        assert!(to_announce(true, &HeaderMap::new()).is_empty());
     }
 }
