@@ -36,7 +36,7 @@ use crate::tls::TlsTerminator;
 use crate::transparent::{Destination, Transparent};
 use client_stream::Acceptor;
 pub use client_stream::ClientStream;
-use first_read::{Prefixed, first_bytes, first_tls_bytes};
+use first_read::{Prefixed, first_head, first_tls_head};
 use stall::StallGuardedIo;
 use timer::ClientTimer;
 
@@ -334,12 +334,19 @@ pub async fn serve_client(
     destination: Option<Destination>,
 ) {
     let _counted = Counted::new();
-    // hyper's buffers are built only once the client has said something; a client silent for
-    // header_read_timeout is closed without an answer, as hyper itself would do. A drain does
+    // hyper's buffers are built only once the client has sent a whole request head; a client
+    // without one within header_read_timeout is closed without an answer, as hyper itself would
+    // do. A drain does
     // not cut this wait short: the client connected before the listener closed (or was handed
     // to a new process) and its request is owed an answer.
     let started = tokio::time::Instant::now();
-    let Some(first) = first_bytes(&mut stream, settings.header_read_timeout).await else {
+    let Some(first) = first_head(
+        &mut stream,
+        settings.header_read_timeout,
+        settings.max_head_bytes,
+    )
+    .await
+    else {
         return;
     };
     let client = Client {
@@ -383,9 +390,15 @@ async fn serve_tls(
             return;
         }
     };
-    // As on plain connections: hyper's buffers only once the client has sent a request's bytes.
+    // As on plain connections: hyper's buffers only once the client has sent a request head.
     let started = tokio::time::Instant::now();
-    let Some(first) = first_tls_bytes(&mut tls, settings.header_read_timeout).await else {
+    let Some(first) = first_tls_head(
+        &mut tls,
+        settings.header_read_timeout,
+        settings.max_head_bytes,
+    )
+    .await
+    else {
         return;
     };
     let client = Client {
