@@ -8,5 +8,6 @@ pub mod guard;
 pub mod head_limits;
 pub mod hop_by_hop;
 pub mod request_id;
+pub mod shed;
 pub mod trailers;
 pub mod upstreamed;

@@ -18,8 +18,6 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tower::limit::ConcurrencyLimit;
-use tower::load_shed::LoadShed;
 use tower::timeout::Timeout;
 use tower::util::{MapRequest, MapRequestLayer, MapResponse, MapResponseLayer};
 use tower::{ServiceBuilder, ServiceExt};
@@ -31,6 +29,7 @@ use crate::middleware::access_log::{AccessLog, AccessLogLayer};
 use crate::middleware::forwarded::{self, ClientAddr, ClientTls};
 use crate::middleware::guard::{RequestGuard, RequestGuardLayer};
 use crate::middleware::hop_by_hop;
+use crate::middleware::shed::{Shed, ShedLayer};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::tls::TlsTerminator;
 use crate::transparent::{Destination, Transparent};
@@ -139,8 +138,7 @@ pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
             max_line_bytes: server.max_request_header_bytes,
         })
         // Past the concurrency limit, answer 503 at once instead of queueing without bound.
-        .load_shed()
-        .concurrency_limit(server.max_concurrent_requests)
+        .layer(ShedLayer::new(server.max_concurrent_requests))
         // A guard on the whole request: pool wait, retries and the backend's response head.
         .timeout(server.request_timeout)
         // Connection-scoped headers never cross the proxy, in either direction. Ours are added
@@ -163,8 +161,8 @@ type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
 type ResponseMap = fn(http::Response<ProxyBody>) -> http::Response<ProxyBody>;
 /// Header rewriting around the proxy service.
 type Rewrite = MapRequest<MapResponse<MapResponse<Proxy, ResponseMap>, ResponseMap>, RequestMap>;
-/// The request guard, load shedding, the concurrency limit and the request timeout.
-type Guarded = RequestGuard<LoadShed<ConcurrencyLimit<Timeout<Rewrite>>>>;
+/// The request guard, load shedding past the concurrency limit, and the request timeout.
+type Guarded = RequestGuard<Shed<Timeout<Rewrite>>>;
 /// The whole stack `stack` builds, named so it can be cloned per connection without boxing.
 pub type Stack = AccessLog<Guarded>;
 
