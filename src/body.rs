@@ -127,7 +127,7 @@ pub enum ProxyBody {
     /// A short body longhaul made itself (errors, admin pages).
     Full(Option<Bytes>),
     /// A backend's body; its lease decides the connection's fate when it ends.
-    Upstream(Box<PooledBody>),
+    Upstream(PooledBody),
 }
 
 impl ProxyBody {
@@ -150,7 +150,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(p) => Pin::new(p.as_mut()).poll_frame(cx),
+            ProxyBody::Upstream(p) => Pin::new(p).poll_frame(cx),
         }
     }
 

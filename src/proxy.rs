@@ -241,7 +241,7 @@ pub(crate) async fn proxy_request(
         close_client,
         trailers: trailers::to_announce(accepts_trailers, resp.headers()),
     };
-    let mut resp = resp.map(|body| ProxyBody::Upstream(Box::new(body)));
+    let mut resp = resp.map(ProxyBody::Upstream);
     // hyper decides the client's keep-alive from the client's request only when the response
     // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.
     *resp.version_mut() = if close_client {

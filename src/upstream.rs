@@ -475,7 +475,7 @@ impl Upstream {
     fn accept(
         &self,
         parts: Parts,
-        body: ResponseBody<Lease>,
+        body: Box<ResponseBody<Lease>>,
         server: &Arc<Server>,
         in_flight: InFlight,
     ) -> Result<Response<PooledBody>, ProxyError> {

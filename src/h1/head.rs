@@ -36,7 +36,7 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     mut io: S,
     method: &Method,
     limits: &Limits,
-) -> Result<(Parts, ResponseBody<S>), Error> {
+) -> Result<(Parts, Box<ResponseBody<S>>), Error> {
     let mut buf = BytesMut::with_capacity(HEAD_BUF_START.min(limits.max_head_bytes));
     let mut started = false;
     loop {
@@ -46,7 +46,9 @@ pub async fn read_response<S: AsyncRead + Unpin>(
             }
             let framing = response_framing(method, parts.status, parts.version, &parts.headers)
                 .map_err(|k| Error::reading(k, true))?;
-            let body = ResponseBody::new(io, buf, framing, method, &parts, limits);
+            // Boxed here, once: the body (with its stream and buffer) is hundreds of bytes,
+            // and the response moves up through several layers.
+            let body = Box::new(ResponseBody::new(io, buf, framing, method, &parts, limits));
             return Ok((parts, body));
         }
         if buf.len() >= limits.max_head_bytes {

@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 
 pub struct PooledBody {
     /// `None` once the connection went back to its lease.
-    inner: Option<ResponseBody<Lease>>,
+    inner: Option<Box<ResponseBody<Lease>>>,
     _in_flight: InFlight,
 }
 
@@ -25,7 +25,7 @@ impl PooledBody {
     /// A body whose connection goes back as soon as it ends; a 101's connection is kept for
     /// [`PooledBody::into_upgraded`].
     pub(super) fn new(
-        inner: ResponseBody<Lease>,
+        inner: Box<ResponseBody<Lease>>,
         in_flight: InFlight,
         upgrading: bool,
     ) -> PooledBody {

@@ -141,7 +141,7 @@ impl Lease {
         head: &RequestHead<'_>,
         body: RequestBody,
         limits: &Limits,
-    ) -> Result<(Parts, ResponseBody<Lease>), SendError> {
+    ) -> Result<(Parts, Box<ResponseBody<Lease>>), SendError> {
         let reused = self.reused;
         let failed = |cause: h1::Error| SendError {
             reused,
