@@ -13,6 +13,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::chunked::{ChunkedDecoder, Event};
 use super::{Error, ErrorKind, Framing, Limits, reuse};
+use crate::middleware::hop_by_hop::ConnectionTokens;
 
 /// Body reads top the buffer up by this much when it runs low.
 const BODY_READ: usize = 16 * 1024;
@@ -44,6 +45,8 @@ pub struct ResponseBody<S> {
     /// Why the response's own head rules out reuse (`Connection: close`, HTTP/1.0 without
     /// keep-alive, ...), apart from its framing.
     head_says: Option<&'static str>,
+    /// What the head's `Connection` header says, read once.
+    connection: ConnectionTokens,
 }
 
 impl<S> ResponseBody<S> {
@@ -55,8 +58,14 @@ impl<S> ResponseBody<S> {
         head: &Parts,
         limits: &Limits,
     ) -> ResponseBody<S> {
-        let headers_say =
-            reuse::not_reusable_reason(method, head.status, head.version, &head.headers);
+        let connection = ConnectionTokens::of(&head.headers);
+        let headers_say = reuse::not_reusable_reason(
+            method,
+            head.status,
+            head.version,
+            &head.headers,
+            connection,
+        );
         let (decoder, framing_says) = match framing {
             Framing::Empty => (Decoder::Done, None),
             Framing::Tunnel => (Decoder::Done, Some("the connection became a tunnel")),
@@ -77,6 +86,7 @@ impl<S> ResponseBody<S> {
             decoder,
             reuse,
             head_says: headers_say,
+            connection,
         };
         if matches!(body.decoder, Decoder::Done | Decoder::Length(0)) {
             body.end();
@@ -87,6 +97,11 @@ impl<S> ResponseBody<S> {
     /// Why the response head itself rules out reusing the connection, if it does.
     pub fn not_reusable_by_head(&self) -> Option<&'static str> {
         self.head_says
+    }
+
+    /// What the response head's `Connection` header says.
+    pub fn connection(&self) -> ConnectionTokens {
+        self.connection
     }
 
     /// The connection and whether it may carry another request. A body not read to its end,

@@ -147,11 +147,15 @@ pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
     let upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| resp.headers().get(header::UPGRADE).cloned())
         .flatten();
-    strip(resp.headers_mut());
-    let (close_client, kept_trailers) = match upstreamed::of_mut(&mut resp) {
-        Some(u) => (u.facts.close_client, std::mem::take(&mut u.facts.trailers)),
-        None => (false, Vec::new()),
+    let (close_client, kept_trailers, connection) = match upstreamed::of_mut(&mut resp) {
+        Some(u) => {
+            let facts = &mut u.facts;
+            let trailers = std::mem::take(&mut facts.trailers);
+            (facts.close_client, trailers, facts.connection)
+        }
+        None => (false, Vec::new(), None),
     };
+    strip_read(resp.headers_mut(), connection);
     trailers::reannounce(resp.headers_mut(), kept_trailers);
     if let Some(protocol) = upgrade {
         resp.headers_mut().insert(header::UPGRADE, protocol);

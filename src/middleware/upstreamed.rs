@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Response, Version};
 
 use crate::metrics::RequestSeries;
+use crate::middleware::hop_by_hop::ConnectionTokens;
 
 /// Set by the proxy on every response it produced, failures included.
 #[derive(Clone)]
@@ -26,6 +27,9 @@ pub struct ResponseFacts {
     /// The backend's `Trailer` announcement, kept for a client that accepts trailers (hop-by-hop
     /// stripping removes it; hyper writes only the trailer fields the head announced).
     pub trailers: Vec<HeaderValue>,
+    /// What the backend's `Connection` header said, read once for reuse (hop-by-hop stripping
+    /// needs it again).
+    pub connection: Option<ConnectionTokens>,
 }
 
 /// The facts on `resp`, if the proxy produced it.

@@ -13,6 +13,8 @@ use crate::error::BoxError;
 use crate::h1::ResponseBody;
 use crate::metrics::CloseReason;
 use bytes::Bytes;
+
+use crate::middleware::hop_by_hop::ConnectionTokens;
 use http_body::{Body, Frame, SizeHint};
 
 pub struct PooledBody {
@@ -50,6 +52,11 @@ impl PooledBody {
         } else {
             lease.finish(verdict);
         }
+    }
+
+    /// What the response head's `Connection` header said; `None` once the body ended.
+    pub fn connection(&self) -> Option<ConnectionTokens> {
+        self.inner.as_ref().map(|body| body.connection())
     }
 
     /// The backend's stream (plain or TLS) after a 101, with the bytes it sent past the response head.

@@ -7,17 +7,18 @@ use http::{HeaderMap, Method, StatusCode, Version, header};
 
 use crate::middleware::hop_by_hop::ConnectionTokens;
 
-/// Why a response leaves its connection unusable, if it does.
+/// Why a response leaves its connection unusable, if it does; `connection` is what its
+/// `Connection` header says (`ConnectionTokens::of` its headers, read once by the caller).
 pub fn not_reusable_reason(
     method: &Method,
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    connection: ConnectionTokens,
 ) -> Option<&'static str> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Some("upgraded");
     }
-    let connection = ConnectionTokens::of(headers);
     if connection.close {
         return Some("backend sent Connection: close");
     }
@@ -90,7 +91,13 @@ mod tests {
     fn http10_keepalive_with_length_is_reusable() {
         let h = headers(&[("connection", "keep-alive"), ("content-length", "5")]);
         assert_eq!(
-            not_reusable_reason(&Method::GET, StatusCode::OK, Version::HTTP_10, &h),
+            not_reusable_reason(
+                &Method::GET,
+                StatusCode::OK,
+                Version::HTTP_10,
+                &h,
+                ConnectionTokens::of(&h)
+            ),
             None
         );
     }
@@ -98,28 +105,64 @@ mod tests {
     #[test]
     fn http10_without_keepalive_is_not_reusable() {
         let h = headers(&[("content-length", "5")]);
-        assert!(not_reusable_reason(&Method::GET, StatusCode::OK, Version::HTTP_10, &h).is_some());
+        assert!(
+            not_reusable_reason(
+                &Method::GET,
+                StatusCode::OK,
+                Version::HTTP_10,
+                &h,
+                ConnectionTokens::of(&h)
+            )
+            .is_some()
+        );
     }
 
     #[test]
     fn close_delimited_body_is_not_reusable() {
         let h = headers(&[("connection", "keep-alive")]);
-        assert!(not_reusable_reason(&Method::GET, StatusCode::OK, Version::HTTP_10, &h).is_some());
+        assert!(
+            not_reusable_reason(
+                &Method::GET,
+                StatusCode::OK,
+                Version::HTTP_10,
+                &h,
+                ConnectionTokens::of(&h)
+            )
+            .is_some()
+        );
     }
 
     #[test]
     fn head_204_304_without_length_stay_reusable() {
         let h = headers(&[("connection", "keep-alive")]);
         assert_eq!(
-            not_reusable_reason(&Method::HEAD, StatusCode::OK, Version::HTTP_10, &h),
+            not_reusable_reason(
+                &Method::HEAD,
+                StatusCode::OK,
+                Version::HTTP_10,
+                &h,
+                ConnectionTokens::of(&h)
+            ),
             None
         );
         assert_eq!(
-            not_reusable_reason(&Method::GET, StatusCode::NO_CONTENT, Version::HTTP_10, &h),
+            not_reusable_reason(
+                &Method::GET,
+                StatusCode::NO_CONTENT,
+                Version::HTTP_10,
+                &h,
+                ConnectionTokens::of(&h)
+            ),
             None
         );
         assert_eq!(
-            not_reusable_reason(&Method::GET, StatusCode::NOT_MODIFIED, Version::HTTP_10, &h),
+            not_reusable_reason(
+                &Method::GET,
+                StatusCode::NOT_MODIFIED,
+                Version::HTTP_10,
+                &h,
+                ConnectionTokens::of(&h)
+            ),
             None
         );
     }
@@ -127,7 +170,16 @@ mod tests {
     #[test]
     fn connection_close_is_not_reusable() {
         let h = headers(&[("connection", "Close"), ("content-length", "1")]);
-        assert!(not_reusable_reason(&Method::GET, StatusCode::OK, Version::HTTP_11, &h).is_some());
+        assert!(
+            not_reusable_reason(
+                &Method::GET,
+                StatusCode::OK,
+                Version::HTTP_11,
+                &h,
+                ConnectionTokens::of(&h)
+            )
+            .is_some()
+        );
     }
 
     #[test]
