@@ -111,22 +111,23 @@ impl PooledConn {
         &self.fate.server
     }
 
-    fn idle_for(&self) -> Duration {
-        clock::since(self.idle_since_ms)
-    }
-
     /// The reason this idle connection must not be handed out again, if any. A backend's idle
     /// close is learned here, from how long the connection had been idle.
     pub fn expiry(&self) -> Option<CloseReason> {
         let server = self.server();
+        // One clock read for both ages.
+        let now = clock::now_ms();
+        let idle_for = Duration::from_millis(now.saturating_sub(self.idle_since_ms));
         if self.peer_has_closed() {
-            server.learn_observed_idle_close(self.idle_for());
+            server.learn_observed_idle_close(idle_for);
             Some(CloseReason::PeerClosed)
-        } else if clock::since(self.opened_ms) >= server.settings.pool.max_lifetime {
+        } else if Duration::from_millis(now.saturating_sub(self.opened_ms))
+            >= server.settings.pool.max_lifetime
+        {
             Some(CloseReason::MaxLifetime)
         } else if self.served >= server.request_budget() {
             Some(CloseReason::MaxRequests)
-        } else if self.idle_for() >= server.idle_limit() {
+        } else if idle_for >= server.idle_limit() {
             Some(CloseReason::IdleTimeout)
         } else {
             None

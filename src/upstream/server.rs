@@ -188,9 +188,10 @@ impl Server {
 
     // === health (passive ejection) ===
 
-    /// False while the server is ejected.
+    /// False while the server is ejected. A server never ejected costs no clock read.
     pub fn is_available(&self) -> bool {
-        self.health.ejected_until.load(Ordering::Relaxed) <= clock::now_ms()
+        let until = self.health.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= clock::now_ms()
     }
 
     /// True when the server is in rotation (not ejected) and nothing has failed on it since
