@@ -240,7 +240,7 @@ pub(crate) async fn proxy_request(
         version: Some(resp.version()),
         close_client,
         trailers: trailers::to_announce(accepts_trailers, resp.headers()),
-        connection: resp.body().connection(),
+        connection: Some(resp.body().connection()),
     };
     let mut resp = resp.map(ProxyBody::Upstream);
     // hyper decides the client's keep-alive from the client's request only when the response

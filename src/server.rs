@@ -334,9 +334,8 @@ pub async fn serve_client(
     let _counted = Counted::new();
     // hyper's buffers are built only once the client has sent a whole request head; a client
     // without one within header_read_timeout is closed without an answer, as hyper itself would
-    // do. A drain does
-    // not cut this wait short: the client connected before the listener closed (or was handed
-    // to a new process) and its request is owed an answer.
+    // do. A drain does not cut this wait short: the client connected before the listener closed
+    // (or was handed to a new process) and its request is owed an answer.
     let started = tokio::time::Instant::now();
     let Some(first) = first_head(
         &mut stream,

@@ -28,7 +28,7 @@ pub struct ResponseFacts {
     /// stripping removes it; hyper writes only the trailer fields the head announced).
     pub trailers: Vec<HeaderValue>,
     /// What the backend's `Connection` header said, read once for reuse (hop-by-hop stripping
-    /// needs it again).
+    /// needs it again); `None` on a response the proxy made.
     pub connection: Option<ConnectionTokens>,
 }
 

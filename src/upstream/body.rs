@@ -12,15 +12,16 @@ use super::stream::BackendStream;
 use crate::error::BoxError;
 use crate::h1::ResponseBody;
 use crate::metrics::CloseReason;
-use bytes::Bytes;
-
 use crate::middleware::hop_by_hop::ConnectionTokens;
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 pub struct PooledBody {
     /// `None` once the connection went back to its lease.
     inner: Option<Box<ResponseBody<Lease>>>,
     _in_flight: InFlight,
+    /// What the response head's `Connection` header said (kept past the body's end).
+    connection: ConnectionTokens,
 }
 
 impl PooledBody {
@@ -32,6 +33,7 @@ impl PooledBody {
         upgrading: bool,
     ) -> PooledBody {
         let mut body = PooledBody {
+            connection: inner.connection(),
             inner: Some(inner),
             _in_flight: in_flight,
         };
@@ -54,9 +56,9 @@ impl PooledBody {
         }
     }
 
-    /// What the response head's `Connection` header said; `None` once the body ended.
-    pub fn connection(&self) -> Option<ConnectionTokens> {
-        self.inner.as_ref().map(|body| body.connection())
+    /// What the response head's `Connection` header said.
+    pub fn connection(&self) -> ConnectionTokens {
+        self.connection
     }
 
     /// The backend's stream (plain or TLS) after a 101, with the bytes it sent past the response head.

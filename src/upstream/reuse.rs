@@ -87,17 +87,22 @@ fn number<T: std::str::FromStr>(digits: &[u8]) -> Option<T> {
 mod tests {
     use super::*;
     use crate::test_util::headers;
+
+    /// `not_reusable_reason` with the tokens read from the same headers, as its caller does.
+    fn verdict(
+        method: &Method,
+        status: StatusCode,
+        version: Version,
+        h: &HeaderMap,
+    ) -> Option<&'static str> {
+        not_reusable_reason(method, status, version, h, ConnectionTokens::of(h))
+    }
+
     #[test]
     fn http10_keepalive_with_length_is_reusable() {
         let h = headers(&[("connection", "keep-alive"), ("content-length", "5")]);
         assert_eq!(
-            not_reusable_reason(
-                &Method::GET,
-                StatusCode::OK,
-                Version::HTTP_10,
-                &h,
-                ConnectionTokens::of(&h)
-            ),
+            verdict(&Method::GET, StatusCode::OK, Version::HTTP_10, &h),
             None
         );
     }
@@ -105,64 +110,28 @@ mod tests {
     #[test]
     fn http10_without_keepalive_is_not_reusable() {
         let h = headers(&[("content-length", "5")]);
-        assert!(
-            not_reusable_reason(
-                &Method::GET,
-                StatusCode::OK,
-                Version::HTTP_10,
-                &h,
-                ConnectionTokens::of(&h)
-            )
-            .is_some()
-        );
+        assert!(verdict(&Method::GET, StatusCode::OK, Version::HTTP_10, &h).is_some());
     }
 
     #[test]
     fn close_delimited_body_is_not_reusable() {
         let h = headers(&[("connection", "keep-alive")]);
-        assert!(
-            not_reusable_reason(
-                &Method::GET,
-                StatusCode::OK,
-                Version::HTTP_10,
-                &h,
-                ConnectionTokens::of(&h)
-            )
-            .is_some()
-        );
+        assert!(verdict(&Method::GET, StatusCode::OK, Version::HTTP_10, &h).is_some());
     }
 
     #[test]
     fn head_204_304_without_length_stay_reusable() {
         let h = headers(&[("connection", "keep-alive")]);
         assert_eq!(
-            not_reusable_reason(
-                &Method::HEAD,
-                StatusCode::OK,
-                Version::HTTP_10,
-                &h,
-                ConnectionTokens::of(&h)
-            ),
+            verdict(&Method::HEAD, StatusCode::OK, Version::HTTP_10, &h),
             None
         );
         assert_eq!(
-            not_reusable_reason(
-                &Method::GET,
-                StatusCode::NO_CONTENT,
-                Version::HTTP_10,
-                &h,
-                ConnectionTokens::of(&h)
-            ),
+            verdict(&Method::GET, StatusCode::NO_CONTENT, Version::HTTP_10, &h),
             None
         );
         assert_eq!(
-            not_reusable_reason(
-                &Method::GET,
-                StatusCode::NOT_MODIFIED,
-                Version::HTTP_10,
-                &h,
-                ConnectionTokens::of(&h)
-            ),
+            verdict(&Method::GET, StatusCode::NOT_MODIFIED, Version::HTTP_10, &h),
             None
         );
     }
@@ -170,16 +139,7 @@ mod tests {
     #[test]
     fn connection_close_is_not_reusable() {
         let h = headers(&[("connection", "Close"), ("content-length", "1")]);
-        assert!(
-            not_reusable_reason(
-                &Method::GET,
-                StatusCode::OK,
-                Version::HTTP_11,
-                &h,
-                ConnectionTokens::of(&h)
-            )
-            .is_some()
-        );
+        assert!(verdict(&Method::GET, StatusCode::OK, Version::HTTP_11, &h).is_some());
     }
 
     #[test]
