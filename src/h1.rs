@@ -15,6 +15,7 @@
 mod body;
 mod chunked;
 mod error;
+mod fields;
 mod framing;
 mod head;
 mod request;
@@ -23,6 +24,7 @@ use crate::upstream::reuse;
 
 pub use body::{ResponseBody, Reuse};
 pub use error::{Error, ErrorKind};
+pub use fields::HeadFields;
 pub use framing::{Framing, response_framing};
 pub use head::{Limits, read_response};
 pub use request::{AddedField, RequestHead, write_request};

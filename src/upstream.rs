@@ -479,7 +479,8 @@ impl Upstream {
         server: &Arc<Server>,
         in_flight: InFlight,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        if let Some(why) = crate::middleware::framing::ambiguity(&parts.headers) {
+        let fields = *body.fields();
+        if let Some(why) = fields.framing.ambiguity() {
             // The connection's framing is lost: whatever follows on it cannot be trusted.
             body.finish().0.close(CloseReason::Error);
             return Err(ProxyError::Protocol {
@@ -488,8 +489,7 @@ impl Upstream {
                 cause: why.to_string(),
             });
         }
-        let (timeout, max) = reuse::keep_alive_params(&parts.headers);
-        server.learn_announced(timeout, max);
+        server.learn_announced(fields.keep_alive.timeout, fields.keep_alive.max);
         let upgrading = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if !upgrading && let Some(why) = body.not_reusable_by_head() {
             server.warn_not_reusable(why);

@@ -12,7 +12,7 @@ use tokio::io::AsyncRead;
 use tokio_util::io::poll_read_buf;
 
 use super::chunked::{ChunkedDecoder, Event};
-use super::{Error, ErrorKind, Framing, Limits, reuse};
+use super::{Error, ErrorKind, Framing, HeadFields, Limits, reuse};
 use crate::middleware::hop_by_hop::ConnectionTokens;
 
 /// Body reads top the buffer up by this much when it runs low.
@@ -45,8 +45,8 @@ pub struct ResponseBody<S> {
     /// Why the response's own head rules out reuse (`Connection: close`, HTTP/1.0 without
     /// keep-alive, ...), apart from its framing.
     head_says: Option<&'static str>,
-    /// What the head's `Connection` header says, read once.
-    connection: ConnectionTokens,
+    /// The head's framing, `Connection` and `Keep-Alive` fields, read once.
+    fields: HeadFields,
 }
 
 impl<S> ResponseBody<S> {
@@ -56,15 +56,15 @@ impl<S> ResponseBody<S> {
         framing: Framing,
         method: &Method,
         head: &Parts,
+        fields: HeadFields,
         limits: &Limits,
     ) -> ResponseBody<S> {
-        let connection = ConnectionTokens::of(&head.headers);
         let headers_say = reuse::not_reusable_reason(
             method,
             head.status,
             head.version,
-            &head.headers,
-            connection,
+            &fields.framing,
+            fields.connection,
         );
         let (decoder, framing_says) = match framing {
             Framing::Empty => (Decoder::Done, None),
@@ -86,7 +86,7 @@ impl<S> ResponseBody<S> {
             decoder,
             reuse,
             head_says: headers_say,
-            connection,
+            fields,
         };
         if matches!(body.decoder, Decoder::Done | Decoder::Length(0)) {
             body.end();
@@ -99,9 +99,14 @@ impl<S> ResponseBody<S> {
         self.head_says
     }
 
+    /// What the response head's framing, `Connection` and `Keep-Alive` fields say.
+    pub fn fields(&self) -> &HeadFields {
+        &self.fields
+    }
+
     /// What the response head's `Connection` header says.
     pub fn connection(&self) -> ConnectionTokens {
-        self.connection
+        self.fields.connection
     }
 
     /// The connection and whether it may carry another request. A body not read to its end,

@@ -1,10 +1,10 @@
 //! How a response's body is delimited (RFC 9112 §6.3), decided from the request method and the
 //! response head alone, with longhaul's rejection of ambiguous framing (`framing::ambiguity`).
 
-use http::{HeaderMap, Method, StatusCode, Version, header};
+use http::{HeaderMap, Method, StatusCode, Version};
 
 use super::ErrorKind;
-use crate::middleware::framing::ambiguity;
+use crate::middleware::framing::FramingFields;
 
 /// Where a response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,12 +21,22 @@ pub enum Framing {
     CloseDelimited,
 }
 
-/// The framing of a response to `method`, or why it cannot be trusted.
+/// The framing of a response to `method` with `headers`, or why it cannot be trusted.
 pub fn response_framing(
     method: &Method,
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+) -> Result<Framing, ErrorKind> {
+    framing(method, status, version, &FramingFields::of(headers))
+}
+
+/// The framing of a response to `method` whose head's framing fields are `fields`.
+pub(super) fn framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    fields: &FramingFields,
 ) -> Result<Framing, ErrorKind> {
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -38,49 +48,25 @@ pub fn response_framing(
     if method == Method::CONNECT && status.is_success() {
         return Ok(Framing::Tunnel);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if fields.has_transfer_encoding() {
         // §6.1: Transfer-Encoding in an HTTP/1.0 message means the framing is faulty.
         if version == Version::HTTP_10 {
             return Err(ErrorKind::TransferEncodingInHttp10);
         }
         // Stricter than §6.3 item 4 (which would read a non-chunked coding to close), as for
         // requests: only one `Transfer-Encoding: chunked` and no Content-Length beside it.
-        return match ambiguity(headers) {
+        return match fields.ambiguity() {
             Some(why) => Err(ErrorKind::AmbiguousFraming(why)),
             None => Ok(Framing::Chunked),
         };
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return content_length(headers)
+    if fields.has_content_length() {
+        return fields
+            .content_length()
             .map(Framing::Length)
             .ok_or(ErrorKind::BadContentLength);
     }
     Ok(Framing::CloseDelimited)
-}
-
-/// The one length all Content-Length values (lines and comma-separated list members) agree on.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut agreed = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for member in value.as_bytes().split(|&b| b == b',') {
-            let n = decimal(member.trim_ascii())?;
-            if *agreed.get_or_insert(n) != n {
-                return None;
-            }
-        }
-    }
-    agreed
-}
-
-/// `1*DIGIT` without sign or overflow.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        let digit = (b as char).to_digit(10)?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Error, ErrorKind, ResponseBody, response_framing};
+use super::framing::framing;
+use super::{Error, ErrorKind, HeadFields, ResponseBody};
 
 /// The read buffer's first allocation: most response heads fit in one read of this.
 pub(super) const HEAD_BUF_START: usize = 4 * 1024;
@@ -40,15 +41,18 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(HEAD_BUF_START.min(limits.max_head_bytes));
     let mut started = false;
     loop {
-        while let Some(parts) = parse_head(&mut buf, limits).map_err(|k| Error::reading(k, true))? {
+        while let Some((parts, fields)) =
+            parse_head(&mut buf, limits).map_err(|k| Error::reading(k, true))?
+        {
             if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
-            let framing = response_framing(method, parts.status, parts.version, &parts.headers)
+            let framing = framing(method, parts.status, parts.version, &fields.framing)
                 .map_err(|k| Error::reading(k, true))?;
             // Boxed here, once: the body (with its stream and buffer) is hundreds of bytes,
             // and the response moves up through several layers.
-            let body = Box::new(ResponseBody::new(io, buf, framing, method, &parts, limits));
+            let body = ResponseBody::new(io, buf, framing, method, &parts, fields, limits);
+            let body = Box::new(body);
             return Ok((parts, body));
         }
         if buf.len() >= limits.max_head_bytes {
@@ -88,8 +92,12 @@ struct FieldSpan {
     value: (usize, usize),
 }
 
-/// One complete head from the front of `buf`, which then holds what follows it.
-fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, ErrorKind> {
+/// One complete head from the front of `buf`, which then holds what follows it, with its
+/// framing and connection fields.
+fn parse_head(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<(Parts, HeadFields)>, ErrorKind> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -155,21 +163,24 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Parts>, Erro
     };
     // The head's bytes stay where they are: the spans index the frozen head.
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, spans)?;
+    let (headers, fields) = header_map(&head, spans)?;
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    Ok(Some(parts))
+    Ok(Some((parts, fields)))
 }
 
-/// The header map, each value a slice of the head's own bytes.
-fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<HeaderMap, ErrorKind> {
+/// The header map, each value a slice of the head's own bytes, and the fields the exchange
+/// decides on, noted on the way.
+fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<(HeaderMap, HeadFields), ErrorKind> {
     let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
+    let mut fields = HeadFields::default();
     for field in spans {
         let name = HeaderName::from_bytes(&head[field.name.0..field.name.1])
             .map_err(|_| ErrorKind::BadHeader("invalid field name"))?;
         let value = head.slice(field.value.0..field.value.1);
+        fields.note(&name, &value);
         // SAFETY: httparse accepted this value, and the bytes it accepts in a value (HTAB,
         // SP to `~`, obs-text 0x80-0xFF) are exactly those `HeaderValue` allows; hyper builds
         // its own heads' values the same way. Checking again cost 90 instructions a field.
@@ -177,5 +188,5 @@ fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<HeaderMap, ErrorKind>
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, fields))
 }

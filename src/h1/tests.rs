@@ -201,6 +201,40 @@ async fn switching_protocols_is_returned_with_the_bytes_after_it() {
 }
 
 #[tokio::test]
+async fn the_fields_noted_while_reading_are_those_the_header_map_holds() {
+    use crate::middleware::framing::FramingFields;
+    use crate::middleware::hop_by_hop::ConnectionTokens;
+    use crate::upstream::reuse::KeepAlive;
+
+    let heads: [&[u8]; 4] = [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nCONNECTION: Keep-Alive\r\n\
+          keep-alive: timeout=5\r\nKeep-Alive: max=7\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close, x-y\r\n\
+          Connection: upgrade\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 4, 4\r\ntransfer-encoding: gzip\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Other: 1\r\nServer: s\r\n\r\n",
+    ];
+    for wire in heads {
+        let io = Scripted::in_pieces(wire, 5);
+        let (head, body) = read_response(io, &Method::GET, &Limits::default())
+            .await
+            .unwrap();
+        let expected = HeadFields {
+            framing: FramingFields::of(&head.headers),
+            connection: ConnectionTokens::of(&head.headers),
+            keep_alive: KeepAlive::of(&head.headers),
+        };
+        assert_eq!(
+            *body.fields(),
+            expected,
+            "{}",
+            String::from_utf8_lossy(wire)
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_successful_connect_becomes_a_tunnel_that_is_not_reused() {
     let io = Scripted::in_pieces(b"HTTP/1.1 200 OK\r\n\r\n", 64);
     let (_, body) = read_response(io, &Method::CONNECT, &Limits::default())

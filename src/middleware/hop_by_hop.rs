@@ -98,11 +98,16 @@ impl ConnectionTokens {
     pub fn of(headers: &HeaderMap) -> ConnectionTokens {
         let mut tokens = ConnectionTokens::default();
         for value in headers.get_all(header::CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                tokens.note(token.trim_ascii());
-            }
+            tokens.note_value(value.as_bytes());
         }
         tokens
+    }
+
+    /// One `Connection` line's value.
+    pub fn note_value(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',') {
+            self.note(token.trim_ascii());
+        }
     }
 
     fn note(&mut self, token: &[u8]) {

@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode, Version, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Version};
 
+use crate::middleware::framing::FramingFields;
 use crate::middleware::hop_by_hop::ConnectionTokens;
 
-/// Why a response leaves its connection unusable, if it does; `connection` is what its
-/// `Connection` header says (`ConnectionTokens::of` its headers, read once by the caller).
+/// Why a response leaves its connection unusable, if it does; `framing` and `connection` are
+/// what its framing fields and its `Connection` header say (read once, as its head is read).
 pub fn not_reusable_reason(
     method: &Method,
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    framing: &FramingFields,
     connection: ConnectionTokens,
 ) -> Option<&'static str> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -25,7 +26,7 @@ pub fn not_reusable_reason(
     if version == Version::HTTP_10 && !connection.keep_alive {
         return Some("HTTP/1.0 response without Connection: keep-alive");
     }
-    if is_close_delimited(method, status, version, headers) {
+    if is_close_delimited(method, status, version, framing) {
         return Some("response has neither Content-Length nor chunked framing (ends at close)");
     }
     None
@@ -36,40 +37,54 @@ fn is_close_delimited(
     method: &Method,
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    framing: &FramingFields,
 ) -> bool {
     let bodiless = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if bodiless || headers.contains_key(header::CONTENT_LENGTH) {
+    if bodiless || framing.has_content_length() {
         return false;
     }
-    !(version == Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING))
+    !(version == Version::HTTP_11 && framing.has_transfer_encoding())
 }
 
-const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+/// The `Keep-Alive` header's name (not one of `http`'s standard names).
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The `timeout` and `max` parameters of a `Keep-Alive` header, where present and valid.
 /// Read as bytes: it comes with nearly every HTTP/1.0 keep-alive response.
-pub fn keep_alive_params(headers: &HeaderMap) -> (Option<Duration>, Option<u32>) {
-    let mut timeout = None;
-    let mut max = None;
-    for value in headers.get_all(KEEP_ALIVE) {
-        for param in value.as_bytes().split(|&b| b == b',') {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    pub timeout: Option<Duration>,
+    pub max: Option<u32>,
+}
+
+impl KeepAlive {
+    /// The parameters of a complete map's `Keep-Alive` lines.
+    pub fn of(headers: &HeaderMap) -> KeepAlive {
+        let mut keep_alive = KeepAlive::default();
+        for value in headers.get_all(KEEP_ALIVE) {
+            keep_alive.note(value.as_bytes());
+        }
+        keep_alive
+    }
+
+    /// One `Keep-Alive` line's value: later parameters win.
+    pub fn note(&mut self, value: &[u8]) {
+        for param in value.split(|&b| b == b',') {
             let Some(eq) = param.iter().position(|&b| b == b'=') else {
                 continue;
             };
             let name = param[..eq].trim_ascii();
             let val = unquote(param[eq + 1..].trim_ascii());
             if name.eq_ignore_ascii_case(b"timeout") {
-                timeout = number::<u64>(val).map(Duration::from_secs);
+                self.timeout = number::<u64>(val).map(Duration::from_secs);
             } else if name.eq_ignore_ascii_case(b"max") {
-                max = number::<u32>(val);
+                self.max = number::<u32>(val);
             }
         }
     }
-    (timeout, max)
 }
 
 fn unquote(value: &[u8]) -> &[u8] {
@@ -95,7 +110,13 @@ mod tests {
         version: Version,
         h: &HeaderMap,
     ) -> Option<&'static str> {
-        not_reusable_reason(method, status, version, h, ConnectionTokens::of(h))
+        not_reusable_reason(
+            method,
+            status,
+            version,
+            &FramingFields::of(h),
+            ConnectionTokens::of(h),
+        )
     }
 
     #[test]
@@ -142,19 +163,20 @@ mod tests {
         assert!(verdict(&Method::GET, StatusCode::OK, Version::HTTP_11, &h).is_some());
     }
 
+    fn announced(timeout_secs: Option<u64>, max: Option<u32>) -> KeepAlive {
+        KeepAlive {
+            timeout: timeout_secs.map(Duration::from_secs),
+            max,
+        }
+    }
+
     #[test]
     fn keep_alive_header_parameters_are_parsed() {
         let h = headers(&[("keep-alive", "timeout=5, max=100")]);
-        assert_eq!(
-            keep_alive_params(&h),
-            (Some(Duration::from_secs(5)), Some(100))
-        );
+        assert_eq!(KeepAlive::of(&h), announced(Some(5), Some(100)));
         let h = headers(&[("keep-alive", "max=abc")]);
-        assert_eq!(keep_alive_params(&h), (None, None));
+        assert_eq!(KeepAlive::of(&h), KeepAlive::default());
         let h = headers(&[("keep-alive", "Timeout = \"7\" ,MAX=3")]);
-        assert_eq!(
-            keep_alive_params(&h),
-            (Some(Duration::from_secs(7)), Some(3))
-        );
+        assert_eq!(KeepAlive::of(&h), announced(Some(7), Some(3)));
     }
 }

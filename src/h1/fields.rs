@@ -1,0 +1,31 @@
+//! The fields of a response head that decide its framing and its connection's fate, noted in
+//! the one pass that builds its map: nothing looks them up by name afterwards.
+
+use http::{HeaderName, header};
+
+use crate::middleware::framing::FramingFields;
+use crate::middleware::hop_by_hop::ConnectionTokens;
+use crate::upstream::reuse::{KEEP_ALIVE, KeepAlive};
+
+/// `Transfer-Encoding` and `Content-Length`, `Connection`, and `Keep-Alive` of one head.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFields {
+    pub framing: FramingFields,
+    pub connection: ConnectionTokens,
+    pub keep_alive: KeepAlive,
+}
+
+impl HeadFields {
+    /// One field of the head, in the order read. Comparing a standard name is one compare.
+    pub(super) fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            self.framing.note_content_length(value);
+        } else if *name == header::TRANSFER_ENCODING {
+            self.framing.note_transfer_encoding(value);
+        } else if *name == header::CONNECTION {
+            self.connection.note_value(value);
+        } else if *name == KEEP_ALIVE {
+            self.keep_alive.note(value);
+        }
+    }
+}
