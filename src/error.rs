@@ -139,7 +139,7 @@ pub fn rescue(err: &BoxError, request_id: &HeaderValue) -> Response<ProxyBody> {
             request_id = request_id.to_str().unwrap_or("-"), "request failed");
         let mut resp = failure_response(&failed.error, request_id);
         let (series, facts) = (failed.series.clone(), ResponseFacts::default());
-        resp.extensions_mut().insert(Upstreamed { series, facts });
+        resp.body_mut().set_upstreamed(Upstreamed { series, facts });
         return resp;
     }
     if let Some(e) = err.downcast_ref::<ProxyError>() {

@@ -170,7 +170,7 @@ impl Service<Request<Incoming>> for Proxy {
                     return Err(UpstreamFailure { error, series }.into());
                 }
             };
-            resp.extensions_mut().insert(Upstreamed { series, facts });
+            resp.body_mut().set_upstreamed(Upstreamed { series, facts });
             Ok(resp)
         })
     }
@@ -242,7 +242,7 @@ pub(crate) async fn proxy_request(
         trailers: trailers::to_announce(accepts_trailers, resp.headers()),
         connection: Some(resp.body().connection()),
     };
-    let mut resp = resp.map(ProxyBody::Upstream);
+    let mut resp = resp.map(ProxyBody::upstream);
     // hyper decides the client's keep-alive from the client's request only when the response
     // head says HTTP/1.1; an HTTP/1.0 head without keep-alive makes it close after the response.
     *resp.version_mut() = if close_client {

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderName, HeaderValue, Response, Version, header};
 
+use crate::body::ProxyBody;
 use crate::h1::AddedField;
 use crate::middleware::upstreamed;
 
@@ -133,7 +134,7 @@ impl IpText {
 }
 
 /// The response-side mapping for `tower::util::MapResponseLayer`.
-pub fn add_response_headers<B>(mut resp: Response<B>) -> Response<B> {
+pub fn add_response_headers(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let version = upstreamed::of(&resp)
         .and_then(|u| u.facts.version)
         .unwrap_or(resp.version());

@@ -4,6 +4,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 use super::{trailers, upstreamed};
+use crate::body::ProxyBody;
 
 /// The settings of an h2c upgrade (RFC 9113 §3.2.1): connection-specific by definition.
 pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -148,7 +149,7 @@ pub fn strip_request<B>(mut req: Request<B>) -> Request<B> {
 /// The response-side mapping for `tower::util::MapResponseLayer`. A 101 keeps the `Upgrade`
 /// header and says `Connection: upgrade`: that hop is the one switching protocols. A `Trailer`
 /// announcement the proxy kept for this client is put back.
-pub fn strip_response<B>(mut resp: Response<B>) -> Response<B> {
+pub fn strip_response(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| resp.headers().get(header::UPGRADE).cloned())
         .flatten();

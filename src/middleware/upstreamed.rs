@@ -1,10 +1,11 @@
 //! What the proxy service learned about a response on its way back, for the layers above it:
-//! one response extension, inserted once, instead of one per fact (each insert hashes and boxes).
+//! carried by the response's `ProxyBody`, set once (no extension-map insert per response).
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Response, Version};
 
+use crate::body::ProxyBody;
 use crate::metrics::RequestSeries;
 use crate::middleware::hop_by_hop::ConnectionTokens;
 
@@ -33,11 +34,11 @@ pub struct ResponseFacts {
 }
 
 /// The facts on `resp`, if the proxy produced it.
-pub fn of<B>(resp: &Response<B>) -> Option<&Upstreamed> {
-    resp.extensions().get::<Upstreamed>()
+pub fn of(resp: &Response<ProxyBody>) -> Option<&Upstreamed> {
+    resp.body().upstreamed()
 }
 
 /// The facts on `resp`, to take from.
-pub fn of_mut<B>(resp: &mut Response<B>) -> Option<&mut Upstreamed> {
-    resp.extensions_mut().get_mut::<Upstreamed>()
+pub fn of_mut(resp: &mut Response<ProxyBody>) -> Option<&mut Upstreamed> {
+    resp.body_mut().upstreamed_mut()
 }

@@ -49,7 +49,7 @@ pub async fn switch_protocols(
     let (mut parts, body) = resp.into_parts();
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         parts.version = Version::HTTP_11;
-        return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
+        return Ok(Response::from_parts(parts, ProxyBody::upstream(body)));
     }
     let (server, already_read) = body
         .into_upgraded()
