@@ -130,12 +130,15 @@ fn headers(c: &mut Criterion) {
                 let mut r = Request::new(());
                 *r.version_mut() = Version::HTTP_10;
                 *r.headers_mut() = req.clone();
-                r.extensions_mut().insert(forwarded::ClientAddr(client));
                 r
             },
             |r| {
                 let (parts, ()) = hop_by_hop::strip_request(black_box(r)).into_parts();
-                let forwarding = forwarded::Forwarding::of(&parts);
+                let side = forwarded::ClientSide {
+                    addr: Some(client),
+                    tls: false,
+                };
+                let forwarding = forwarded::Forwarding::of(&parts, side);
                 black_box(forwarding.fields().len());
                 parts
             },

@@ -18,7 +18,7 @@ use crate::body::{ProxyBody, RequestBody, StallGuard};
 use crate::config::{Config, Protocol};
 use crate::error::{BoxError, ProxyError, UpstreamFailure};
 use crate::metrics::CloseReason;
-use crate::middleware::forwarded::Forwarding;
+use crate::middleware::forwarded::{ClientSide, Forwarding};
 use crate::middleware::hop_by_hop::UpgradeRequest;
 use crate::middleware::trailers::{self, AcceptsTrailers};
 use crate::middleware::upstreamed::{ResponseFacts, Upstreamed};
@@ -95,11 +95,15 @@ pub struct ProxyOptions {
     pub tunnel_idle_timeout: std::time::Duration,
 }
 
+/// The innermost service: routes a request and forwards it. Each client connection has its own
+/// (`for_client`), which knows the client and, in transparent mode, where it was going.
 #[derive(Clone)]
 pub struct Proxy {
     routing: Arc<ArcSwap<Routing>>,
     options: ProxyOptions,
     upgrades: Arc<UpgradeAllowList>,
+    client: ClientSide,
+    destination: Option<Destination>,
 }
 
 impl Proxy {
@@ -112,6 +116,17 @@ impl Proxy {
             routing,
             options,
             upgrades: Arc::new(upgrades),
+            client: ClientSide::default(),
+            destination: None,
+        }
+    }
+
+    /// This proxy, for the requests of one client connection.
+    pub fn for_client(&self, client: ClientSide, destination: Option<Destination>) -> Proxy {
+        Proxy {
+            client,
+            destination,
+            ..self.clone()
         }
     }
 
@@ -140,9 +155,11 @@ impl Service<Request<Incoming>> for Proxy {
         }
         let routing = self.routing.load_full();
         let options = self.options;
+        let client = self.client;
+        let destination = self.destination.as_ref().map(|d| d.upstream.clone());
         Box::pin(async move {
-            let selected = match req.extensions().get::<Destination>() {
-                Some(d) => Ok(d.upstream.clone()),
+            let selected = match destination {
+                Some(upstream) => Ok(upstream),
                 None => select_upstream(&routing, &req, options),
             };
             let upstream = match selected {
@@ -154,10 +171,11 @@ impl Service<Request<Incoming>> for Proxy {
                 let tunnel = Box::pin(upgrade::connect(&upstream, req, options)).await;
                 tunnel.map(|resp| (resp, ResponseFacts::default()))
             } else if req.extensions().get::<UpgradeRequest>().is_some() {
-                let switched = Box::pin(upgrade::switch_protocols(&upstream, req, options)).await;
+                let switched = upgrade::switch_protocols(&upstream, req, options, client);
+                let switched = Box::pin(switched).await;
                 switched.map(|resp| (resp, ResponseFacts::default()))
             } else {
-                proxy_request(&upstream, req, options).await
+                proxy_request(&upstream, req, options, client).await
             };
             let series = upstream.requests.clone();
             let (mut resp, facts) = match outcome {
@@ -214,6 +232,7 @@ pub(crate) async fn proxy_request(
     upstream: &Upstream,
     req: Request<Incoming>,
     options: ProxyOptions,
+    client: ClientSide,
 ) -> Result<(Response<ProxyBody>, ResponseFacts), ProxyError> {
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
@@ -231,7 +250,7 @@ pub(crate) async fn proxy_request(
         trailers::ask_backend(&mut parts.headers);
     }
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
-    let forwarding = Forwarding::of(&parts);
+    let forwarding = Forwarding::of(&parts, client);
     let resp = upstream.forward(parts, &forwarding.fields(), body).await?;
     // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
     let close_client =

@@ -26,7 +26,7 @@ use crate::body::ProxyBody;
 use crate::config::{ServerConfig, TcpKeepaliveConfig};
 use crate::metrics::METRICS;
 use crate::middleware::access_log::{AccessLog, AccessLogLayer};
-use crate::middleware::forwarded::{self, ClientAddr, ClientTls};
+use crate::middleware::forwarded::{self, ClientSide};
 use crate::middleware::guard::{RequestGuard, RequestGuardLayer};
 use crate::middleware::hop_by_hop;
 use crate::middleware::shed::{Shed, ShedLayer};
@@ -122,39 +122,62 @@ fn listening_socket(
     Ok(socket)
 }
 
-/// The tower stack, built once so that the concurrency limit is shared by every connection.
-/// Outermost first; each layer says why it sits where it does.
+/// The tower stack every request goes through, as all connections share it (one concurrency
+/// limit); `for_client` builds one connection's, whose proxy knows that client.
+#[derive(Clone)]
+pub struct Stack {
+    proxy: Proxy,
+    shed: ShedLayer,
+    max_line_bytes: usize,
+    request_timeout: Duration,
+    access_log: bool,
+}
+
 pub fn stack(proxy: Proxy, server: &ServerConfig, access_log: bool) -> Stack {
-    ServiceBuilder::new()
-        // First: gives the request its id, so every log line, error body and upstream request
-        // carries it; sees every outcome, shed and timed-out requests included, and turns
-        // errors into responses.
-        .layer(AccessLogLayer {
-            enabled: access_log,
-        })
-        // An overlong request line or field line, or ambiguous framing, is refused before
-        // anything acts on it, above all before it can reach a shared upstream connection.
-        .layer(RequestGuardLayer {
-            max_line_bytes: server.max_request_header_bytes,
-        })
-        // Past the concurrency limit, answer 503 at once instead of queueing without bound.
-        .layer(ShedLayer::new(server.max_concurrent_requests))
-        // A guard on the whole request: pool wait, retries and the backend's response head.
-        .timeout(server.request_timeout)
-        // Connection-scoped headers never cross the proxy, in either direction. Ours are added
-        // after stripping on both ways (a request runs down this list, a response up it), so a
-        // `Connection: via` from either peer cannot remove them; on requests they are written
-        // with the head (`forwarded::Forwarding`).
-        .layer(MapRequestLayer::new(
-            hop_by_hop::strip_request as RequestMap,
-        ))
-        .layer(MapResponseLayer::new(
-            forwarded::add_response_headers as ResponseMap,
-        ))
-        .layer(MapResponseLayer::new(
-            hop_by_hop::strip_response as ResponseMap,
-        ))
-        .service(proxy)
+    Stack {
+        proxy,
+        shed: ShedLayer::new(server.max_concurrent_requests),
+        max_line_bytes: server.max_request_header_bytes,
+        request_timeout: server.request_timeout,
+        access_log,
+    }
+}
+
+impl Stack {
+    /// The stack of one client connection. Outermost first; each layer says why it sits where
+    /// it does.
+    pub fn for_client(&self, client: ClientSide, destination: Option<Destination>) -> ClientStack {
+        ServiceBuilder::new()
+            // First: gives the request its id, so every log line, error body and upstream
+            // request carries it; sees every outcome, shed and timed-out requests included,
+            // and turns errors into responses.
+            .layer(AccessLogLayer {
+                enabled: self.access_log,
+            })
+            // An overlong request line or field line, or ambiguous framing, is refused before
+            // anything acts on it, above all before it can reach a shared upstream connection.
+            .layer(RequestGuardLayer {
+                max_line_bytes: self.max_line_bytes,
+            })
+            // Past the concurrency limit, answer 503 at once instead of queueing without bound.
+            .layer(self.shed.clone())
+            // A guard on the whole request: pool wait, retries and the backend's response head.
+            .timeout(self.request_timeout)
+            // Connection-scoped headers never cross the proxy, in either direction. Ours are
+            // added after stripping on both ways (a request runs down this list, a response up
+            // it), so a `Connection: via` from either peer cannot remove them; on requests they
+            // are written with the head (`forwarded::Forwarding`).
+            .layer(MapRequestLayer::new(
+                hop_by_hop::strip_request as RequestMap,
+            ))
+            .layer(MapResponseLayer::new(
+                forwarded::add_response_headers as ResponseMap,
+            ))
+            .layer(MapResponseLayer::new(
+                hop_by_hop::strip_response as ResponseMap,
+            ))
+            .service(self.proxy.for_client(client, destination))
+    }
 }
 
 type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
@@ -163,8 +186,8 @@ type ResponseMap = fn(http::Response<ProxyBody>) -> http::Response<ProxyBody>;
 type Rewrite = MapRequest<MapResponse<MapResponse<Proxy, ResponseMap>, ResponseMap>, RequestMap>;
 /// The request guard, load shedding past the concurrency limit, and the request timeout.
 type Guarded = RequestGuard<Shed<Timeout<Rewrite>>>;
-/// The whole stack `stack` builds, named so it can be cloned per connection without boxing.
-pub type Stack = AccessLog<Guarded>;
+/// One client connection's stack, named so it can be cloned per request without boxing.
+pub type ClientStack = AccessLog<Guarded>;
 
 /// Client connection settings, from `[server]`.
 #[derive(Clone)]
@@ -421,7 +444,7 @@ fn time_left(limit: Duration, started: tokio::time::Instant) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// What a client connection's requests carry with them.
+/// What the proxy knows of a client connection once its first head is in.
 struct Client {
     peer: SocketAddr,
     destination: Option<Destination>,
@@ -449,15 +472,13 @@ async fn serve_http<I>(
     } = client;
     let first_request = FirstRequest::default();
     let seen = first_request.clone();
-    let service = service_fn(move |mut req: http::Request<Incoming>| {
+    let client_side = ClientSide {
+        addr: Some(peer),
+        tls,
+    };
+    let stack = stack.for_client(client_side, destination);
+    let service = service_fn(move |req: http::Request<Incoming>| {
         seen.arrived();
-        req.extensions_mut().insert(ClientAddr(peer));
-        if tls {
-            req.extensions_mut().insert(ClientTls);
-        }
-        if let Some(d) = &destination {
-            req.extensions_mut().insert(d.clone());
-        }
         let svc = stack.clone();
         async move { svc.oneshot(req).await.map_err(|e: Infallible| match e {}) }
     });

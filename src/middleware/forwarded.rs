@@ -9,13 +9,15 @@ use crate::body::ProxyBody;
 use crate::h1::AddedField;
 use crate::middleware::upstreamed;
 
-/// The peer address of the client connection, put in request extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// The client connection came through a TLS listener: the backend is told `https`.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientTls;
+/// The client connection a request came on, as the backend is told of it. The server gives it
+/// to each connection's proxy (`Proxy::for_client`), not to each request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientSide {
+    /// The peer address; unknown for requests the proxy did not receive from a socket.
+    pub addr: Option<SocketAddr>,
+    /// The connection came through a TLS listener: the backend is told `https`.
+    pub tls: bool,
+}
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -24,22 +26,19 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// upstream's head encoder after the request's own fields (`h1::AddedField`), so the client's
 /// `X-Forwarded-For` and `Via` are joined before ours and its `X-Forwarded-Proto` is replaced.
 pub struct Forwarding {
-    /// The client's address as text; empty when the request has no `ClientAddr`.
+    /// The client's address as text; empty when it is not known.
     client_ip: IpText,
     proto: &'static [u8],
     via: &'static [u8],
 }
 
 impl Forwarding {
-    pub fn of(parts: &http::request::Parts) -> Forwarding {
-        let client_ip = match parts.extensions.get::<ClientAddr>() {
-            Some(ClientAddr(addr)) => IpText::of(addr.ip().to_canonical()),
+    pub fn of(parts: &http::request::Parts, client: ClientSide) -> Forwarding {
+        let client_ip = match client.addr {
+            Some(addr) => IpText::of(addr.ip().to_canonical()),
             None => IpText::NONE,
         };
-        let proto: &[u8] = match parts.extensions.get::<ClientTls>() {
-            Some(ClientTls) => b"https",
-            None => b"http",
-        };
+        let proto: &[u8] = if client.tls { b"https" } else { b"http" };
         Forwarding {
             client_ip,
             proto,

@@ -10,7 +10,7 @@ use super::{ProxyOptions, origin_form, request_body};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::TunnelKind;
-use crate::middleware::forwarded::Forwarding;
+use crate::middleware::forwarded::{ClientSide, Forwarding};
 use crate::middleware::hop_by_hop::{HTTP2_SETTINGS, UpgradeRequest};
 use crate::tunnel;
 use crate::upstream::Upstream;
@@ -20,6 +20,7 @@ pub async fn switch_protocols(
     upstream: &Upstream,
     mut req: Request<Incoming>,
     options: ProxyOptions,
+    client: ClientSide,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req
         .extensions_mut()
@@ -42,7 +43,7 @@ pub async fn switch_protocols(
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static(connection));
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
-    let forwarding = Forwarding::of(&parts);
+    let forwarding = Forwarding::of(&parts, client);
     let resp = upstream
         .send_dedicated(Request::from_parts(parts, body), &forwarding.fields())
         .await?;
