@@ -442,7 +442,9 @@ impl Upstream {
             .observe(started.elapsed().as_secs_f64());
         let mut checkout = result?;
         if fresh && checkout.conn.served > 0 {
-            let new = sp.pool.manager().dial().await;
+            // Boxed, as in `ConnManager::create`: kilobytes of dial state would size every
+            // checkout's future, which each request moves, for a path few take.
+            let new = Box::pin(sp.pool.manager().dial()).await;
             let displaced =
                 std::mem::replace(&mut *checkout.conn, new.map_err(CheckoutError::Connect)?);
             displaced.end(CloseReason::Replaced);
