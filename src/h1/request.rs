@@ -87,7 +87,11 @@ where
         out: encode_head(head, framing),
         written: false,
     };
-    writer.body(framing, body).await?;
+    if framing != BodyFraming::None {
+        // Boxed: the body loop's state is most of an exchange's future, which every request
+        // moves several times, and most requests (GET, HEAD) have no body.
+        Box::pin(writer.body(framing, body)).await?;
+    }
     writer.flush().await
 }
 
