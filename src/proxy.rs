@@ -251,7 +251,9 @@ pub(crate) async fn proxy_request(
     }
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
     let forwarding = Forwarding::of(&parts, client);
-    let resp = upstream.forward(parts, &forwarding.fields(), body).await?;
+    let resp = upstream
+        .forward(&mut parts, &forwarding.fields(), body)
+        .await?;
     // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
     let close_client =
         client_version == Version::HTTP_10 && resp.body().size_hint().exact().is_none();

@@ -17,6 +17,7 @@ mod stream;
 mod tls;
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -228,12 +229,12 @@ impl Upstream {
     /// adds to the head (`middleware::forwarded`).
     pub async fn forward(
         &self,
-        mut parts: RequestParts,
+        parts: &mut RequestParts,
         added: &[AddedField<'_>],
         mut body: RequestBody,
     ) -> Result<Response<PooledBody>, ProxyError> {
         parts.version = self.version();
-        let head = RequestHead::from_parts(&parts, added);
+        let head = RequestHead::from_parts(parts, added);
         let idempotent = is_idempotent(head.method);
         let mut retries = Retries::new(self.retry_window);
         loop {
@@ -304,12 +305,13 @@ impl Upstream {
         let in_flight = InFlight::new(server);
         let not_picked_up = lease.not_picked_up().filter(|_| rescuable);
         let exchange = lease.exchange(head, body, &self.limits);
-        let timed = tokio::time::timeout(self.response_timeout, exchange);
+        // Pinned once: both arms await the same future instead of each holding a copy.
+        let mut timed = pin!(tokio::time::timeout(self.response_timeout, exchange));
         let outcome = match not_picked_up {
             None => timed.await,
             Some(signal) => tokio::select! {
                 biased;
-                outcome = timed => outcome,
+                outcome = &mut timed => outcome,
                 () = signal.wait() => {
                     // Dropping the exchange closes the connection (and it leaves the server's queue).
                     return Ok(Err(SendError::not_picked_up()));

@@ -145,8 +145,8 @@ async fn forward(
     upstream: &Upstream,
     req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, ProxyError> {
-    let (head, body) = req.into_parts();
-    upstream.forward(head, &[], body).await
+    let (mut head, body) = req.into_parts();
+    upstream.forward(&mut head, &[], body).await
 }
 
 fn get() -> Request<RequestBody> {
