@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::request::Parts as RequestParts;
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
@@ -175,7 +176,10 @@ impl Service<Request<Incoming>> for Proxy {
                 let switched = Box::pin(switched).await;
                 switched.map(|resp| (resp, ResponseFacts::default()))
             } else {
-                proxy_request(&upstream, req, options, client).await
+                // Split here: the request's parts stay in this future, and the proxy's
+                // borrows them, instead of each future holding a copy.
+                let (mut parts, incoming) = req.into_parts();
+                proxy_request(&upstream, &mut parts, incoming, options, client).await
             };
             let series = upstream.requests.clone();
             let (mut resp, facts) = match outcome {
@@ -230,11 +234,11 @@ fn select_upstream(
 
 pub(crate) async fn proxy_request(
     upstream: &Upstream,
-    req: Request<Incoming>,
+    parts: &mut RequestParts,
+    incoming: Incoming,
     options: ProxyOptions,
     client: ClientSide,
 ) -> Result<(Response<ProxyBody>, ResponseFacts), ProxyError> {
-    let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
     let accepts_trailers = parts.extensions.get::<AcceptsTrailers>().is_some();
     // RFC 9112 §3.2.2: for an absolute-form target, the target's authority is the host.
@@ -250,10 +254,8 @@ pub(crate) async fn proxy_request(
         trailers::ask_backend(&mut parts.headers);
     }
     let body = request_body(upstream, &mut parts.headers, incoming, options).await?;
-    let forwarding = Forwarding::of(&parts, client);
-    let resp = upstream
-        .forward(&mut parts, &forwarding.fields(), body)
-        .await?;
+    let forwarding = Forwarding::of(parts, client);
+    let resp = upstream.forward(parts, &forwarding.fields(), body).await?;
     // An HTTP/1.0 client can only learn where a body of unknown length ends from the close.
     let close_client =
         client_version == Version::HTTP_10 && resp.body().size_hint().exact().is_none();
