@@ -4,9 +4,14 @@
 //! `mimalloc::MiMalloc` calls `mi_malloc_aligned` for every allocation, whose fast path covers
 //! only small blocks: each allocation over 1 KiB took its generic path (callgrind: ~250
 //! instructions each, 3k per short request). Larger alignments still go through it.
+//!
+//! Also each event loop's `upkeep`: mimalloc hands freed pages back to the system only from a
+//! later allocation or free, so a loop gone quiet after a burst kept them resident.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::time::Duration;
 
 use libmimalloc_sys as mi;
 
@@ -62,9 +67,67 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// How often each event loop looks whether it went quiet.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This thread's event loop served a request since its last upkeep tick.
+    static SERVED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Notes that this thread's event loop is serving requests: `upkeep` leaves the allocator be.
+pub fn note_request() {
+    SERVED.with(|served| served.set(true));
+}
+
+/// Runs on each event loop, for ever. Once a loop has served nothing for a tick, the pages
+/// freed on its thread go back to the system, once. mimalloc purges freed pages only from a
+/// later allocation or free, so without this a burst of 1,000 connections opened at once, then
+/// idle, kept about 20 KiB each of freed request state resident (bench e-idle: 22.3 KiB per
+/// connection, 1.6 with it). A busy loop is not interrupted: its allocations purge as usual.
+pub async fn upkeep() {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut quiet = Quiet::default();
+    loop {
+        tick.tick().await;
+        if quiet.collect_now(SERVED.with(|served| served.replace(false))) {
+            // SAFETY: takes no pointers; mimalloc allows it at any time on any thread.
+            #[allow(unsafe_code)]
+            unsafe {
+                mi::mi_collect(true)
+            };
+        }
+    }
+}
+
+/// When `upkeep` collects: at the first tick without requests after one with some.
+#[derive(Debug, Default)]
+struct Quiet {
+    busy_since_collect: bool,
+}
+
+impl Quiet {
+    fn collect_now(&mut self, served_this_tick: bool) -> bool {
+        if served_this_tick {
+            self.busy_since_collect = true;
+            return false;
+        }
+        std::mem::replace(&mut self.busy_since_collect, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_collects_once_at_its_first_quiet_tick_and_never_while_busy() {
+        let mut quiet = Quiet::default();
+        let ticks = [false, true, true, false, false, true, false];
+        let collected: Vec<bool> = ticks.iter().map(|&s| quiet.collect_now(s)).collect();
+        assert_eq!(collected, [false, false, false, true, false, false, true]);
+    }
 
     #[test]
     #[allow(unsafe_code)]

@@ -479,6 +479,7 @@ async fn serve_http<I>(
     let stack = stack.for_client(client_side, destination);
     let service = service_fn(move |req: http::Request<Incoming>| {
         seen.arrived();
+        crate::allocator::note_request();
         let svc = stack.clone();
         async move { svc.oneshot(req).await.map_err(|e: Infallible| match e {}) }
     });

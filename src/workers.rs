@@ -170,6 +170,8 @@ impl SocketOptions<'_> {
 /// listener, signals, reload and the pools' background tasks; each other worker has a thread.
 pub struct Workers {
     first: JoinSet<()>,
+    /// Worker 0's `allocator::upkeep` (the other workers run theirs on their own threads).
+    first_upkeep: tokio::task::AbortHandle,
     others: Vec<WorkerThread>,
 }
 
@@ -193,7 +195,12 @@ impl Workers {
         let others = per_worker
             .map(|(worker, sockets)| WorkerThread::spawn(worker, sockets, serving.clone()))
             .collect::<Result<_, _>>()?;
-        Ok(Workers { first, others })
+        let first_upkeep = tokio::spawn(crate::allocator::upkeep()).abort_handle();
+        Ok(Workers {
+            first,
+            first_upkeep,
+            others,
+        })
     }
 
     /// Returns once every accept loop has seen the shutdown signal and ended. An accept loop
@@ -212,6 +219,7 @@ impl Workers {
     /// worker threads to exit. Drain (waiting for connections to finish) happens before this.
     pub async fn stop(&mut self) {
         self.first.abort_all();
+        self.first_upkeep.abort();
         let threads: Vec<_> = std::mem::take(&mut self.others)
             .into_iter()
             .map(|w| {
@@ -265,6 +273,7 @@ impl WorkerThread {
                     tokio::select! {
                         _ = stopped => {}
                         () = accepting => {}
+                        () = crate::allocator::upkeep() => {}
                     }
                 });
             })

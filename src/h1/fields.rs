@@ -17,6 +17,7 @@ pub struct HeadFields {
 
 impl HeadFields {
     /// One field of the head, in the order read. Comparing a standard name is one compare.
+    #[inline]
     pub(super) fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::CONTENT_LENGTH {
             self.framing.note_content_length(value);

@@ -10,7 +10,7 @@ use crate::body::ProxyBody;
 pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Always connection-scoped, whether or not `Connection` names them.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HTTP2_SETTINGS,
     HeaderName::from_static("keep-alive"),
