@@ -1233,7 +1233,8 @@ def write_results(path, args, results, scs, info, started, elapsed):
           " so a proxy that trusts the announcement meets closed connections. dup_backend.py does the same"
           " (announces 1 s, closes after 200 ms) and also counts POST bodies (unique ids) it saw twice.",
           "- Scenario (c) uses wrk with a Lua script that sends `GET /bench HTTP/1.0` + `Connection: keep-alive`.",
-          "- Raw per-run numbers: `%s` (with the logs and generated configs)." % args.json_out,
+          "- Raw per-run numbers: `%s` in the run's temporary directory (with the logs and generated"
+          " configs; kept with `--keep-tmp`, or give `--json-out`)." % os.path.basename(args.json_out),
           ""]
     # The targets a run does not meet are explained, with profiles, in ANALYSIS.md (by hand).
     analysis = os.path.join(BENCH, "ANALYSIS.md")
