@@ -493,7 +493,7 @@ impl Upstream {
                 cause: why.to_string(),
             });
         }
-        server.learn_announced(fields.keep_alive.timeout, fields.keep_alive.max);
+        server.learn_announced(fields.keep_alive);
         let upgrading = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if !upgrading && let Some(why) = body.not_reusable_by_head() {
             server.warn_not_reusable(why);

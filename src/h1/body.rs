@@ -13,7 +13,6 @@ use tokio_util::io::poll_read_buf;
 
 use super::chunked::{ChunkedDecoder, Event};
 use super::{Error, ErrorKind, Framing, HeadFields, Limits, reuse};
-use crate::middleware::hop_by_hop::ConnectionTokens;
 
 /// Body reads top the buffer up by this much when it runs low.
 const BODY_READ: usize = 16 * 1024;
@@ -102,11 +101,6 @@ impl<S> ResponseBody<S> {
     /// What the response head's framing, `Connection` and `Keep-Alive` fields say.
     pub fn fields(&self) -> &HeadFields {
         &self.fields
-    }
-
-    /// What the response head's `Connection` header says.
-    pub fn connection(&self) -> ConnectionTokens {
-        self.fields.connection
     }
 
     /// The connection and whether it may carry another request. A body not read to its end,

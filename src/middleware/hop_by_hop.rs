@@ -13,7 +13,7 @@ pub const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings")
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HTTP2_SETTINGS,
-    HeaderName::from_static("keep-alive"),
+    crate::upstream::reuse::KEEP_ALIVE,
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRAILER,

@@ -33,7 +33,7 @@ impl PooledBody {
         upgrading: bool,
     ) -> PooledBody {
         let mut body = PooledBody {
-            connection: inner.connection(),
+            connection: inner.fields().connection,
             inner: Some(inner),
             _in_flight: in_flight,
         };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::reuse::KeepAlive;
 use super::tls::UpstreamTls;
 use crate::clock;
 use crate::config::{HealthConfig, PoolConfig, Protocol, TcpKeepaliveConfig};
@@ -134,11 +135,11 @@ impl Server {
     }
 
     /// Records a `Keep-Alive: timeout=N, max=M` announcement.
-    pub fn learn_announced(&self, timeout: Option<Duration>, max: Option<u32>) {
-        if let Some(t) = timeout {
+    pub fn learn_announced(&self, announced: KeepAlive) {
+        if let Some(t) = announced.timeout {
             self.learn_keepalive(t);
         }
-        if let Some(m) = max.filter(|&m| m > 0) {
+        if let Some(m) = announced.max.filter(|&m| m > 0) {
             let prev = self.learned_max_requests.load(Ordering::Relaxed);
             if prev == 0 || m > prev {
                 // The `max` a backend announces counts down per connection; the first, largest
