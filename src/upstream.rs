@@ -77,9 +77,11 @@ impl ServerPool {
             tasks.push(tokio::spawn(health::run(server.clone(), path)));
         }
         let settings = &server.settings.pool;
-        let gate = settings
-            .adaptive
-            .then(|| Arc::new(gate::Gate::new(settings.max_size, &server.metrics)));
+        let gate = settings.adaptive.then(|| {
+            let pool = pool.clone();
+            let idle = Box::new(move || pool.status().available);
+            Arc::new(gate::Gate::new(settings.max_size, &server.metrics, idle))
+        });
         ServerPool {
             queue: WaitQueue::new(settings.max_waiters, settings.wait_timeout, gate),
             server,

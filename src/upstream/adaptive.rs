@@ -5,9 +5,11 @@
 //! connections that were answered. A request is late when its first byte takes longer than
 //! `srtt + 4·rttvar` (at least 50 ms). Fresh connections still unanswered past that while others
 //! are answered are connections the backend has not picked up (a prefork accept queue): the limit
-//! shrinks to what is being served, never below 1, at most halving once per late threshold, and
-//! never before a baseline exists. While saturated and prompt, the limit grows by one per `limit`
-//! prompt answers (one per RTT's worth), up to `max_size`; a failed probe backs further probes off.
+//! shrinks to the connections it serves, busy and not late or idle in the pool (so a lull in
+//! the load is not read as a smaller server), never below 1, at most halving once per late
+//! threshold, and never before a baseline exists. While saturated and prompt, the limit grows by
+//! one per `limit` prompt answers (one per RTT's worth), up to `max_size`; a failed probe backs
+//! further probes off.
 // `upstream::gate` turns the limit into permits in front of each server's pool.
 
 use std::time::Duration;
@@ -33,6 +35,20 @@ pub enum Change {
         to: usize,
         late: usize,
     },
+}
+
+/// What the gate sees when the limiter looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Permits held.
+    pub in_use: usize,
+    /// Held by fresh leases unanswered past the late threshold.
+    pub late_fresh: usize,
+    /// Connections the server serves: in use and not late, or idle in the pool (each answered
+    /// before it went back). A prefork child stays pinned by an idle keep-alive connection, and
+    /// a lull in the load leaves connections idle, not unserved. Read only when
+    /// `late_fresh > 0` (the gate counts it only then: the pool's idle count takes its lock).
+    pub serving: usize,
 }
 
 #[derive(Debug)]
@@ -75,15 +91,13 @@ impl Limiter {
         self.threshold().is_some_and(|t| waited > t)
     }
 
-    /// A first byte after `latency`; `in_use` requests hold permits, `late_fresh` of them are
-    /// fresh connections unanswered past the threshold.
+    /// A first byte after `latency`, on a `reused` or fresh connection, under `load`.
     pub fn on_answer(
         &mut self,
         now: Instant,
         reused: bool,
         latency: Duration,
-        in_use: usize,
-        late_fresh: usize,
+        load: Load,
     ) -> Option<Change> {
         let late = self.is_late(latency);
         if reused && !late {
@@ -93,22 +107,22 @@ impl Limiter {
             // A fresh connection answered promptly: the backend picked it up.
             self.probe_backoff = FIRST_PROBE_BACKOFF;
         }
-        if late_fresh > 0 {
-            return self.shrink(now, in_use, late_fresh);
+        if load.late_fresh > 0 {
+            return self.shrink(now, load);
         }
-        if late || in_use < self.limit {
+        if late || load.in_use < self.limit {
             return None;
         }
         self.grow(now)
     }
 
-    /// No answer came, but `late_fresh` fresh connections are unanswered past the threshold
-    /// although the server answered others since they were sent (a lease's own review).
-    pub fn on_overdue(&mut self, now: Instant, in_use: usize, late_fresh: usize) -> Option<Change> {
-        if late_fresh == 0 {
+    /// No answer came, but `load.late_fresh` fresh connections are unanswered past the
+    /// threshold although the server answered others since they were sent (a lease's review).
+    pub fn on_overdue(&mut self, now: Instant, load: Load) -> Option<Change> {
+        if load.late_fresh == 0 {
             return None;
         }
-        self.shrink(now, in_use, late_fresh)
+        self.shrink(now, load)
     }
 
     /// How often an unanswered fresh lease reviews itself: its late threshold, or the floor
@@ -131,7 +145,7 @@ impl Limiter {
         }
     }
 
-    fn shrink(&mut self, now: Instant, in_use: usize, late: usize) -> Option<Change> {
+    fn shrink(&mut self, now: Instant, load: Load) -> Option<Change> {
         // A shrink shows its effect only once the lates it leaves behind could be seen: at most
         // one per threshold (≥ LATE_FLOOR), not one per srtt (on loopback, ~1 ms: a collapse).
         let threshold = self.threshold()?;
@@ -140,15 +154,17 @@ impl Limiter {
         if self.last_shrink.is_some_and(|at| now - at < threshold) {
             return None;
         }
-        let served = in_use.saturating_sub(late).max(1);
-        let to = served.max(self.limit / 2).max(1);
+        let to = load.serving.max(self.limit / 2).max(1);
         if to >= self.limit {
             return None;
         }
         self.probe_backoff = (self.probe_backoff * 2).min(MAX_PROBE_BACKOFF);
         self.last_shrink = Some(now);
         self.limit = to;
-        Some(Change::Shrank { to, late })
+        Some(Change::Shrank {
+            to,
+            late: load.late_fresh,
+        })
     }
 
     fn grow(&mut self, now: Instant) -> Option<Change> {
@@ -171,6 +187,15 @@ mod tests {
 
     const RTT: Duration = Duration::from_millis(1);
 
+    /// `in_use` permits held, `late` of them by fresh leases not answered, none idle.
+    fn load(in_use: usize, late: usize) -> Load {
+        Load {
+            in_use,
+            late_fresh: late,
+            serving: in_use - late,
+        }
+    }
+
     /// Drives a backend that serves `serving` connections: requests beyond it are late.
     async fn drive(l: &mut Limiter, serving: impl Fn(u32) -> usize, rounds: u32) {
         for r in 0..rounds {
@@ -178,7 +203,7 @@ mod tests {
             let late = in_use.saturating_sub(serving(r));
             for _ in 0..in_use.min(serving(r)) {
                 tokio::time::advance(RTT).await;
-                l.on_answer(Instant::now(), true, RTT, in_use, late);
+                l.on_answer(Instant::now(), true, RTT, load(in_use, late));
             }
         }
     }
@@ -186,7 +211,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lates_before_any_baseline_do_not_shrink() {
         let mut l = Limiter::new(32);
-        let change = l.on_answer(Instant::now(), false, Duration::from_secs(1), 8, 7);
+        let change = l.on_answer(Instant::now(), false, Duration::from_secs(1), load(8, 7));
         assert_eq!(change, None);
         assert_eq!(l.limit(), 8);
     }
@@ -231,7 +256,7 @@ mod tests {
         let mut l = Limiter::new(32);
         drive(&mut l, |_| 32, 200).await;
         tokio::time::advance(RTT).await;
-        let change = l.on_answer(Instant::now(), true, RTT, 32, 31);
+        let change = l.on_answer(Instant::now(), true, RTT, load(32, 31));
         assert_eq!(change, Some(Change::Shrank { to: 16, late: 31 }));
     }
 
@@ -240,7 +265,7 @@ mod tests {
         let mut l = Limiter::new(32);
         for _ in 0..1000 {
             tokio::time::advance(RTT).await;
-            l.on_answer(Instant::now(), true, RTT, 3, 0);
+            l.on_answer(Instant::now(), true, RTT, load(3, 0));
         }
         assert_eq!(l.limit(), 8);
     }

@@ -7,10 +7,11 @@
 //! whichever connection comes free first, never behind a connection the backend has not picked
 //! up. Each lease reports its first response byte (latency from the first write, fresh or
 //! reused); fresh connections still unanswered are tracked so an answer elsewhere can count how
-//! many of them are late. A shrink withdraws permits: first those of late fresh leases (written
-//! off: the backend is not serving them, so they must not keep served requests out), then free
-//! ones, then held ones as they come back (`debt`). A grow adds one. A written-off lease is told
-//! (`Permit::not_picked_up`): a request that is safe to send again leaves that connection.
+//! many of them are late. Late fresh leases are written off whether or not the limit moves: the
+//! backend is not serving them, so they must not keep served requests out; their permits go to
+//! those who wait. A shrink withdraws free permits, then held ones as they come back (`debt`).
+//! A grow adds one. A written-off lease is told (`Permit::not_picked_up`): a request that is
+//! safe to send again leaves that connection.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::adaptive::{Change, Limiter};
+use super::adaptive::{Change, Limiter, Load};
 use crate::metrics::ServerMetrics;
 
 pub struct Gate {
@@ -29,6 +30,8 @@ pub struct Gate {
     upstream: String,
     server: String,
     limit_gauge: prometheus::IntGauge,
+    /// The pool's idle connections now (all answered before they went back).
+    idle: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 struct State {
@@ -138,7 +141,12 @@ impl State {
 }
 
 impl Gate {
-    pub fn new(max_size: usize, metrics: &ServerMetrics) -> Gate {
+    /// `idle` counts the pool's idle connections (only when some fresh ones are late).
+    pub fn new(
+        max_size: usize,
+        metrics: &ServerMetrics,
+        idle: Box<dyn Fn() -> usize + Send + Sync>,
+    ) -> Gate {
         let limiter = Limiter::new(max_size);
         let limit = limiter.limit();
         metrics.limit.set(limit as i64);
@@ -156,6 +164,7 @@ impl Gate {
             upstream: metrics.upstream.clone(),
             server: metrics.server.clone(),
             limit_gauge: metrics.limit.clone(),
+            idle,
         }
     }
 
@@ -209,13 +218,28 @@ impl Gate {
             // Its permit is gone already; it is forgotten when the lease ends.
             return true;
         }
-        let late = state.late_fresh(now);
-        let in_use = state.in_use;
+        let load = self.load(&state, state.late_fresh(now));
         let before = state.limiter.limit();
-        if let Some(change) = state.limiter.on_answer(now, reused, latency, in_use, late) {
-            self.apply(&mut state, change, before, now, in_use);
+        if let Some(change) = state.limiter.on_answer(now, reused, latency, load) {
+            self.apply(&mut state, change, before, now, load.in_use);
         }
+        self.write_off(&mut state, now, load.late_fresh);
         false
+    }
+
+    /// The limiter's view with `late_fresh` late fresh leases; what the server holds open is
+    /// counted only when some are late, the one case the limiter reads it.
+    fn load(&self, state: &State, late_fresh: usize) -> Load {
+        let serving = if late_fresh > 0 {
+            state.in_use.saturating_sub(late_fresh) + (self.idle)()
+        } else {
+            0
+        };
+        Load {
+            in_use: state.in_use,
+            late_fresh,
+            serving,
+        }
     }
 
     /// An unanswered fresh lease's review at its late threshold: when no answer comes to
@@ -224,12 +248,12 @@ impl Gate {
     fn review(&self) {
         let now = Instant::now();
         let mut state = self.lock();
-        let late = state.late_fresh_passed_over(now);
-        let in_use = state.in_use;
+        let load = self.load(&state, state.late_fresh_passed_over(now));
         let before = state.limiter.limit();
-        if let Some(change) = state.limiter.on_overdue(now, in_use, late) {
-            self.apply(&mut state, change, before, now, in_use);
+        if let Some(change) = state.limiter.on_overdue(now, load) {
+            self.apply(&mut state, change, before, now, load.in_use);
         }
+        self.write_off(&mut state, now, load.late_fresh);
     }
 
     fn review_every(&self) -> Duration {
@@ -247,8 +271,7 @@ impl Gate {
                 }
             }
             Change::Shrank { to, late } => {
-                let written_off = state.write_off_late(now, before - to);
-                self.withdraw(state, before - to - written_off);
+                self.withdraw(state, before - to);
                 let warn = state.warned_at.is_none_or(|at| now - at >= WARN_EVERY);
                 if warn && to < self.max {
                     state.warned_at = Some(now);
@@ -257,6 +280,19 @@ impl Gate {
             }
         }
         self.limit_gauge.set(state.limiter.limit() as i64);
+    }
+
+    /// Writes off up to `late` late fresh leases, whether or not the limit moved: the server is
+    /// not serving them, so their requests may leave (`Permit::not_picked_up`) and their permits
+    /// go to those who wait (they are forgotten when the leases end).
+    fn write_off(&self, state: &mut State, now: Instant, late: usize) {
+        if late == 0 {
+            return;
+        }
+        let written_off = state.write_off_late(now, late);
+        let repaid = written_off.min(state.debt);
+        state.debt -= repaid;
+        self.permits.add_permits(written_off - repaid);
     }
 
     /// Takes `n` permits out: the free ones now, the rest as they are given back.
@@ -403,10 +439,17 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn gate(max: usize) -> Arc<Gate> {
+        gate_with_idle(max, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// A gate whose pool holds `idle` idle connections.
+    fn gate_with_idle(max: usize, idle: Arc<AtomicUsize>) -> Arc<Gate> {
         let metrics = ServerMetrics::new("unit-gate", &format!("gate-{max}"), max);
-        Arc::new(Gate::new(max, &metrics))
+        let idle = Box::new(move || idle.load(Ordering::Relaxed));
+        Arc::new(Gate::new(max, &metrics, idle))
     }
 
     #[tokio::test(start_paused = true)]
@@ -505,6 +548,54 @@ mod tests {
         }
         drop(stuck);
         assert_eq!(free_permits(&gate), gate.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lull_in_the_load_is_not_taken_for_a_smaller_server() {
+        let idle = Arc::new(AtomicUsize::new(0));
+        let gate = gate_with_idle(32, idle.clone());
+        let mut stuck = Vec::new();
+        for _ in 0..200 {
+            round(&gate, 32, &mut stuck).await;
+        }
+        let grown = gate.limit();
+        assert!(grown > 8, "grew to {grown} while every request was served");
+        // The load drops to one request on a reused connection and one on a new connection
+        // nobody picks up; the server holds the other connections open, idle in the pool.
+        idle.store(grown - 2, Ordering::Relaxed);
+        let mut served = gate.try_enter().expect("free");
+        served.sending(true);
+        let mut unpicked = gate.try_enter().expect("free");
+        unpicked.sending(false);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        served.answered();
+        assert_eq!(
+            gate.limit(),
+            grown - 1,
+            "the served and the idle connections"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_fresh_lease_is_written_off_even_when_the_limit_holds() {
+        let idle = Arc::new(AtomicUsize::new(0));
+        let gate = gate_with_idle(32, idle.clone());
+        let mut stuck = Vec::new();
+        for _ in 0..200 {
+            round(&gate, 32, &mut stuck).await;
+        }
+        let grown = gate.limit();
+        // As many connections served (busy or idle) as the limit: it holds, but the new
+        // connection the server passed over is still not being served.
+        idle.store(grown - 1, Ordering::Relaxed);
+        let mut served = gate.try_enter().expect("free");
+        served.sending(true);
+        let mut unpicked = gate.try_enter().expect("free");
+        unpicked.sending(false);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        served.answered();
+        assert_eq!(gate.limit(), grown);
+        assert!(told_not_picked_up(&unpicked).await);
     }
 
     /// Whether the gate told `permit`'s lease that the server is not picking it up.
