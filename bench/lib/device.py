@@ -5,15 +5,18 @@
 max_size 4 set by hand (adaptive off), with max_size 32 and adaptive off, and through HAProxy
 (maxconn 32, http-reuse always). A fresh backend for each target.
 
-  python3 bench/lib/device.py [--n 20000] [--longhaul target/release/longhaul]
+  python3 bench/lib/device.py [--n 20000] [--rounds 3] [--longhaul target/release/longhaul]
 
-Writes a Markdown table to stdout; every process it starts is stopped at exit. Loopback only.
+Each round measures every target once, in turn; the table gives each target's median req/s,
+p50 and p99 over the rounds (ab's p99 moves by a few ms between runs on this box), then every
+round's req/s and p99. Every process it starts is stopped at exit. Loopback only.
 """
 
 import argparse
 import atexit
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 
@@ -70,6 +73,7 @@ def measure(procs, tmp, name, longhaul, n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="requests per target")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each target, interleaved")
     ap.add_argument("--longhaul", default=os.path.join(harness.REPO, "target", "release", "longhaul"))
     ap.add_argument("--targets", default=",".join(list(LONGHAUL) + ["haproxy"]))
     args = ap.parse_args()
@@ -77,17 +81,27 @@ def main():
     procs = harness.Procs(tmp, os.path.join(tmp, "pids"))
     atexit.register(procs.stop_all)
     atexit.register(shutil.rmtree, tmp, True)
-    rows = []
-    for name in args.targets.split(","):
-        r = measure(procs, tmp, name, args.longhaul, args.n)
-        rows.append((name, r))
-        print("%s: %.0f req/s, p99 %.0f ms, %d errors" % (name, r["rps"], r["p99_ms"], r["errors"]),
-              file=sys.stderr)
-    print("| %d-connection device, ab -n %d -c 50, HTTP/1.0 | req/s | p50 ms | p99 ms | errors |"
-          % (DEVICE_CONNECTIONS, args.n))
+    names = args.targets.split(",")
+    runs = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names:
+            m = measure(procs, tmp, name, args.longhaul, args.n)
+            runs[name].append(m)
+            print("round %d, %s: %.0f req/s, p99 %.0f ms, %d errors" % (
+                r + 1, name, m["rps"], m["p99_ms"], m["errors"]), file=sys.stderr)
+    print("| %d-connection device, ab -n %d -c 50, HTTP/1.0, median of %d | req/s | p50 ms | p99 ms | errors |"
+          % (DEVICE_CONNECTIONS, args.n, args.rounds))
     print("| --- | --- | --- | --- | --- |")
-    for name, r in rows:
-        print("| %s | %.0f | %.0f | %.0f | %d |" % (name, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]))
+    for name in names:
+        med = lambda key: statistics.median([m[key] for m in runs[name]])  # noqa: E731
+        print("| %s | %.0f | %.0f | %.0f | %d |" % (
+            name, med("rps"), med("p50_ms"), med("p99_ms"), sum(m["errors"] for m in runs[name])))
+    print()
+    print("| round | " + " | ".join("%s req/s, p99 ms" % name for name in names) + " |")
+    print("| --- |" + " --- |" * len(names))
+    for r in range(args.rounds):
+        print("| %d | " % (r + 1) + " | ".join(
+            "%.0f, %.0f" % (runs[name][r]["rps"], runs[name][r]["p99_ms"]) for name in names) + " |")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,18 @@ MaxKeepAliveRequests 100, a 1 KiB file), a fresh Apache per target; `ab -n N -c 
 connections) cold (the first N requests) then warm (the next N), direct, through longhaul (max_size
 32, adaptive on and off) and through HAProxy (maxconn 32, pool-max-conn 32, http-reuse always).
 
-  python3 bench/lib/prefork.py [--n 20000] [--longhaul target/release/longhaul]
+  python3 bench/lib/prefork.py [--n 20000] [--rounds 3] [--longhaul target/release/longhaul]
 
-Writes a Markdown table to stdout; every process it starts is stopped at exit. Loopback only.
+Each round measures every target once, in turn; the table gives each target's median cold and
+warm over the rounds (the box's noise moves one measurement by up to 20 %), then every round's
+figures. Every process it starts is stopped at exit. Loopback only.
 """
 
 import argparse
 import atexit
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 
@@ -100,6 +103,7 @@ def measure(procs, tmp, name, longhaul, n):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="requests per phase (cold, then warm)")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each target, interleaved")
     ap.add_argument("--longhaul", default=os.path.join(harness.REPO, "target", "release", "longhaul"))
     ap.add_argument("--targets", default="direct,longhaul,longhaul-fixed,haproxy")
     args = ap.parse_args()
@@ -108,19 +112,28 @@ def main():
     procs = harness.Procs(tmp, os.path.join(tmp, "pids"))
     atexit.register(procs.stop_all)
     atexit.register(shutil.rmtree, tmp, True)
-    rows = []
-    for name in args.targets.split(","):
-        cold, warm = measure(procs, tmp, name, args.longhaul, args.n)
-        rows.append((name, cold, warm))
-        print("%s: cold %.0f req/s (%d errors), warm %.0f req/s (%d errors)" % (
-            name, cold["rps"], cold["errors"], warm["rps"], warm["errors"]), file=sys.stderr)
-    print("| ab -n %d -c 50, HTTP/1.0 | cold req/s | warm req/s | cold / warm | cold errors | warm errors |"
-          % args.n)
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, cold, warm in rows:
-        print("| %s | %.0f | %.0f | %.2f | %d | %d |" % (
-            name, cold["rps"], warm["rps"], cold["rps"] / warm["rps"] if warm["rps"] else 0.0,
-            cold["errors"], warm["errors"]))
+    names = args.targets.split(",")
+    runs = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names:
+            cold, warm = measure(procs, tmp, name, args.longhaul, args.n)
+            runs[name].append((cold, warm))
+            print("round %d, %s: cold %.0f req/s (%d errors), warm %.0f req/s (%d errors)" % (
+                r + 1, name, cold["rps"], cold["errors"], warm["rps"], warm["errors"]), file=sys.stderr)
+    print("| ab -n %d -c 50, HTTP/1.0, median of %d | cold req/s | warm req/s | cold / warm | errors |"
+          % (args.n, args.rounds))
+    print("| --- | --- | --- | --- | --- |")
+    for name in names:
+        cold = statistics.median([c["rps"] for c, _ in runs[name]])
+        warm = statistics.median([w["rps"] for _, w in runs[name]])
+        errors = sum(c["errors"] + w["errors"] for c, w in runs[name])
+        print("| %s | %.0f | %.0f | %.2f | %d |" % (name, cold, warm, cold / warm if warm else 0.0, errors))
+    print()
+    print("| round | " + " | ".join("%s cold / warm" % name for name in names) + " |")
+    print("| --- |" + " --- |" * len(names))
+    for r in range(args.rounds):
+        print("| %d | " % (r + 1) + " | ".join(
+            "%.0f / %.0f" % (runs[name][r][0]["rps"], runs[name][r][1]["rps"]) for name in names) + " |")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ use tokio::time::Instant;
 const LATE_FLOOR: Duration = Duration::from_millis(50);
 /// The limit a server starts with, when `max_size` allows.
 const INITIAL_LIMIT: usize = 8;
-/// First and largest wait before probing again after a probe was late.
+/// First and largest wait before probing again after a probe was late. The largest is short next
+/// to a prefork server's ramp (it forks up to 32 children a second once busy): at 2 s, the limit
+/// lagged Apache's children through a cold pass (bench/README.md).
 const FIRST_PROBE_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_PROBE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why the limit changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
