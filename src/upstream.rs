@@ -78,8 +78,9 @@ impl ServerPool {
         }
         let settings = &server.settings.pool;
         let gate = settings.adaptive.then(|| {
-            let pool = pool.clone();
-            let idle = Box::new(move || pool.status().available);
+            // Weak: leases outlive a pool a reload removed, and the gate with them.
+            let pool = pool.weak();
+            let idle = Box::new(move || pool.upgrade().map_or(0, |p| p.status().available));
             Arc::new(gate::Gate::new(settings.max_size, &server.metrics, idle))
         });
         ServerPool {

@@ -8,6 +8,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -338,8 +339,8 @@ fn an_ejected_server_that_accepts_a_connection_is_back_in_rotation_at_once() {
 /// Not /proc/net/tcp: read while the suite's other tests open and close thousands of sockets
 /// (~19,000 lines, mostly TIME-WAIT), its page-by-page walk skips entries, and a run once saw
 /// none of the two connects that were in progress.
-fn syn_sent_to(addr: SocketAddr) -> usize {
-    let out = std::process::Command::new("ss")
+fn syn_sent_to(ss: &Path, addr: SocketAddr) -> usize {
+    let out = std::process::Command::new(ss)
         .args([
             "-H",
             "-t",
@@ -357,20 +358,24 @@ fn syn_sent_to(addr: SocketAddr) -> usize {
 
 /// Counts connects in progress to one address every 5 ms on a thread of its own, so that a
 /// slow metrics scrape on the test's thread cannot make it miss them.
+/// The most connects seen in progress at once, and (ms, count) each time the count changed.
+type SynSentSeen = (usize, Vec<(u128, usize)>);
+
+/// Stopped and joined on drop too, should the test fail first.
 struct SynSentWatch {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(usize, Vec<(u128, usize)>)>,
+    thread: Option<JoinHandle<SynSentSeen>>,
 }
 
 impl SynSentWatch {
-    fn start(addr: SocketAddr) -> SynSentWatch {
+    fn start(ss: PathBuf, addr: SocketAddr) -> SynSentWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = thread::spawn(move || {
             let clock = Stopwatch::start();
             let (mut most, mut changes) = (0, vec![(0, 0)]);
             while !stopped.load(Ordering::Relaxed) {
-                let now = syn_sent_to(addr);
+                let now = syn_sent_to(&ss, addr);
                 most = most.max(now);
                 if changes.last().is_some_and(|&(_, last)| last != now) {
                     changes.push((clock.elapsed().as_millis(), now));
@@ -379,24 +384,38 @@ impl SynSentWatch {
             }
             (most, changes)
         });
-        SynSentWatch { stop, thread }
+        SynSentWatch {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// The most connects seen in progress at once, and the count each time it changed.
-    fn stop(self) -> (usize, Vec<(u128, usize)>) {
+    fn stop(mut self) -> SynSentSeen {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("watch thread")
+        let thread = self.thread.take().expect("not stopped yet");
+        thread.join().expect("watch thread")
+    }
+}
+
+impl Drop for SynSentWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 #[test]
 fn max_connecting_bounds_the_connects_in_progress_to_one_server() {
-    if !support::tools::have("ss") {
+    let Some(ss) = support::tools::require_tool("ss") else {
         return;
-    }
+    };
     let hole = Blackhole::start();
     assert!(hole.swallows_connects(), "precondition: connects hang");
     assert!(support::wait_until(Duration::from_secs(2), || syn_sent_to(
+        &ss,
         hole.addr()
     ) == 0));
     let proxy = Proxy::start(
@@ -409,7 +428,7 @@ fn max_connecting_bounds_the_connects_in_progress_to_one_server() {
     let burst: Vec<_> = (0..10)
         .map(|i| thread::spawn(move || client::try_get10(addr, &format!("/burst/{i}"))))
         .collect();
-    let watch = SynSentWatch::start(hole.addr());
+    let watch = SynSentWatch::start(ss, hole.addr());
     let several_rounds =
         support::wait_until(Duration::from_secs(10), || connect_retries(&proxy) >= 8.0);
     let (most, changes) = watch.stop();

@@ -6,9 +6,9 @@ connections) cold (the first N requests) then warm (the next N), direct, through
 
   python3 bench/lib/prefork.py [--n 20000] [--rounds 3] [--longhaul target/release/longhaul]
 
-Each round measures every target once, in turn; the table gives each target's median cold and
-warm over the rounds (the box's noise moves one measurement by up to 20 %), then every round's
-figures. Every process it starts is stopped at exit. Loopback only.
+Each round measures every target once, starting one target later than the round before; the
+table gives each target's median cold and warm over the rounds (the box's noise moves one
+measurement by up to 20 %), then every round's figures. Every process it starts is stopped at exit. Loopback only.
 """
 
 import argparse
@@ -107,6 +107,8 @@ def main():
     ap.add_argument("--longhaul", default=os.path.join(harness.REPO, "target", "release", "longhaul"))
     ap.add_argument("--targets", default="direct,longhaul,longhaul-fixed,haproxy")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     tmp = tempfile.mkdtemp(prefix="longhaul-prefork-")
     os.chmod(tmp, 0o755)  # Apache's children (nobody) read the docroot
     procs = harness.Procs(tmp, os.path.join(tmp, "pids"))
@@ -115,12 +117,13 @@ def main():
     names = args.targets.split(",")
     runs = {name: [] for name in names}
     for r in range(args.rounds):
-        for name in names:
+        # Each round starts one target later, so a drift of the box does not favour one target.
+        for name in names[r % len(names):] + names[:r % len(names)]:
             cold, warm = measure(procs, tmp, name, args.longhaul, args.n)
             runs[name].append((cold, warm))
             print("round %d, %s: cold %.0f req/s (%d errors), warm %.0f req/s (%d errors)" % (
                 r + 1, name, cold["rps"], cold["errors"], warm["rps"], warm["errors"]), file=sys.stderr)
-    print("| ab -n %d -c 50, HTTP/1.0, median of %d | cold req/s | warm req/s | cold / warm | errors |"
+    print("| ab -n %d -c 50, HTTP/1.0, median of %d | cold req/s | warm req/s | cold / warm | errors (all rounds) |"
           % (args.n, args.rounds))
     print("| --- | --- | --- | --- | --- |")
     for name in names:

@@ -5,8 +5,8 @@
 //! connections that were answered. A request is late when its first byte takes longer than
 //! `srtt + 4·rttvar` (at least 50 ms). Fresh connections still unanswered past that while others
 //! are answered are connections the backend has not picked up (a prefork accept queue): the limit
-//! shrinks to the connections it serves, busy and not late or idle in the pool (so a lull in
-//! the load is not read as a smaller server), never below 1, at most halving once per late
+//! shrinks to the connections it serves, those in use and not late plus those idle in the pool
+//! (so a lull in the load is not read as a smaller server), never below 1, at most halving once per late
 //! threshold, and never before a baseline exists. While saturated and prompt, the limit grows by
 //! one per `limit` prompt answers (one per RTT's worth), up to `max_size`; a failed probe backs
 //! further probes off.
@@ -46,10 +46,11 @@ pub struct Load {
     pub in_use: usize,
     /// Held by fresh leases unanswered past the late threshold.
     pub late_fresh: usize,
-    /// Connections the server serves: in use and not late, or idle in the pool (each answered
-    /// before it went back). A prefork child stays pinned by an idle keep-alive connection, and
-    /// a lull in the load leaves connections idle, not unserved. Read only when
-    /// `late_fresh > 0` (the gate counts it only then: the pool's idle count takes its lock).
+    /// Connections the server serves: those in use and not late, plus those idle in the pool
+    /// (answered before they went back, or opened for `min_idle`; less any request waiting in
+    /// the pool itself). A prefork child stays pinned by an idle keep-alive connection, and a
+    /// lull in the load leaves connections idle, not unserved. Read only when `late_fresh > 0`
+    /// (the gate counts it only then: the pool's idle count takes its lock).
     pub serving: usize,
 }
 

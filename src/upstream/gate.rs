@@ -7,11 +7,12 @@
 //! whichever connection comes free first, never behind a connection the backend has not picked
 //! up. Each lease reports its first response byte (latency from the first write, fresh or
 //! reused); fresh connections still unanswered are tracked so an answer elsewhere can count how
-//! many of them are late. Late fresh leases are written off whether or not the limit moves: the
-//! backend is not serving them, so they must not keep served requests out; their permits go to
-//! those who wait. A shrink withdraws free permits, then held ones as they come back (`debt`).
-//! A grow adds one. A written-off lease is told (`Permit::not_picked_up`): a request that is
-//! safe to send again leaves that connection.
+//! many of them are late. A shrink withdraws permits: first those of late fresh leases (written
+//! off: the backend is not serving them, so they must not keep served requests out), then free
+//! ones, then held ones as they come back (`debt`). A grow adds one. Every late fresh lease is
+//! told (`Permit::not_picked_up`), written off or not (a shrink is at most one per threshold, and
+//! the served connections may already match the limit): a request that is safe to send again
+//! leaves that connection. One that is not (a POST) stays, and so does its permit.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +31,7 @@ pub struct Gate {
     upstream: String,
     server: String,
     limit_gauge: prometheus::IntGauge,
-    /// The pool's idle connections now (all answered before they went back).
+    /// The pool's idle connections now (`Load::serving`).
     idle: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
@@ -54,11 +55,11 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 
 enum Slot {
     Free,
-    /// The request was written at `since`; its permit counts. `written_off` is notified if a
-    /// shrink writes it off.
+    /// The request was written at `since`; its permit counts. `leave` is notified once it is
+    /// late while the server answers others (written off by a shrink, or not).
     Waiting {
         since: Instant,
-        written_off: Arc<Notify>,
+        leave: Arc<Notify>,
     },
     /// Late when the limit shrank: its permit was withdrawn and is forgotten when it ends.
     WrittenOff,
@@ -94,8 +95,8 @@ impl State {
             .count()
     }
 
-    fn track(&mut self, since: Instant, written_off: Arc<Notify>) -> usize {
-        let slot = Slot::Waiting { since, written_off };
+    fn track(&mut self, since: Instant, leave: Arc<Notify>) -> usize {
+        let slot = Slot::Waiting { since, leave };
         match self
             .unanswered_fresh
             .iter()
@@ -118,6 +119,23 @@ impl State {
         matches!(was, Slot::WrittenOff)
     }
 
+    /// Tells up to `n` late fresh leases, whose permits stay theirs, that the server is not
+    /// picking them up.
+    fn tell_late(&self, now: Instant, n: usize) {
+        let Some(threshold) = self.limiter.threshold() else {
+            return;
+        };
+        let late = self
+            .unanswered_fresh
+            .iter()
+            .filter(|s| s.late(now, threshold));
+        for slot in late.take(n) {
+            if let Slot::Waiting { leave, .. } = slot {
+                leave.notify_one();
+            }
+        }
+    }
+
     /// Writes off up to `n` late fresh leases' permits; returns how many.
     fn write_off_late(&mut self, now: Instant, n: usize) -> usize {
         let Some(threshold) = self.limiter.threshold() else {
@@ -129,9 +147,9 @@ impl State {
                 break;
             }
             if slot.late(now, threshold)
-                && let Slot::Waiting { written_off, .. } = std::mem::replace(slot, Slot::WrittenOff)
+                && let Slot::Waiting { leave, .. } = std::mem::replace(slot, Slot::WrittenOff)
             {
-                written_off.notify_one();
+                leave.notify_one();
                 done += 1;
             }
         }
@@ -223,7 +241,7 @@ impl Gate {
         if let Some(change) = state.limiter.on_answer(now, reused, latency, load) {
             self.apply(&mut state, change, before, now, load.in_use);
         }
-        self.write_off(&mut state, now, load.late_fresh);
+        state.tell_late(now, load.late_fresh);
         false
     }
 
@@ -253,7 +271,7 @@ impl Gate {
         if let Some(change) = state.limiter.on_overdue(now, load) {
             self.apply(&mut state, change, before, now, load.in_use);
         }
-        self.write_off(&mut state, now, load.late_fresh);
+        state.tell_late(now, load.late_fresh);
     }
 
     fn review_every(&self) -> Duration {
@@ -271,7 +289,8 @@ impl Gate {
                 }
             }
             Change::Shrank { to, late } => {
-                self.withdraw(state, before - to);
+                let written_off = state.write_off_late(now, before - to);
+                self.withdraw(state, before - to - written_off);
                 let warn = state.warned_at.is_none_or(|at| now - at >= WARN_EVERY);
                 if warn && to < self.max {
                     state.warned_at = Some(now);
@@ -280,19 +299,6 @@ impl Gate {
             }
         }
         self.limit_gauge.set(state.limiter.limit() as i64);
-    }
-
-    /// Writes off up to `late` late fresh leases, whether or not the limit moved: the server is
-    /// not serving them, so their requests may leave (`Permit::not_picked_up`) and their permits
-    /// go to those who wait (they are forgotten when the leases end).
-    fn write_off(&self, state: &mut State, now: Instant, late: usize) {
-        if late == 0 {
-            return;
-        }
-        let written_off = state.write_off_late(now, late);
-        let repaid = written_off.min(state.debt);
-        state.debt -= repaid;
-        self.permits.add_permits(written_off - repaid);
     }
 
     /// Takes `n` permits out: the free ones now, the rest as they are given back.
@@ -370,24 +376,24 @@ pub struct Permit {
     fresh_slot: Option<usize>,
     /// A shrink withdrew this permit while the lease was unanswered.
     written_off: bool,
-    /// Notified when a shrink writes this fresh lease off unanswered.
+    /// Notified when this fresh lease is late while the server answers others.
     not_picked_up: Option<Arc<Notify>>,
 }
 
 /// What a fresh lease waits on to learn that the server is not picking its connection up.
 pub struct NotPickedUp {
     gate: Arc<Gate>,
-    written_off: Arc<Notify>,
+    leave: Arc<Notify>,
 }
 
 impl NotPickedUp {
-    /// Completes once the gate writes the lease off; reviews the gate at each late threshold
-    /// meanwhile, so a lease is written off even when no other answer comes to trigger it.
+    /// Completes once the gate tells the lease to leave; reviews the gate at each late
+    /// threshold meanwhile, so a lease is told even when no other answer comes to trigger it.
     pub async fn wait(self) {
         loop {
             let every = self.gate.review_every();
             tokio::select! {
-                () = self.written_off.notified() => return,
+                () = self.leave.notified() => return,
                 () = tokio::time::sleep(every) => self.gate.review(),
             }
         }
@@ -406,12 +412,12 @@ impl Permit {
         }
     }
 
-    /// For a fresh lease: completes once the gate wrote it off unanswered (the server is not
-    /// picking the connection up while it answers others). Never completes for a reused one.
+    /// For a fresh lease: completes once it is late while the server answers others (it is
+    /// not picking the connection up). Never completes for a reused one.
     pub fn not_picked_up(&self) -> Option<NotPickedUp> {
         Some(NotPickedUp {
             gate: self.gate.clone(),
-            written_off: self.not_picked_up.clone()?,
+            leave: self.not_picked_up.clone()?,
         })
     }
 
@@ -576,8 +582,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_late_fresh_lease_is_written_off_even_when_the_limit_holds() {
+    /// A grown limit that holds while a new connection goes unpicked: as many connections
+    /// served (busy or idle) as the limit. Returns the gate, its limit, the served lease and the
+    /// late one.
+    async fn late_while_the_limit_holds() -> (Arc<Gate>, usize, Permit, Permit) {
         let idle = Arc::new(AtomicUsize::new(0));
         let gate = gate_with_idle(32, idle.clone());
         let mut stuck = Vec::new();
@@ -585,8 +593,6 @@ mod tests {
             round(&gate, 32, &mut stuck).await;
         }
         let grown = gate.limit();
-        // As many connections served (busy or idle) as the limit: it holds, but the new
-        // connection the server passed over is still not being served.
         idle.store(grown - 1, Ordering::Relaxed);
         let mut served = gate.try_enter().expect("free");
         served.sending(true);
@@ -594,8 +600,22 @@ mod tests {
         unpicked.sending(false);
         tokio::time::advance(Duration::from_millis(200)).await;
         served.answered();
+        (gate, grown, served, unpicked)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_fresh_lease_is_told_to_leave_even_when_the_limit_holds() {
+        let (gate, grown, _served, unpicked) = late_while_the_limit_holds().await;
         assert_eq!(gate.limit(), grown);
         assert!(told_not_picked_up(&unpicked).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_told_to_leave_keeps_its_permit_until_it_ends() {
+        let (gate, grown, _served, unpicked) = late_while_the_limit_holds().await;
+        assert_eq!(free_permits(&gate), grown - 2, "no permit in its place");
+        drop(unpicked);
+        assert_eq!(free_permits(&gate), grown - 1);
     }
 
     /// Whether the gate told `permit`'s lease that the server is not picking it up.
@@ -603,7 +623,7 @@ mod tests {
         let Some(signal) = permit.not_picked_up() else {
             return false;
         };
-        tokio::time::timeout(Duration::ZERO, signal.written_off.notified())
+        tokio::time::timeout(Duration::ZERO, signal.leave.notified())
             .await
             .is_ok()
     }

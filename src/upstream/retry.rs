@@ -22,9 +22,9 @@ pub struct Retries {
 }
 
 /// Moves off connections the server had not picked up, per request. A moved request may take a
-/// permit the limit still has above what the server serves and land on another new connection;
-/// the limit shrinks at most by half per late threshold, so it reaches what is served within
-/// log2(max_size) shrinks: 16 moves cover any `max_size` up to 65,536.
+/// permit the limit still has above what the server serves and land on another new connection
+/// nobody picks up; the limit shrinks at most by half per late threshold, so it reaches what is
+/// served within log2(max_size) shrinks: 16 moves cover any `max_size` up to 65,536.
 const MAX_NOT_PICKED_UP_RETRIES: u32 = 16;
 
 /// What to do after an exchange failed.
