@@ -122,7 +122,7 @@ impl State {
     /// Tells up to `n` late fresh leases, whose permits stay theirs, that the server is not
     /// picking them up.
     fn tell_late(&self, now: Instant, n: usize) {
-        let Some(threshold) = self.limiter.threshold() else {
+        let Some(threshold) = self.limiter.threshold().filter(|_| n > 0) else {
             return;
         };
         let late = self
@@ -556,44 +556,21 @@ mod tests {
         assert_eq!(free_permits(&gate), gate.limit());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_lull_in_the_load_is_not_taken_for_a_smaller_server() {
-        let idle = Arc::new(AtomicUsize::new(0));
-        let gate = gate_with_idle(32, idle.clone());
+    /// A limit grown while every request was served; then one request on a reused connection,
+    /// one on a new connection nobody picks up (late by now), and `idle(limit)` connections the
+    /// server holds open, idle in the pool. Returns the gate, the grown limit, the served lease
+    /// (answered after the other went late) and the late one.
+    async fn one_served_one_late(
+        idle: impl Fn(usize) -> usize,
+    ) -> (Arc<Gate>, usize, Permit, Permit) {
+        let idle_count = Arc::new(AtomicUsize::new(0));
+        let gate = gate_with_idle(32, idle_count.clone());
         let mut stuck = Vec::new();
         for _ in 0..200 {
             round(&gate, 32, &mut stuck).await;
         }
         let grown = gate.limit();
-        assert!(grown > 8, "grew to {grown} while every request was served");
-        // The load drops to one request on a reused connection and one on a new connection
-        // nobody picks up; the server holds the other connections open, idle in the pool.
-        idle.store(grown - 2, Ordering::Relaxed);
-        let mut served = gate.try_enter().expect("free");
-        served.sending(true);
-        let mut unpicked = gate.try_enter().expect("free");
-        unpicked.sending(false);
-        tokio::time::advance(Duration::from_millis(200)).await;
-        served.answered();
-        assert_eq!(
-            gate.limit(),
-            grown - 1,
-            "the served and the idle connections"
-        );
-    }
-
-    /// A grown limit that holds while a new connection goes unpicked: as many connections
-    /// served (busy or idle) as the limit. Returns the gate, its limit, the served lease and the
-    /// late one.
-    async fn late_while_the_limit_holds() -> (Arc<Gate>, usize, Permit, Permit) {
-        let idle = Arc::new(AtomicUsize::new(0));
-        let gate = gate_with_idle(32, idle.clone());
-        let mut stuck = Vec::new();
-        for _ in 0..200 {
-            round(&gate, 32, &mut stuck).await;
-        }
-        let grown = gate.limit();
-        idle.store(grown - 1, Ordering::Relaxed);
+        idle_count.store(idle(grown), Ordering::Relaxed);
         let mut served = gate.try_enter().expect("free");
         served.sending(true);
         let mut unpicked = gate.try_enter().expect("free");
@@ -601,6 +578,22 @@ mod tests {
         tokio::time::advance(Duration::from_millis(200)).await;
         served.answered();
         (gate, grown, served, unpicked)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lull_in_the_load_is_not_taken_for_a_smaller_server() {
+        let (gate, grown, _served, _unpicked) = one_served_one_late(|limit| limit - 2).await;
+        assert!(grown > 8, "grew to {grown} while every request was served");
+        assert_eq!(
+            gate.limit(),
+            grown - 1,
+            "the served and the idle connections"
+        );
+    }
+
+    /// As many connections served (busy or idle) as the limit: it holds.
+    async fn late_while_the_limit_holds() -> (Arc<Gate>, usize, Permit, Permit) {
+        one_served_one_late(|limit| limit - 1).await
     }
 
     #[tokio::test(start_paused = true)]
