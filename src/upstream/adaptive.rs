@@ -5,11 +5,15 @@
 //! connections that were answered. A request is late when its first byte takes longer than
 //! `srtt + 4·rttvar` (at least 50 ms). Fresh connections still unanswered past that while others
 //! are answered are connections the backend has not picked up (a prefork accept queue): the limit
-//! shrinks to the connections it serves, those in use and not late plus those idle in the pool
-//! (so a lull in the load is not read as a smaller server), never below 1, at most halving once per late
-//! threshold, and never before a baseline exists. While saturated and prompt, the limit grows by
+//! shrinks to the connections it serves, those in use and not slow plus those idle in the pool
+//! (so a lull in the load is not read as a smaller server), never below 1, at most halving once
+//! per late threshold, and never before a baseline exists. A fresh connection is slow once
+//! unanswered past twice the usual first byte (at least 5 ms, at most the late threshold): the
+//! ones opened just before the server stopped picking up are counted at the first shrink, not
+//! found late one per threshold, each shrinking the limit by one. While saturated and prompt, the limit grows by
 //! one per `limit` prompt answers (one per RTT's worth), up to `max_size`; a failed probe backs
-//! further probes off.
+//! further probes off. It does not grow while a fresh connection is slow: the server has not
+//! picked up what it was given, and each grow would open one more connection it leaves queued.
 // `upstream::gate` turns the limit into permits in front of each server's pool.
 
 use std::time::Duration;
@@ -18,6 +22,8 @@ use tokio::time::Instant;
 
 /// A first byte later than this is never "late" on its own.
 const LATE_FLOOR: Duration = Duration::from_millis(50);
+/// A fresh connection unanswered this long is slow, however quick the usual answer.
+const SLOW_FLOOR: Duration = Duration::from_millis(5);
 /// The limit a server starts with, when `max_size` allows.
 const INITIAL_LIMIT: usize = 8;
 /// First and largest wait before probing again after a probe was late. The largest is short next
@@ -46,12 +52,14 @@ pub struct Load {
     pub in_use: usize,
     /// Held by fresh leases unanswered past the late threshold.
     pub late_fresh: usize,
-    /// Connections the server serves: those in use and not late, plus those idle in the pool
+    /// Connections the server serves: those in use and not slow fresh ones, plus those idle in the pool
     /// (answered before they went back, or opened for `min_idle`; less any request waiting in
     /// the pool itself). A prefork child stays pinned by an idle keep-alive connection, and a
     /// lull in the load leaves connections idle, not unserved. Read only when `late_fresh > 0`
     /// (the gate counts it only then: the pool's idle count takes its lock).
     pub serving: usize,
+    /// How long the longest-waiting fresh lease still unanswered has waited (zero if none).
+    pub oldest_fresh: Duration,
 }
 
 #[derive(Debug)]
@@ -94,6 +102,14 @@ impl Limiter {
         self.threshold().is_some_and(|t| waited > t)
     }
 
+    /// When an unanswered fresh connection is slow: twice the usual first byte plus its
+    /// variance (a fresh one also pays the connect), at least `SLOW_FLOOR`, at most late.
+    pub fn slow_after(&self) -> Duration {
+        let usual = self.srtt.unwrap_or_default() * 2 + self.rttvar * 4;
+        let slow = usual.max(SLOW_FLOOR);
+        self.threshold().map_or(slow, |late| slow.min(late))
+    }
+
     /// A first byte after `latency`, on a `reused` or fresh connection, under `load`.
     pub fn on_answer(
         &mut self,
@@ -113,7 +129,7 @@ impl Limiter {
         if load.late_fresh > 0 {
             return self.shrink(now, load);
         }
-        if late || load.in_use < self.limit {
+        if late || load.in_use < self.limit || load.oldest_fresh > self.slow_after() {
             return None;
         }
         self.grow(now)
@@ -196,6 +212,7 @@ mod tests {
             in_use,
             late_fresh: late,
             serving: in_use - late,
+            oldest_fresh: Duration::ZERO,
         }
     }
 
@@ -261,6 +278,22 @@ mod tests {
         tokio::time::advance(RTT).await;
         let change = l.on_answer(Instant::now(), true, RTT, load(32, 31));
         assert_eq!(change, Some(Change::Shrank { to: 16, late: 31 }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_connection_left_unanswered_holds_growth() {
+        let mut l = Limiter::new(32);
+        drive(&mut l, |_| 32, 20).await;
+        let before = l.limit();
+        let unanswered_10ms = Load {
+            oldest_fresh: Duration::from_millis(10),
+            ..load(before, 0)
+        };
+        for _ in 0..1000 {
+            tokio::time::advance(RTT).await;
+            l.on_answer(Instant::now(), true, RTT, unanswered_10ms);
+        }
+        assert_eq!(l.limit(), before);
     }
 
     #[tokio::test(start_paused = true)]

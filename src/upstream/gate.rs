@@ -61,13 +61,14 @@ enum Slot {
         since: Instant,
         leave: Arc<Notify>,
     },
-    /// Late when the limit shrank: its permit was withdrawn and is forgotten when it ends.
+    /// Slow when the limit shrank: its permit was withdrawn and is forgotten when it ends.
     WrittenOff,
 }
 
 impl Slot {
-    fn late(&self, now: Instant, threshold: Duration) -> bool {
-        matches!(self, Slot::Waiting { since, .. } if now - *since > threshold)
+    /// Waiting (its permit counts) for longer than `after`.
+    fn late(&self, now: Instant, after: Duration) -> bool {
+        matches!(self, Slot::Waiting { since, .. } if now - *since > after)
     }
 }
 
@@ -80,6 +81,27 @@ impl State {
             .iter()
             .filter(|s| s.late(now, threshold))
             .count()
+    }
+
+    /// Fresh leases unanswered past `adaptive::Limiter::slow_after` whose permits count.
+    fn slow_fresh(&self, now: Instant) -> usize {
+        let slow_after = self.limiter.slow_after();
+        self.unanswered_fresh
+            .iter()
+            .filter(|s| s.late(now, slow_after))
+            .count()
+    }
+
+    /// How long the longest-waiting fresh lease still counted has waited.
+    fn oldest_fresh(&self, now: Instant) -> Duration {
+        self.unanswered_fresh
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Waiting { since, .. } => Some(now - *since),
+                _ => None,
+            })
+            .max()
+            .unwrap_or_default()
     }
 
     /// Late fresh leases sent before the server's last answer: it answered others after them.
@@ -136,17 +158,15 @@ impl State {
         }
     }
 
-    /// Writes off up to `n` late fresh leases' permits; returns how many.
-    fn write_off_late(&mut self, now: Instant, n: usize) -> usize {
-        let Some(threshold) = self.limiter.threshold() else {
-            return 0;
-        };
+    /// Writes off up to `n` slow fresh leases' permits (late ones among them); returns how many.
+    fn write_off_slow(&mut self, now: Instant, n: usize) -> usize {
+        let slow_after = self.limiter.slow_after();
         let mut done = 0;
         for slot in &mut self.unanswered_fresh {
             if done == n {
                 break;
             }
-            if slot.late(now, threshold)
+            if slot.late(now, slow_after)
                 && let Slot::Waiting { leave, .. } = std::mem::replace(slot, Slot::WrittenOff)
             {
                 leave.notify_one();
@@ -236,7 +256,7 @@ impl Gate {
             // Its permit is gone already; it is forgotten when the lease ends.
             return true;
         }
-        let load = self.load(&state, state.late_fresh(now));
+        let load = self.load(&state, now, state.late_fresh(now));
         let before = state.limiter.limit();
         if let Some(change) = state.limiter.on_answer(now, reused, latency, load) {
             self.apply(&mut state, change, before, now, load.in_use);
@@ -247,9 +267,9 @@ impl Gate {
 
     /// The limiter's view with `late_fresh` late fresh leases; what the server holds open is
     /// counted only when some are late, the one case the limiter reads it.
-    fn load(&self, state: &State, late_fresh: usize) -> Load {
+    fn load(&self, state: &State, now: Instant, late_fresh: usize) -> Load {
         let serving = if late_fresh > 0 {
-            state.in_use.saturating_sub(late_fresh) + (self.idle)()
+            state.in_use.saturating_sub(state.slow_fresh(now)) + (self.idle)()
         } else {
             0
         };
@@ -257,6 +277,7 @@ impl Gate {
             in_use: state.in_use,
             late_fresh,
             serving,
+            oldest_fresh: state.oldest_fresh(now),
         }
     }
 
@@ -266,7 +287,7 @@ impl Gate {
     fn review(&self) {
         let now = Instant::now();
         let mut state = self.lock();
-        let load = self.load(&state, state.late_fresh_passed_over(now));
+        let load = self.load(&state, now, state.late_fresh_passed_over(now));
         let before = state.limiter.limit();
         if let Some(change) = state.limiter.on_overdue(now, load) {
             self.apply(&mut state, change, before, now, load.in_use);
@@ -289,7 +310,7 @@ impl Gate {
                 }
             }
             Change::Shrank { to, late } => {
-                let written_off = state.write_off_late(now, before - to);
+                let written_off = state.write_off_slow(now, before - to);
                 self.withdraw(state, before - to - written_off);
                 let warn = state.warned_at.is_none_or(|at| now - at >= WARN_EVERY);
                 if warn && to < self.max {
@@ -589,6 +610,50 @@ mod tests {
             grown - 1,
             "the served and the idle connections"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_fresh_connections_not_yet_late_count_as_not_served() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        for _ in 0..200 {
+            round(&gate, 32, &mut stuck).await;
+        }
+        let grown = gate.limit();
+        let mut served = gate.try_enter().expect("free");
+        served.sending(true);
+        let mut first = gate.try_enter().expect("free");
+        first.sending(false);
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let mut later = Vec::new();
+        while let Some(mut p) = gate.try_enter() {
+            p.sending(false);
+            later.push(p);
+        }
+        // The first is late (60 ms), the later ones only slow (40 ms, past 5 ms).
+        tokio::time::advance(Duration::from_millis(40)).await;
+
+        served.answered();
+
+        assert!(later.len() > 2, "{} sent later", later.len());
+        assert_eq!(gate.limit(), grown / 2, "halved at once, not {grown} - 1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_fresh_connection_holds_the_limit_while_others_are_answered() {
+        let gate = gate(32);
+        let mut stuck = Vec::new();
+        round(&gate, 32, &mut stuck).await;
+        let mut unpicked = gate.try_enter().expect("free");
+        unpicked.sending(false);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let before = gate.limit();
+
+        for _ in 0..30 {
+            round(&gate, 32, &mut stuck).await;
+        }
+
+        assert_eq!(gate.limit(), before);
     }
 
     /// As many connections served (busy or idle) as the limit: it holds.
