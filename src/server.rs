@@ -164,26 +164,26 @@ impl Stack {
             // A guard on the whole request: pool wait, retries and the backend's response head.
             .timeout(self.request_timeout)
             // Connection-scoped headers never cross the proxy, in either direction. Ours are
-            // added after stripping on both ways (a request runs down this list, a response up
-            // it), so a `Connection: via` from either peer cannot remove them; on requests they
-            // are written with the head (`forwarded::Forwarding`).
+            // added after stripping on both ways, so a `Connection: via` from either peer cannot
+            // remove them; on requests they are written with the head (`forwarded::Forwarding`).
             .layer(MapRequestLayer::new(
                 hop_by_hop::strip_request as RequestMap,
             ))
-            .layer(MapResponseLayer::new(
-                forwarded::add_response_headers as ResponseMap,
-            ))
-            .layer(MapResponseLayer::new(
-                hop_by_hop::strip_response as ResponseMap,
-            ))
+            .layer(MapResponseLayer::new(rewrite_response as ResponseMap))
             .service(self.proxy.for_client(client, destination))
     }
+}
+
+/// A response's way out: the backend's connection-scoped headers go, then ours (`Via`) come.
+/// One layer for both: each layer moves the response once more.
+fn rewrite_response(resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
+    forwarded::add_response_headers(hop_by_hop::strip_response(resp))
 }
 
 type RequestMap = fn(http::Request<Incoming>) -> http::Request<Incoming>;
 type ResponseMap = fn(http::Response<ProxyBody>) -> http::Response<ProxyBody>;
 /// Header rewriting around the proxy service.
-type Rewrite = MapRequest<MapResponse<MapResponse<Proxy, ResponseMap>, ResponseMap>, RequestMap>;
+type Rewrite = MapRequest<MapResponse<Proxy, ResponseMap>, RequestMap>;
 /// The request guard, load shedding past the concurrency limit, and the request timeout.
 type Guarded = RequestGuard<Shed<Timeout<Rewrite>>>;
 /// One client connection's stack, named so it can be cloned per request without boxing.
@@ -486,7 +486,7 @@ async fn serve_http<I>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(ClientTimer::new(
-            settings.header_read_timeout,
+            head_time_left,
             settings.client_idle_timeout,
         ))
         .header_read_timeout(head_time_left)
