@@ -1,5 +1,7 @@
 //! Reads a response head with `httparse` into `http::response::Parts`: a bounded, per-exchange
 //! buffer, interim 1xx responses skipped (101 returned), header values sliced without copying.
+//! The connection fields the client consumes (`Keep-Alive`, and `Connection` lines naming only
+//! `keep-alive` or `upgrade`) are noted, not handed up: the proxy would only strip them.
 
 use std::mem::MaybeUninit;
 
@@ -8,6 +10,7 @@ use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::fields::Noted;
 use super::framing::framing;
 use super::{Error, ErrorKind, HeadFields, ResponseBody};
 
@@ -180,7 +183,9 @@ fn header_map(head: &Bytes, spans: &[FieldSpan]) -> Result<(HeaderMap, HeadField
         let name = HeaderName::from_bytes(&head[field.name.0..field.name.1])
             .map_err(|_| ErrorKind::BadHeader("invalid field name"))?;
         let value = head.slice(field.value.0..field.value.1);
-        fields.note(&name, &value);
+        if fields.note(&name, &value) == Noted::Consumed {
+            continue;
+        }
         // SAFETY: httparse accepted this value, and the bytes it accepts in a value (HTAB,
         // SP to `~`, obs-text 0x80-0xFF) are exactly those `HeaderValue` allows; hyper builds
         // its own heads' values the same way. Checking again cost 90 instructions a field.

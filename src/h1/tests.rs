@@ -200,8 +200,22 @@ async fn switching_protocols_is_returned_with_the_bytes_after_it() {
     assert!(b"\x81\x00".starts_with(&early));
 }
 
+/// Every field of `wire`'s head, as parsed by httparse alone.
+fn every_field(wire: &[u8]) -> HeaderMap {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut fields);
+    response.parse(wire).expect("a valid head");
+    let mut map = HeaderMap::new();
+    for field in response.headers.iter() {
+        let name = http::HeaderName::from_bytes(field.name.as_bytes()).expect("a name");
+        let value = http::HeaderValue::from_bytes(field.value).expect("a value");
+        map.append(name, value);
+    }
+    map
+}
+
 #[tokio::test]
-async fn the_fields_noted_while_reading_are_those_the_header_map_holds() {
+async fn the_fields_noted_while_reading_are_those_the_head_holds() {
     use crate::middleware::framing::FramingFields;
     use crate::middleware::hop_by_hop::ConnectionTokens;
     use crate::upstream::reuse::KeepAlive;
@@ -217,13 +231,14 @@ async fn the_fields_noted_while_reading_are_those_the_header_map_holds() {
     ];
     for wire in heads {
         let io = Scripted::in_pieces(wire, 5);
-        let (head, body) = read_response(io, &Method::GET, &Limits::default())
+        let (_, body) = read_response(io, &Method::GET, &Limits::default())
             .await
             .unwrap();
+        let every = every_field(wire);
         let expected = HeadFields {
-            framing: FramingFields::of(&head.headers),
-            connection: ConnectionTokens::of(&head.headers),
-            keep_alive: KeepAlive::of(&head.headers),
+            framing: FramingFields::of(&every),
+            connection: ConnectionTokens::of(&every),
+            keep_alive: KeepAlive::of(&every),
         };
         assert_eq!(
             *body.fields(),
@@ -232,6 +247,30 @@ async fn the_fields_noted_while_reading_are_those_the_header_map_holds() {
             String::from_utf8_lossy(wire)
         );
     }
+}
+
+#[tokio::test]
+async fn the_connection_fields_the_client_consumed_are_not_handed_up() {
+    let wire = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: Keep-Alive\r\n\
+                 Keep-Alive: timeout=5, max=100\r\nConnection: upgrade\r\n\r\n";
+    let io = Scripted::in_pieces(wire, 64);
+    let (head, _) = read_response(io, &Method::GET, &Limits::default())
+        .await
+        .unwrap();
+    let names: Vec<_> = head.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["content-length"]);
+}
+
+#[tokio::test]
+async fn a_connection_line_naming_another_field_is_handed_up_for_the_proxy_to_strip() {
+    let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\
+                 Connection: close, x-hop\r\nX-Hop: 1\r\n\r\n";
+    let io = Scripted::in_pieces(wire, 64);
+    let (head, _) = read_response(io, &Method::GET, &Limits::default())
+        .await
+        .unwrap();
+    let connection: Vec<_> = head.headers.get_all("connection").iter().collect();
+    assert_eq!(connection, ["close, x-hop"]);
 }
 
 #[tokio::test]

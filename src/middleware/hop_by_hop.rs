@@ -104,6 +104,14 @@ impl ConnectionTokens {
         tokens
     }
 
+    /// What another line (or head) says as well.
+    pub fn merge(&mut self, other: ConnectionTokens) {
+        self.close |= other.close;
+        self.keep_alive |= other.keep_alive;
+        self.upgrade |= other.upgrade;
+        self.others |= other.others;
+    }
+
     /// One `Connection` line's value.
     pub fn note_value(&mut self, value: &[u8]) {
         for token in value.split(|&b| b == b',') {

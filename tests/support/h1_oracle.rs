@@ -102,7 +102,7 @@ async fn hyper_outcome(method: &Method, pieces: &[Vec<u8>]) -> Outcome {
     let head = Head {
         status: parts.status.as_u16(),
         version: parts.version,
-        headers: parts.headers,
+        headers: without_consumed_fields(parts.headers),
         exact_len: body.size_hint().exact(),
     };
     let Ok((data, trailers)) = read_to_end(&backend, &mut body).await else {
@@ -118,6 +118,39 @@ async fn hyper_outcome(method: &Method, pieces: &[Vec<u8>]) -> Outcome {
             reusable,
         },
     )
+}
+
+/// EXCEPTION: longhaul's client does not hand up the connection fields it consumes
+/// (`h1::fields::Noted::Consumed`): `Keep-Alive`, and `Connection` lines that name nothing but
+/// `keep-alive` or `upgrade`. hyper's heads are compared without them.
+fn without_consumed_fields(headers: HeaderMap) -> HeaderMap {
+    let consumed = |name: &http::HeaderName, value: &http::HeaderValue| {
+        name == "keep-alive"
+            || name == http::header::CONNECTION
+                && value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .all(|t| {
+                        t.is_empty()
+                            || t.eq_ignore_ascii_case(b"keep-alive")
+                            || t.eq_ignore_ascii_case(b"upgrade")
+                    })
+    };
+    let mut kept = HeaderMap::with_capacity(headers.len());
+    let mut current = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let name = current
+            .clone()
+            .expect("a map's first value comes with its name");
+        if !consumed(&name, &value) {
+            kept.append(name, value);
+        }
+    }
+    kept
 }
 
 async fn our_outcome(method: &Method, pieces: &[Vec<u8>]) -> Outcome {
