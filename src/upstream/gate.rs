@@ -7,7 +7,7 @@
 //! whichever connection comes free first, never behind a connection the backend has not picked
 //! up. Each lease reports its first response byte (latency from the first write, fresh or
 //! reused); fresh connections still unanswered are tracked so an answer elsewhere can count how
-//! many of them are late. A shrink withdraws permits: first those of late fresh leases (written
+//! many of them are late. A shrink withdraws permits: first those of slow fresh leases (written
 //! off: the backend is not serving them, so they must not keep served requests out), then free
 //! ones, then held ones as they come back (`debt`). A grow adds one. Every late fresh lease is
 //! told (`Permit::not_picked_up`), written off or not (a shrink is at most one per threshold, and
