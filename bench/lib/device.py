@@ -81,8 +81,9 @@ def main():
         ap.error("--rounds must be at least 1")
     tmp = tempfile.mkdtemp(prefix="longhaul-device-")
     procs = harness.Procs(tmp, os.path.join(tmp, "pids"))
-    atexit.register(procs.stop_all)
+    # Run last to first: the processes are stopped before their directory goes.
     atexit.register(shutil.rmtree, tmp, True)
+    atexit.register(procs.stop_all)
     names = args.targets.split(",")
     runs = {name: [] for name in names}
     for r in range(args.rounds):

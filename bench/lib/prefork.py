@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Issue #12's scenario: Apache httpd prefork (StartServers 8, KeepAlive On, KeepAliveTimeout 2,
-MaxKeepAliveRequests 100, a 1 KiB file), a fresh Apache per target; `ab -n N -c 50` (HTTP/1.0 short
+MaxKeepAliveRequests 100, a 1 KiB file, an access log of `%k` that counts the connections it
+opens), a fresh Apache per target; `ab -n N -c 50` (HTTP/1.0 short
 connections) cold (the first N requests) then warm (the next N), direct, through longhaul (max_size
 32, adaptive on and off) and through HAProxy (maxconn 32, pool-max-conn 32, http-reuse always).
 
@@ -44,6 +45,9 @@ PidFile "{tmp}/httpd-{port}.pid"
 Mutex file:{tmp} default
 ErrorLog "{tmp}/httpd-{port}.error.log"
 LogLevel warn
+# %k: requests served before this one on its connection (0 opens a connection).
+LogFormat "%k" served_before
+CustomLog "{tmp}/httpd-{port}.access.log" served_before
 DocumentRoot "{root}"
 <Directory "{root}">
   Require all granted
@@ -68,6 +72,15 @@ def start_apache(procs, tmp):
     return p, port
 
 
+def connections_opened(tmp, port):
+    """Connections Apache has served a first request on so far (its access log's `%k` of 0)."""
+    try:
+        with open(os.path.join(tmp, "httpd-%d.access.log" % port)) as f:
+            return sum(1 for line in f if line.strip() == "0")
+    except FileNotFoundError:
+        return 0
+
+
 def start_target(procs, tmp, name, longhaul, backend_port):
     """A proxy in front of backend_port; (process, port), or (None, backend_port) for direct."""
     if name == "direct":
@@ -86,12 +99,16 @@ def start_target(procs, tmp, name, longhaul, backend_port):
 
 
 def measure(procs, tmp, name, longhaul, n):
+    """The cold and the warm pass's ab results, each with `conns`: the backend connections
+    Apache saw opened during that pass."""
     apache, backend_port = start_apache(procs, tmp)
     try:
         proxy, port = start_target(procs, tmp, name, longhaul, backend_port)
         try:
             cold = clients.run_ab(port, n, 50, tmpdir=tmp)
+            cold["conns"] = connections_opened(tmp, backend_port)
             warm = clients.run_ab(port, n, 50, tmpdir=tmp)
+            warm["conns"] = connections_opened(tmp, backend_port) - cold["conns"]
         finally:
             if proxy is not None:
                 procs.stop(proxy)
@@ -112,8 +129,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="longhaul-prefork-")
     os.chmod(tmp, 0o755)  # Apache's children (nobody) read the docroot
     procs = harness.Procs(tmp, os.path.join(tmp, "pids"))
-    atexit.register(procs.stop_all)
+    # Run last to first: the processes are stopped before their directory goes.
     atexit.register(shutil.rmtree, tmp, True)
+    atexit.register(procs.stop_all)
     names = args.targets.split(",")
     runs = {name: [] for name in names}
     for r in range(args.rounds):
@@ -121,16 +139,21 @@ def main():
         for name in names[r % len(names):] + names[:r % len(names)]:
             cold, warm = measure(procs, tmp, name, args.longhaul, args.n)
             runs[name].append((cold, warm))
-            print("round %d, %s: cold %.0f req/s (%d errors), warm %.0f req/s (%d errors)" % (
-                r + 1, name, cold["rps"], cold["errors"], warm["rps"], warm["errors"]), file=sys.stderr)
-    print("| ab -n %d -c 50, HTTP/1.0, median of %d | cold req/s | warm req/s | cold / warm | errors (all rounds) |"
-          % (args.n, args.rounds))
-    print("| --- | --- | --- | --- | --- |")
+            print("round %d, %s: cold %.0f req/s (%d errors, %d backend conns), warm %.0f req/s "
+                  "(%d errors, %d backend conns)" % (r + 1, name, cold["rps"], cold["errors"],
+                                                     cold["conns"], warm["rps"], warm["errors"],
+                                                     warm["conns"]), file=sys.stderr)
+    print("| ab -n %d -c 50, HTTP/1.0, median of %d | cold req/s | warm req/s | cold / warm "
+          "| backend conns per request, cold / warm | errors (all rounds) |" % (args.n, args.rounds))
+    print("| --- | --- | --- | --- | --- | --- |")
     for name in names:
         cold = statistics.median([c["rps"] for c, _ in runs[name]])
         warm = statistics.median([w["rps"] for _, w in runs[name]])
+        cold_conns = statistics.median([c["conns"] for c, _ in runs[name]]) / args.n
+        warm_conns = statistics.median([w["conns"] for _, w in runs[name]]) / args.n
         errors = sum(c["errors"] + w["errors"] for c, w in runs[name])
-        print("| %s | %.0f | %.0f | %.2f | %d |" % (name, cold, warm, cold / warm if warm else 0.0, errors))
+        print("| %s | %.0f | %.0f | %.2f | %.4f / %.4f | %d |" % (
+            name, cold, warm, cold / warm if warm else 0.0, cold_conns, warm_conns, errors))
     print()
     print("| round | " + " | ".join("%s cold / warm" % name for name in names) + " |")
     print("| --- |" + " --- |" * len(names))
