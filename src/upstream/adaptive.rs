@@ -102,6 +102,13 @@ impl Limiter {
         self.threshold().is_some_and(|t| waited > t)
     }
 
+    /// A fresh connection unanswered for `waited` holds growth once it is slow; before a
+    /// baseline there is no usual first byte to be slow against (a backend that never keeps a
+    /// connection gives none), and nothing holds it.
+    fn holds_growth(&self, waited: Duration) -> bool {
+        self.srtt.is_some() && waited > self.slow_after()
+    }
+
     /// When an unanswered fresh connection is slow: twice the usual first byte plus its
     /// variance (a fresh one also pays the connect), at least `SLOW_FLOOR`, at most late.
     pub fn slow_after(&self) -> Duration {
@@ -129,7 +136,7 @@ impl Limiter {
         if load.late_fresh > 0 {
             return self.shrink(now, load);
         }
-        if late || load.in_use < self.limit || load.oldest_fresh > self.slow_after() {
+        if late || load.in_use < self.limit || self.holds_growth(load.oldest_fresh) {
             return None;
         }
         self.grow(now)
@@ -294,6 +301,25 @@ mod tests {
             l.on_answer(Instant::now(), true, RTT, unanswered_10ms);
         }
         assert_eq!(l.limit(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_never_keeps_a_connection_still_grows() {
+        let mut l = Limiter::new(32);
+        for _ in 0..2000 {
+            tokio::time::advance(RTT).await;
+            let every_permit_fresh_one_unanswered_10ms = Load {
+                oldest_fresh: Duration::from_millis(10),
+                ..load(l.limit(), 0)
+            };
+            l.on_answer(
+                Instant::now(),
+                false,
+                RTT,
+                every_permit_fresh_one_unanswered_10ms,
+            );
+        }
+        assert_eq!(l.limit(), 32);
     }
 
     #[tokio::test(start_paused = true)]

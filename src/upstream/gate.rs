@@ -7,12 +7,13 @@
 //! whichever connection comes free first, never behind a connection the backend has not picked
 //! up. Each lease reports its first response byte (latency from the first write, fresh or
 //! reused); fresh connections still unanswered are tracked so an answer elsewhere can count how
-//! many of them are late. A shrink withdraws permits: first those of slow fresh leases (written
-//! off: the backend is not serving them, so they must not keep served requests out), then free
-//! ones, then held ones as they come back (`debt`). A grow adds one. Every late fresh lease is
-//! told (`Permit::not_picked_up`), written off or not (a shrink is at most one per threshold, and
-//! the served connections may already match the limit): a request that is safe to send again
-//! leaves that connection. One that is not (a POST) stays, and so does its permit.
+//! many of them are late. A shrink withdraws permits: first those of slow fresh leases, late ones
+//! first (written off: the backend is not serving them, so they must not keep served requests
+//! out), then free ones, then held ones as they come back (`debt`). A grow adds one. Every late
+//! fresh lease is told (`Permit::not_picked_up`), written off or not (a shrink is at most one per
+//! threshold, and the served connections may already match the limit); a slow one written off
+//! is told once it is late: a request that is safe to send again leaves that connection. One
+//! that is not (a POST) stays, and so does its permit unless it was written off.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,7 +63,11 @@ enum Slot {
         leave: Arc<Notify>,
     },
     /// Slow when the limit shrank: its permit was withdrawn and is forgotten when it ends.
-    WrittenOff,
+    /// `leave` is notified once it is late, as a waiting one's.
+    WrittenOff {
+        since: Instant,
+        leave: Arc<Notify>,
+    },
 }
 
 impl Slot {
@@ -135,42 +140,61 @@ impl State {
         }
     }
 
+    #[cfg(test)]
+    fn is_written_off(&self, permit: &Permit) -> bool {
+        permit
+            .fresh_slot
+            .is_some_and(|i| matches!(self.unanswered_fresh[i], Slot::WrittenOff { .. }))
+    }
+
     /// Frees `slot`; true if its permit had been written off.
     fn untrack(&mut self, slot: usize) -> bool {
         let was = std::mem::replace(&mut self.unanswered_fresh[slot], Slot::Free);
-        matches!(was, Slot::WrittenOff)
+        matches!(was, Slot::WrittenOff { .. })
     }
 
-    /// Tells up to `n` late fresh leases, whose permits stay theirs, that the server is not
-    /// picking them up.
+    /// Tells up to `n` late fresh leases whose permits stay theirs, and every late one written
+    /// off, that the server is not picking them up.
     fn tell_late(&self, now: Instant, n: usize) {
-        let Some(threshold) = self.limiter.threshold().filter(|_| n > 0) else {
+        let Some(threshold) = self.limiter.threshold() else {
             return;
         };
-        let late = self
-            .unanswered_fresh
-            .iter()
-            .filter(|s| s.late(now, threshold));
-        for slot in late.take(n) {
-            if let Slot::Waiting { leave, .. } = slot {
-                leave.notify_one();
+        let mut told = 0;
+        for slot in &self.unanswered_fresh {
+            match slot {
+                Slot::Waiting { since, leave } if now - *since > threshold && told < n => {
+                    leave.notify_one();
+                    told += 1;
+                }
+                Slot::WrittenOff { since, leave } if now - *since > threshold => leave.notify_one(),
+                _ => {}
             }
         }
     }
 
-    /// Writes off up to `n` slow fresh leases' permits (late ones among them); returns how many.
+    /// Writes off up to `n` slow fresh leases' permits, late ones first (a late POST, which
+    /// stays, must not keep a permit a slow GET gives up); returns how many. Those late are
+    /// told now, the others once they are late.
     fn write_off_slow(&mut self, now: Instant, n: usize) -> usize {
-        let slow_after = self.limiter.slow_after();
+        let (Some(threshold), slow_after) = (self.limiter.threshold(), self.limiter.slow_after())
+        else {
+            return 0;
+        };
         let mut done = 0;
-        for slot in &mut self.unanswered_fresh {
-            if done == n {
-                break;
-            }
-            if slot.late(now, slow_after)
-                && let Slot::Waiting { leave, .. } = std::mem::replace(slot, Slot::WrittenOff)
-            {
-                leave.notify_one();
-                done += 1;
+        for after in [threshold, slow_after] {
+            for slot in &mut self.unanswered_fresh {
+                if done == n {
+                    break;
+                }
+                if slot.late(now, after)
+                    && let Slot::Waiting { since, leave } = std::mem::replace(slot, Slot::Free)
+                {
+                    if now - since > threshold {
+                        leave.notify_one();
+                    }
+                    *slot = Slot::WrittenOff { since, leave };
+                    done += 1;
+                }
             }
         }
         self.in_use -= done;
@@ -612,8 +636,11 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn slow_fresh_connections_not_yet_late_count_as_not_served() {
+    /// A limit grown while every request was served; then one request on a reused connection
+    /// and the rest on new connections nobody picks up: the first of them 60 ms ago (late),
+    /// the others 40 ms ago (slow, past 5 ms, not late). The served one is answered now.
+    /// Returns the gate, the grown limit, the served lease, the late one and the slow ones.
+    async fn one_late_and_many_slow() -> (Arc<Gate>, usize, Permit, Permit, Vec<Permit>) {
         let gate = gate(32);
         let mut stuck = Vec::new();
         for _ in 0..200 {
@@ -622,21 +649,56 @@ mod tests {
         let grown = gate.limit();
         let mut served = gate.try_enter().expect("free");
         served.sending(true);
-        let mut first = gate.try_enter().expect("free");
-        first.sending(false);
+        let mut late = gate.try_enter().expect("free");
+        late.sending(false);
         tokio::time::advance(Duration::from_millis(20)).await;
-        let mut later = Vec::new();
+        let mut slow = Vec::new();
         while let Some(mut p) = gate.try_enter() {
             p.sending(false);
-            later.push(p);
+            slow.push(p);
         }
-        // The first is late (60 ms), the later ones only slow (40 ms, past 5 ms).
         tokio::time::advance(Duration::from_millis(40)).await;
+        served.answered();
+        (gate, grown, served, late, slow)
+    }
 
+    #[tokio::test(start_paused = true)]
+    async fn slow_fresh_connections_not_yet_late_count_as_not_served() {
+        let (gate, grown, _served, _late, slow) = one_late_and_many_slow().await;
+        assert!(slow.len() > 2, "{} slow", slow.len());
+        assert_eq!(gate.limit(), grown / 2, "halved at once, not {grown} - 1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrink_takes_its_permits_from_slow_leases_not_from_served_ones() {
+        let (gate, _grown, served, _late, _slow) = one_late_and_many_slow().await;
+        drop(served);
+        assert_eq!(
+            free_permits(&gate),
+            1,
+            "the served lease's permit is free again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_lease_written_off_is_told_to_leave_only_once_late() {
+        let (gate, _grown, mut served, late, slow) = one_late_and_many_slow().await;
+        let written_off_slow = slow.iter().find(|p| gate.lock().is_written_off(p));
+        let written_off_slow = written_off_slow.expect("a slow lease written off");
+        assert!(
+            told_not_picked_up(&late).await,
+            "the late one is told at once"
+        );
+        assert!(
+            !told_not_picked_up(written_off_slow).await,
+            "40 ms is not late"
+        );
+
+        tokio::time::advance(Duration::from_millis(20)).await;
+        served.sending(true);
         served.answered();
 
-        assert!(later.len() > 2, "{} sent later", later.len());
-        assert_eq!(gate.limit(), grown / 2, "halved at once, not {grown} - 1");
+        assert!(told_not_picked_up(written_off_slow).await, "60 ms is");
     }
 
     #[tokio::test(start_paused = true)]
