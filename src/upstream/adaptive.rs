@@ -10,10 +10,11 @@
 //! per late threshold, and never before a baseline exists. A fresh connection is slow once
 //! unanswered past twice the usual first byte (at least 5 ms, at most the late threshold): the
 //! ones opened just before the server stopped picking up are counted at the first shrink, not
-//! found late one per threshold, each shrinking the limit by one. While saturated and prompt, the limit grows by
-//! one per `limit` prompt answers (one per RTT's worth), up to `max_size`; a failed probe backs
-//! further probes off. It does not grow while a fresh connection is slow: the server has not
-//! picked up what it was given, and each grow would open one more connection it leaves queued.
+//! found late one per threshold, each shrinking the limit by one. While saturated and prompt,
+//! the limit grows by one per `limit` prompt answers (one per RTT's worth), up to `max_size`; a
+//! failed probe backs further probes off. Once a baseline exists it does not grow while a fresh
+//! connection is slow: the server has not picked up what it was given, and each grow would open
+//! one more connection it leaves queued.
 // `upstream::gate` turns the limit into permits in front of each server's pool.
 
 use std::time::Duration;
@@ -52,11 +53,11 @@ pub struct Load {
     pub in_use: usize,
     /// Held by fresh leases unanswered past the late threshold.
     pub late_fresh: usize,
-    /// Connections the server serves: those in use and not slow fresh ones, plus those idle in the pool
-    /// (answered before they went back, or opened for `min_idle`; less any request waiting in
-    /// the pool itself). A prefork child stays pinned by an idle keep-alive connection, and a
-    /// lull in the load leaves connections idle, not unserved. Read only when `late_fresh > 0`
-    /// (the gate counts it only then: the pool's idle count takes its lock).
+    /// Connections the server serves: those in use but for slow fresh ones, plus those idle in
+    /// the pool (answered before they went back, or opened for `min_idle`; less any request
+    /// waiting in the pool itself). A prefork child stays pinned by an idle keep-alive
+    /// connection, and a lull in the load leaves connections idle, not unserved. Read only when
+    /// `late_fresh > 0` (the gate counts it only then: the pool's idle count takes its lock).
     pub serving: usize,
     /// How long the longest-waiting fresh lease still unanswered has waited (zero if none).
     pub oldest_fresh: Duration,
