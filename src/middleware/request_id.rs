@@ -8,9 +8,6 @@ use http::{HeaderName, HeaderValue, Request, Response};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Header fields the proxy adds to a request on its way upstream.
-const ADDED_REQUEST_FIELDS: usize = 4;
-
 /// Client-sent ids longer than this are replaced (they end up in logs and upstream headers).
 const MAX_CLIENT_ID_LEN: usize = 128;
 
@@ -58,9 +55,9 @@ fn acceptable(id: &HeaderValue) -> bool {
 /// Gives `req` its id: the client's when sane, a new one otherwise (written into the request, so
 /// it goes upstream and every layer below sees it); returns it, for the log and the response.
 pub fn assign<B>(req: &mut Request<B>) -> HeaderValue {
-    // hyper sizes the map to the fields it parsed; the proxy adds up to four (this id,
-    // X-Forwarded-For, X-Forwarded-Proto, Via): one growth here, not one per insert.
-    req.headers_mut().reserve(ADDED_REQUEST_FIELDS);
+    // No room is reserved for more: this id is the only field the proxy inserts into a request
+    // (X-Forwarded-For, X-Forwarded-Proto and Via are written with the head, `Forwarding`), and
+    // a client that sent an id needs none.
     match req.headers().get(X_REQUEST_ID) {
         Some(id) if acceptable(id) => id.clone(),
         _ => {
