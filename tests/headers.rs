@@ -234,6 +234,33 @@ fn backend_connection_via_does_not_remove_longhauls_via_on_the_response() {
 }
 
 #[test]
+fn a_backends_via_lines_are_all_kept_and_longhauls_comes_last() {
+    let backend = Backend::builder()
+        .responder(|_| Reply::Raw {
+            bytes: backend::http10_response(
+                200,
+                &[
+                    ("Connection", "keep-alive"),
+                    ("Via", "1.0 cache-a"),
+                    ("Via", "1.1 cache-b"),
+                ],
+                b"body",
+            ),
+            keep_open: true,
+        })
+        .start();
+    let proxy = Proxy::start(&ProxyConfig::single(&[backend.addr()]));
+    let r = client::get10(proxy.addr, "/via");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header_all("via"),
+        vec!["1.0 cache-a", "1.1 cache-b", "1.0 longhaul"],
+        "{:?}",
+        r.headers
+    );
+}
+
+#[test]
 fn client_connection_via_does_not_remove_longhauls_via_on_the_request() {
     let backend = Backend::start();
     let proxy = Proxy::start(&ProxyConfig::single(&[backend.addr()]));

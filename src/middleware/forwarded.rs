@@ -150,15 +150,10 @@ fn via_entry(version: Version) -> &'static str {
     }
 }
 
+/// This hop's `Via` after the backend's: one more field line, which RFC 9110 §5.3 reads as the
+/// list joined (the backend's lines are kept as they are, all of them).
 fn append_via(headers: &mut http::HeaderMap, version: Version) {
-    let ours = via_entry(version);
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::try_from(format!("{prior}, {ours}")).ok(),
-        None => Some(HeaderValue::from_static(ours)),
-    };
-    if let Some(value) = value {
-        headers.insert(header::VIA, value);
-    }
+    headers.append(header::VIA, HeaderValue::from_static(via_entry(version)));
 }
 
 #[cfg(test)]
