@@ -289,19 +289,25 @@ impl Gate {
         false
     }
 
-    /// The limiter's view with `late_fresh` late fresh leases; what the server holds open is
-    /// counted only when some are late, the one case the limiter reads it.
+    /// The limiter's view with `late_fresh` late fresh leases. Each count is made only in the
+    /// case the limiter reads it: what the server holds open when some are late (a shrink), the
+    /// oldest unanswered fresh lease when every permit is held (a grow).
     fn load(&self, state: &State, now: Instant, late_fresh: usize) -> Load {
         let serving = if late_fresh > 0 {
             state.in_use.saturating_sub(state.slow_fresh(now)) + (self.idle)()
         } else {
             0
         };
+        let oldest_fresh = if late_fresh == 0 && state.in_use >= state.limiter.limit() {
+            state.oldest_fresh(now)
+        } else {
+            Duration::ZERO
+        };
         Load {
             in_use: state.in_use,
             late_fresh,
             serving,
-            oldest_fresh: state.oldest_fresh(now),
+            oldest_fresh,
         }
     }
 
@@ -609,12 +615,7 @@ mod tests {
         idle: impl Fn(usize) -> usize,
     ) -> (Arc<Gate>, usize, Permit, Permit) {
         let idle_count = Arc::new(AtomicUsize::new(0));
-        let gate = gate_with_idle(32, idle_count.clone());
-        let mut stuck = Vec::new();
-        for _ in 0..200 {
-            round(&gate, 32, &mut stuck).await;
-        }
-        let grown = gate.limit();
+        let (gate, grown) = grown(gate_with_idle(32, idle_count.clone())).await;
         idle_count.store(idle(grown), Ordering::Relaxed);
         let mut served = gate.try_enter().expect("free");
         served.sending(true);
@@ -636,17 +637,22 @@ mod tests {
         );
     }
 
+    /// `gate` after 200 rounds in which every request was served, and the limit it grew to.
+    async fn grown(gate: Arc<Gate>) -> (Arc<Gate>, usize) {
+        let mut stuck = Vec::new();
+        for _ in 0..200 {
+            round(&gate, 32, &mut stuck).await;
+        }
+        let limit = gate.limit();
+        (gate, limit)
+    }
+
     /// A limit grown while every request was served; then one request on a reused connection
     /// and the rest on new connections nobody picks up: the first of them 60 ms ago (late),
     /// the others 40 ms ago (slow, past 5 ms, not late). The served one is answered now.
     /// Returns the gate, the grown limit, the served lease, the late one and the slow ones.
     async fn one_late_and_many_slow() -> (Arc<Gate>, usize, Permit, Permit, Vec<Permit>) {
-        let gate = gate(32);
-        let mut stuck = Vec::new();
-        for _ in 0..200 {
-            round(&gate, 32, &mut stuck).await;
-        }
-        let grown = gate.limit();
+        let (gate, grown) = grown(gate(32)).await;
         let mut served = gate.try_enter().expect("free");
         served.sending(true);
         let mut late = gate.try_enter().expect("free");
